@@ -1,0 +1,123 @@
+"""Accuracy of the optimized model: top-1 against labels, or fidelity to the original on the same inputs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import BaseModel
+
+from optc.data import Dataset, InputSpec
+from optc.errors import OptcError
+
+EVAL_BATCH = 32
+
+
+class OutputFidelity(BaseModel):
+    name: str
+    cosine: float  # mean over samples of the cosine similarity between original and optimized outputs
+    max_abs_error: float
+    mean_abs_error: float
+    top1_agreement: float | None = None  # percent, for classifier-shaped outputs ([batch, classes])
+
+
+class AccuracyResult(BaseModel):
+    metric: Literal["top1", "top1_agreement", "cosine"]
+    samples: int
+    data: str  # the data file, or "synthetic"
+    original: float  # percent
+    optimized: float  # percent
+    drop: float  # percentage points; positive = worse
+    outputs: list[OutputFidelity]
+
+
+def run_all(session: ort.InferenceSession, dataset: Dataset, batch: int) -> list[np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    chunks: list[list[np.ndarray]] = []
+    for feed in dataset.batches(batch):
+        outputs = session.run(None, {n: feed[n] for n in names})
+        chunks.append(outputs)
+    return [
+        np.concatenate([c[i] for c in chunks]) if chunks[0][i].ndim else np.stack([c[i] for c in chunks])
+        for i in range(len(chunks[0]))
+    ]
+
+
+def evaluate(
+    original: ort.InferenceSession,
+    optimized: ort.InferenceSession,
+    dataset: Dataset,
+    specs: list[InputSpec],
+    metric: Literal["auto", "top1", "fidelity"],
+) -> AccuracyResult:
+    batch = dataset.feed_batch_size(specs, EVAL_BATCH)
+    reference = run_all(original, dataset, batch)
+    candidate = run_all(optimized, dataset, batch)
+    names = [o.name for o in original.get_outputs()]
+    fidelity = [_fidelity(name, r, c) for name, r, c in zip(names, reference, candidate, strict=True)]
+    first, first_ref = fidelity[0], reference[0]
+    if metric == "top1" and dataset.labels is None:
+        raise OptcError(f"{dataset.source}: metric top1 needs a 'labels' array in the evaluation data")
+    if dataset.labels is not None and metric != "fidelity":
+        if not _is_classifier(first_ref):
+            raise OptcError(
+                f"{dataset.source}: has labels, but the first output {names[0]!r} is not [batch, classes] "
+                f"(shape {list(first_ref.shape)})",
+                hint="use metric: fidelity",
+            )
+        labels = dataset.labels
+        if len(labels) != len(first_ref):
+            raise OptcError(f"{dataset.source}: {len(labels)} labels for {len(first_ref)} outputs")
+        before = _top1(first_ref, labels)
+        after = _top1(candidate[0], labels)
+        return AccuracyResult(
+            metric="top1",
+            samples=len(labels),
+            data=dataset.source,
+            original=before,
+            optimized=after,
+            drop=before - after,
+            outputs=fidelity,
+        )
+    if first.top1_agreement is not None:
+        value, kind = first.top1_agreement, "top1_agreement"
+    else:
+        value, kind = 100.0 * first.cosine, "cosine"
+    return AccuracyResult(
+        metric=kind,
+        samples=len(first_ref),
+        data=dataset.source,
+        original=100.0,
+        optimized=value,
+        drop=100.0 - value,
+        outputs=fidelity,
+    )
+
+
+def _is_classifier(output: np.ndarray) -> bool:
+    return output.ndim == 2 and output.shape[1] > 1 and output.dtype.kind == "f"
+
+
+def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return 100.0 * float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def _fidelity(name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputFidelity:
+    ref = reference.astype(np.float64).reshape(len(reference), -1) if reference.ndim else reference.reshape(1, 1)
+    cand = candidate.astype(np.float64).reshape(ref.shape)
+    diff = np.abs(ref - cand)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    dots = np.sum(ref * cand, axis=1)
+    # Two all-zero outputs are identical; one zero and one not are orthogonal.
+    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(diff.max(axis=1) == 0, 1.0, 0.0))
+    agreement = None
+    if _is_classifier(reference):
+        agreement = 100.0 * float(np.mean(np.argmax(reference, axis=1) == np.argmax(candidate, axis=1)))
+    return OutputFidelity(
+        name=name,
+        cosine=float(np.mean(cosines)),
+        max_abs_error=float(diff.max()) if diff.size else 0.0,
+        mean_abs_error=float(diff.mean()) if diff.size else 0.0,
+        top1_agreement=agreement,
+    )

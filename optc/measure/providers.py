@@ -1,0 +1,54 @@
+"""Execution providers by their short names, and sessions that are honest about where they run.
+
+ONNX Runtime silently falls back to the CPU when a provider cannot be used; a session counts as running on the
+provider we asked for only if that provider comes first in ``session.get_providers()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnxruntime as ort
+
+ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+INSTALL_HINT = {"cuda": "install onnxruntime-gpu instead of onnxruntime, on a machine with an NVIDIA GPU"}
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    provider: str
+    reason: str
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # ONNX Runtime's warnings would interleave with our output
+    return options
+
+
+def open_session(model: bytes | str, provider: str, threads: int = 1) -> ort.InferenceSession | Unavailable:
+    """A session on ``provider`` ('cpu' or 'cuda'), or the reason it cannot be had."""
+    ort_name = ORT_NAMES[provider]
+    if ort_name not in ort.get_available_providers():
+        hint = INSTALL_HINT.get(provider, "")
+        return Unavailable(
+            provider, f"{ort_name} is not available in this onnxruntime build" + (f" ({hint})" if hint else "")
+        )
+    providers = [ort_name] if provider == "cpu" else [ort_name, ORT_NAMES["cpu"]]
+    try:
+        session = ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)
+    except Exception as exc:  # noqa: BLE001 - any ORT failure to start a provider means "not measured"
+        if provider == "cpu":
+            raise
+        return Unavailable(provider, f"{ort_name} failed to start: {str(exc).splitlines()[0][:200]}")
+    active = session.get_providers()
+    if not active or active[0] != ort_name:
+        return Unavailable(provider, f"ONNX Runtime fell back to {active[0] if active else 'nothing'} (no usable GPU?)")
+    return session
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())

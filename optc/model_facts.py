@@ -1,0 +1,151 @@
+"""Facts about a model read from its graph alone: no session, no data."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from pydantic import BaseModel
+
+QUANTIZED_OP_TYPES = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QLinearAveragePool",
+        "QLinearGlobalAveragePool",
+        "QLinearConcat",
+        "QLinearSoftmax",
+        "QAttention",
+        "QGemm",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "QEmbedLayerNormalization",
+        "DynamicQuantizeLSTM",
+        "MatMulNBits",
+    }
+)
+# Ops whose weights are "the model": counted for sparsity.
+WEIGHTED_OP_TYPES = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+class TensorInfo(BaseModel):
+    name: str
+    dtype: str
+    shape: list[int | str | None]
+
+
+def _elem_type_name(elem_type: int) -> str:
+    return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name if elem_type else "unknown"
+
+
+def value_info_of(value: onnx.ValueInfoProto) -> TensorInfo:
+    t = value.type.tensor_type
+    shape: list[int | str | None] = []
+    if t.HasField("shape"):
+        for d in t.shape.dim:
+            shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+    dtype = _elem_type_name(t.elem_type) if value.type.HasField("tensor_type") else "non-tensor"
+    return TensorInfo(name=value.name, dtype=dtype, shape=shape)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Real inputs: graph inputs that are not initializers (IR < 4 lists initializers as inputs too)."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_nodes(g)
+
+
+def node_count(model: onnx.ModelProto) -> int:
+    return sum(1 for _ in _all_nodes(model.graph))
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(Counter(n.op_type for n in _all_nodes(model.graph)).most_common())
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer))
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in QUANTIZED_OP_TYPES for n in _all_nodes(model.graph))
+
+
+def weight_sparsity(model: onnx.ModelProto) -> float:
+    """Fraction of exact zeros among the float weights of Conv/Gemm/MatMul nodes."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    zeros = total = 0
+    for node in model.graph.node:
+        if node.op_type not in WEIGHTED_OP_TYPES or len(node.input) < 2:
+            continue
+        tensor = initializers.get(node.input[1])
+        if tensor is None or tensor.name in seen or tensor.data_type not in _FLOAT_TYPES:
+            continue
+        seen.add(tensor.name)
+        values = numpy_helper.to_array(tensor)
+        zeros += int(values.size - np.count_nonzero(values))
+        total += values.size
+    return zeros / total if total else 0.0
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+class ModelSummary(BaseModel):
+    path: str
+    size_bytes: int
+    ir_version: int
+    opsets: dict[str, int]
+    producer: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    nodes: int
+    op_types: dict[str, int]
+    parameters: int
+    weight_sparsity: float
+    quantized: bool
+    node_names: list[str] | None = None
+
+
+def summarize(model: onnx.ModelProto, path: str, size_bytes: int, with_nodes: bool = False) -> ModelSummary:
+    return ModelSummary(
+        path=path,
+        size_bytes=size_bytes,
+        ir_version=model.ir_version,
+        opsets={o.domain or "ai.onnx": o.version for o in model.opset_import},
+        producer=" ".join(filter(None, [model.producer_name, model.producer_version])),
+        inputs=[value_info_of(v) for v in graph_inputs(model)],
+        outputs=[value_info_of(v) for v in model.graph.output],
+        nodes=node_count(model),
+        op_types=op_histogram(model),
+        parameters=parameter_count(model),
+        weight_sparsity=weight_sparsity(model),
+        quantized=is_quantized(model),
+        node_names=[f"{n.name} ({n.op_type})" for n in model.graph.node] if with_nodes else None,
+    )

@@ -1,0 +1,158 @@
+"""Quantization passes: ``type: quantize`` with ``mode: dynamic`` (int8 weights, activations quantized at run time).
+
+Dynamic int8 goes through ``onnxruntime.quantization.quantize_dynamic``. By default only MatMul/Gemm are quantized:
+a dynamically quantized Conv becomes ConvInteger, which is slower than fp32 Conv on ONNX Runtime's CPU provider.
+ONNX Runtime has no integer Gemm, so Gemm nodes with constant weights are first rewritten to MatMul + Add.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from pydantic import Field
+
+from optc.errors import OptcError, PassError
+from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
+from optc.modelio import needs_external_data
+from optc.passes.exclude import ExcludeSpec, excluded_nodes
+from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
+
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
+
+
+class QuantizeConfig(PassConfig):
+    type: Literal["quantize"]
+    mode: Literal["dynamic"] = Field(description="dynamic: int8 weights, activations quantized at run time.")
+    weight_type: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = Field(
+        default=True, description="One scale per output channel of each weight (more accurate than per-tensor)."
+    )
+    reduce_range: bool = Field(
+        default=False, description="7-bit weights; helps only on CPUs without VNNI, where int8 products can saturate."
+    )
+    op_types: list[Literal[DYNAMIC_OP_TYPES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["MatMul", "Gemm"],
+        description="Op types to quantize. Conv is left out by default: ConvInteger is slow on ONNX Runtime's CPU.",
+    )
+    exclude: ExcludeSpec = Field(default_factory=ExcludeSpec)
+
+
+@register(QuantizeConfig)
+def run_quantize(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
+    if is_quantized(model):
+        raise OptcError(
+            f"{context.label}: the model is already quantized (it has "
+            f"{', '.join(sorted(set(op_histogram(model)) & QUANTIZED_OP_TYPES))}); quantizing it again would "
+            "break it",
+            hint="start from the float model",
+        )
+    excluded = excluded_nodes(model.graph, config.exclude, context.label)
+    op_types = [op for op in config.op_types if op not in config.exclude.op_types]
+    if "Gemm" in op_types:
+        model = gemm_to_matmul(model, skip=excluded)
+        op_types = [op for op in op_types if op != "Gemm"] + (["MatMul"] if "MatMul" not in op_types else [])
+    before = op_histogram(model)
+    source = context.workdir / "quantize_in.onnx"
+    target = context.workdir / "quantize_out.onnx"
+    large = needs_external_data(model)
+    onnx.save_model(model, str(source), save_as_external_data=large)
+    with quiet_root_logger():  # ONNX Runtime's quantizer logs advice through the root logger
+        quantize_dynamic(
+            str(source),
+            str(target),
+            op_types_to_quantize=op_types,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            weight_type=QuantType.QInt8 if config.weight_type == "int8" else QuantType.QUInt8,
+            nodes_to_exclude=sorted(excluded),
+            use_external_data_format=large,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    result = onnx.load_model(str(target))
+    after = op_histogram(result)
+    quantized = sum(after.get(op, 0) - before.get(op, 0) for op in ("MatMulInteger", "ConvInteger", "QAttention"))
+    candidates = sum(before.get(op, 0) for op in op_types)
+    if quantized == 0:
+        raise PassError(
+            context.label,
+            f"quantized 0 of {candidates} {'/'.join(op_types)} nodes, so the model would come out unchanged",
+            hint="dynamic quantization needs constant weights; check op_types and exclude",
+        )
+    return PassOutcome(
+        model=result,
+        details={
+            "ops_quantized": quantized,
+            "candidates": candidates,
+            "op_types": op_types,
+            "excluded_nodes": sorted(excluded),
+            "per_channel": config.per_channel,
+            "weight_type": config.weight_type,
+        },
+    )
+
+
+@contextlib.contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def gemm_to_matmul(model: onnx.ModelProto, skip: set[str]) -> onnx.ModelProto:
+    """Rewrite ``Gemm(A, B, C)`` with constant B (alpha = beta = 1, transA = 0) to ``MatMul(A, B') + C``.
+
+    The MatMul keeps the Gemm's name, so exclusions by name still apply to it.
+    """
+    model_out = onnx.ModelProto()
+    model_out.CopyFrom(model)
+    graph = model_out.graph
+    initializers = {t.name: t for t in graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rewritable = (
+            node.op_type == "Gemm"
+            and node.name not in skip
+            and node.input[1] in initializers
+            and attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+            and attrs.get("transA", 0) == 0
+            and (len(node.input) < 3 or not node.input[2] or node.input[2] in initializers)
+        )
+        if not rewritable:
+            new_nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = np.ascontiguousarray(weight.T)
+        weight_name = node.input[1]
+        if attrs.get("transB", 0):
+            weight_name = f"{node.input[1]}_matmul_{node.name or len(new_nodes)}"
+            graph.initializer.append(numpy_helper.from_array(weight, weight_name))
+            if consumers[node.input[1]] == 1:
+                graph.initializer.remove(initializers[node.input[1]])
+        has_bias = len(node.input) >= 3 and node.input[2]
+        matmul_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        new_nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [matmul_out], name=node.name))
+        if has_bias:
+            new_nodes.append(
+                helper.make_node("Add", [matmul_out, node.input[2]], [node.output[0]], name=f"{node.name}_bias")
+            )
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    return model_out

@@ -1,0 +1,88 @@
+"""The pass interface and the registry keyed by a recipe pass's ``type``.
+
+A pass is a pydantic config model (its recipe block, validated with ``extra="forbid"``) plus one function
+``run(model, config, context) -> PassOutcome``. Registering both under the config's ``type`` is all it takes for
+the recipe schema, validation and the pipeline to know about it.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict
+
+
+class PassConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides the model: never the terminal, never files outside ``workdir``."""
+
+    label: str  # e.g. "passes[1] (quantize)": used in messages so users can find the block in their recipe
+    workdir: Path  # a private temporary folder that is removed after the run
+    seed: int
+    # Inputs a pass may run the model on (evaluation data if given, else seeded synthetic inputs).
+    sample_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass
+class PassOutcome:
+    model: onnx.ModelProto
+    details: dict[str, Any] = field(default_factory=dict)  # pass-specific facts for the report
+    warnings: list[str] = field(default_factory=list)
+
+
+ConfigT = TypeVar("ConfigT", bound=PassConfig)
+RunFn = Callable[[onnx.ModelProto, ConfigT, PassContext], PassOutcome]
+
+
+@dataclass(frozen=True)
+class RegisteredPass(Generic[ConfigT]):
+    type: str
+    config_cls: type[ConfigT]
+    run: RunFn
+
+
+_REGISTRY: dict[str, RegisteredPass] = {}
+
+
+def pass_type_of(config_cls: type[PassConfig]) -> str:
+    annotation = config_cls.model_fields["type"].annotation
+    (value,) = typing.get_args(annotation)
+    return value
+
+
+def register(config_cls: type[ConfigT]) -> Callable[[RunFn], RunFn]:
+    """Decorate a pass's run function: ``@register(FuseConfig) def run_fuse(model, config, context): ...``."""
+
+    def decorate(run: RunFn) -> RunFn:
+        pass_type = pass_type_of(config_cls)
+        if pass_type in _REGISTRY:
+            raise RuntimeError(f"pass type {pass_type!r} registered twice")
+        _REGISTRY[pass_type] = RegisteredPass(type=pass_type, config_cls=config_cls, run=run)
+        return run
+
+    return decorate
+
+
+def registered_passes() -> dict[str, RegisteredPass]:
+    return dict(_REGISTRY)
+
+
+def lookup(pass_type: str) -> RegisteredPass:
+    return _REGISTRY[pass_type]
+
+
+def describe(config: PassConfig) -> str:
+    """A short label for tables: the type plus its mode or method where it has one."""
+    pass_type = pass_type_of(type(config))
+    variant = getattr(config, "mode", None) or getattr(config, "method", None)
+    return f"{pass_type} ({variant})" if variant else pass_type

@@ -1,0 +1,92 @@
+"""Run a recipe's passes in order, verifying each result and recording what it did."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from pydantic import BaseModel
+
+from optc.errors import OptcError, PassError
+from optc.model_facts import node_count
+from optc.modelio import needs_external_data, serialized_size
+from optc.passes import PassConfig, PassContext, describe, lookup
+from optc.progress import Progress
+from optc.report.format import human_bytes
+from optc.verify import finite_output_names, verify_model
+
+
+class PassRecord(BaseModel):
+    index: int
+    type: str
+    label: str
+    wall_s: float
+    size_before: int
+    size_after: int
+    nodes_before: int
+    nodes_after: int
+    details: dict[str, Any]
+    warnings: list[str]
+
+
+def run_passes(
+    model: onnx.ModelProto,
+    passes: list[PassConfig],
+    workdir: Path,
+    seed: int,
+    sample_inputs: list[dict[str, np.ndarray]],
+    progress: Progress,
+) -> tuple[onnx.ModelProto, list[PassRecord]]:
+    feed = sample_inputs[0] if sample_inputs else None
+    finite = finite_output_names(model, workdir, feed) if feed is not None else set()
+    records = []
+    for index, config in enumerate(passes):
+        label = f"passes[{index}] {describe(config)}"
+        registered = lookup(config.type)
+        context = PassContext(label=label, workdir=workdir, seed=seed, sample_inputs=sample_inputs)
+        size_before, nodes_before, digest_before = serialized_size(model), node_count(model), _digest(model)
+        with progress.stage(f"{label}"):
+            started = time.perf_counter()
+            try:
+                outcome = registered.run(model, config, context)
+            except OptcError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure inside a pass is that pass's failure
+                raise PassError(label, f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
+            wall = time.perf_counter() - started
+            verify_model(outcome.model, label, workdir, feed, finite)
+        warnings = list(outcome.warnings)
+        if digest_before is not None and _digest(outcome.model) == digest_before:
+            warnings.append(f"{label} left the model unchanged")
+        model = outcome.model
+        record = PassRecord(
+            index=index,
+            type=config.type,
+            label=label,
+            wall_s=wall,
+            size_before=size_before,
+            size_after=serialized_size(model),
+            nodes_before=nodes_before,
+            nodes_after=node_count(model),
+            details=outcome.details,
+            warnings=warnings,
+        )
+        records.append(record)
+        progress.done(
+            f"{label}: {record.nodes_before}→{record.nodes_after} nodes, "
+            f"{human_bytes(record.size_before)}→{human_bytes(record.size_after)} in {wall:.2f} s"
+        )
+        for warning in warnings:
+            progress.warn(warning)
+    return model, records
+
+
+def _digest(model: onnx.ModelProto) -> str | None:
+    """A fingerprint to tell whether a pass changed anything; None for models too large to serialize at once."""
+    if needs_external_data(model):
+        return None
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()

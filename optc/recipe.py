@@ -1,0 +1,209 @@
+"""The recipe: a YAML file validated by pydantic models, and the built-in recipes shipped with optc.
+
+The ``passes`` list is a union of every registered pass's config, discriminated by ``type``; its JSON Schema is what
+``optc recipes schema`` prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from optc.errors import OptcError
+from optc.passes import registered_passes
+
+PROVIDERS = ("cpu", "cuda")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LatencySettings(Strict):
+    batch_size: int = Field(default=1, ge=1, description="Batch size of the timed runs.")
+    warmup: int = Field(default=10, ge=0, description="Untimed runs of each model before timing.")
+    runs: int = Field(default=50, ge=1, description="Minimum timed runs of each model.")
+    min_time_s: float = Field(default=1.0, ge=0, description="Keep timing until this many seconds have passed.")
+    threads: int = Field(
+        default=1, ge=1, description="ONNX Runtime intra-op threads. One thread gives the steadiest figures."
+    )
+
+
+class EvaluateSettings(Strict):
+    providers: list[Literal[PROVIDERS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["cpu"], min_length=1, description="Execution providers to measure on."
+    )
+    data: Path | None = Field(
+        default=None,
+        description=".npz with arrays named after the model inputs (first axis = samples) and optional `labels`; "
+        "relative paths are relative to the recipe file. Without data, seeded synthetic inputs are used.",
+    )
+    samples: int | None = Field(default=None, ge=1, description="Use at most this many samples.")
+    metric: Literal["auto", "top1", "fidelity"] = Field(
+        default="auto", description="auto: top-1 when the data has labels, else fidelity to the original."
+    )
+    latency: LatencySettings = Field(default_factory=LatencySettings)
+
+
+class Gates(Strict):
+    max_accuracy_drop: float | None = Field(
+        default=None, ge=0, description="Largest allowed drop of the metric, in percentage points."
+    )
+    min_speedup: float | None = Field(default=None, gt=0, description="Smallest allowed p50 speedup (original/new).")
+    max_size_ratio: float | None = Field(default=None, gt=0, description="Largest allowed size ratio (new/original).")
+
+
+def _pass_union() -> Any:
+    configs = tuple(p.config_cls for p in registered_passes().values())
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 (built at run time)
+
+
+PassSpec = _pass_union()
+
+
+class Recipe(Strict):
+    version: Literal[1] = Field(description="Recipe format version.")
+    name: str | None = None
+    description: str | None = None
+    passes: list[PassSpec] = Field(min_length=1, description="Passes run in order.")  # type: ignore[valid-type]
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    gates: Gates = Field(default_factory=Gates)
+
+
+class LoadedRecipe(BaseModel):
+    recipe: Recipe
+    source: str  # a path, or "built-in:<name>"
+    sha256: str
+    base_dir: Path | None  # where relative data paths are resolved; None for built-ins
+
+
+def builtin_recipe_names() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".yaml") for p in resources.files("optc.recipes").iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def builtin_recipe_text(name: str) -> str:
+    return (resources.files("optc.recipes") / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def load_recipe(reference: str | Path) -> LoadedRecipe:
+    """Load a recipe from a file path or a built-in name (``int8-dynamic``)."""
+    path = Path(reference)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OptcError(f"{path}: cannot read the recipe ({exc})") from exc
+        return parse_recipe(text, source=str(path), base_dir=path.parent)
+    if str(reference) in builtin_recipe_names():
+        return parse_recipe(builtin_recipe_text(str(reference)), source=f"built-in:{reference}", base_dir=None)
+    if path.exists():
+        raise OptcError(f"{path}: not a file")
+    raise OptcError(
+        f"{reference}: no such recipe file, and no built-in recipe of that name",
+        hint=f"built-in recipes: {', '.join(builtin_recipe_names())}",
+    )
+
+
+def parse_recipe(text: str, source: str, base_dir: Path | None) -> LoadedRecipe:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise OptcError(f"{source}: not valid YAML{where}: {problem}") from exc
+    if not isinstance(raw, dict):
+        kind = "empty" if raw is None else f"a {type(raw).__name__}"
+        raise OptcError(f"{source}: a recipe must be a YAML mapping with version and passes, but this is {kind}")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise OptcError(f"{source}: {describe_validation_error(exc, raw)}") from exc
+    return LoadedRecipe(
+        recipe=recipe, source=source, sha256=hashlib.sha256(text.encode()).hexdigest(), base_dir=base_dir
+    )
+
+
+def describe_validation_error(exc: ValidationError, raw: dict) -> str:
+    """One line per problem: ``passes[1].per_channel: input should be a valid boolean, got 'maybe'``."""
+    pass_types = set(registered_passes())
+    lines = []
+    for error in exc.errors():
+        raw_loc = error["loc"]
+        # Pydantic puts the discriminator value into the location (passes, 1, 'quantize', field); users never
+        # wrote it, so it is dropped from the path.
+        tagged = len(raw_loc) > 2 and raw_loc[0] == "passes" and raw_loc[2] in pass_types
+        loc = raw_loc[:2] + raw_loc[3:] if tagged else raw_loc
+        pass_type = _pass_type_at(raw, loc)
+        path = _format_loc(loc)
+        explanation = _explain(error, loc, pass_type)
+        lines.append(f"{path}: {explanation}" if path else explanation)
+    return "invalid recipe\n  " + "\n  ".join(lines)
+
+
+def _pass_type_at(raw: dict, loc: tuple) -> str | None:
+    if len(loc) < 2 or loc[0] != "passes" or not isinstance(loc[1], int):
+        return None
+    passes = raw.get("passes")
+    block = passes[loc[1]] if isinstance(passes, list) and loc[1] < len(passes) else None
+    return block.get("type") if isinstance(block, dict) else None
+
+
+def _format_loc(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _explain(error: dict, loc: tuple, pass_type: str | None) -> str:
+    kind = error["type"]
+    known_types = ", ".join(sorted(registered_passes()))
+    if kind == "extra_forbidden":
+        allowed = _fields_at(loc[:-1], pass_type)
+        return "unknown field" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown pass type {error['ctx']['tag']!r} (known: {known_types})"
+    if kind == "union_tag_not_found":
+        return f"each pass needs a `type` (one of: {known_types})"
+    got = error.get("input")
+    shown = f", got {got!r}" if got is not None and not isinstance(got, (dict, list)) else ""
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}{shown}"
+
+
+def _fields_at(loc: tuple, pass_type: str | None) -> list[str]:
+    """Field names of the model found at ``loc`` (so an unknown key can be answered with the known ones)."""
+    model: type[BaseModel] | None = Recipe
+    parts = list(loc)
+    if parts[:1] == ["passes"]:
+        config = registered_passes().get(pass_type) if pass_type else None
+        model = config.config_cls if config else None
+        parts = parts[2:]
+    for part in parts:
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return [name for name in model.model_fields if name != "type"] if model is not None else []
+
+
+def recipe_json_schema() -> dict:
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "optc recipe"
+    return schema

@@ -1,0 +1,99 @@
+"""report.md: the same report for people reading a build log or a pull request."""
+
+from __future__ import annotations
+
+from optc.report.format import human_bytes
+from optc.report.schema import Report
+
+
+def render_markdown(report: Report) -> str:
+    lines = [
+        f"# optc report: {report.optimized.path}",
+        "",
+        f"Recipe `{report.recipe.source}`"
+        + (f" ({report.recipe.name})" if report.recipe.name else "")
+        + f", from `{report.original.path}`.",
+        "",
+        "## Summary",
+        "",
+        "| | original | optimized | change |",
+        "|---|---:|---:|---:|",
+        f"| size | {human_bytes(report.original.size_bytes)} | {human_bytes(report.optimized.size_bytes)} | "
+        f"{report.size_ratio:.3f}× |",
+        f"| parameters | {report.original.parameters:,} | {report.optimized.parameters:,} | |",
+        f"| nodes | {report.original.nodes} | {report.optimized.nodes} | |",
+    ]
+    for m in report.measurements:
+        if not m.measured:
+            lines.append(f"| {m.provider} | not measured — {m.reason} | | |")
+            continue
+        lines.append(
+            f"| {m.provider} latency p50 (batch {m.batch_size}, {m.threads} thread(s)) | "
+            f"{m.original.p50_ms:.3f} ms | {m.optimized.p50_ms:.3f} ms | {m.speedup:.2f}× faster |"
+        )
+        if m.accuracy:
+            a = m.accuracy
+            lines.append(
+                f"| {m.provider} {a.metric} ({a.samples} samples) | {a.original:.2f} % | {a.optimized:.2f} % | "
+                f"{0.0 - a.drop:+.2f} points |"
+            )
+    lines += ["", "## Gates", ""]
+    if report.gates:
+        lines += ["| gate | measured | bound | result |", "|---|---:|---:|---|"]
+        for g in report.gates:
+            measured = f"{g.measured:.3f}" if g.measured is not None else "not measured"
+            lines.append(f"| {g.name} | {measured} | {g.bound:g} | {'pass' if g.passed else '**FAIL**'} |")
+    else:
+        lines.append("No gates set.")
+    lines += ["", "## Passes", "", "| # | pass | time | size | nodes | details |", "|---|---|---:|---|---|---|"]
+    for p in report.passes:
+        details = ", ".join(f"{k}={v}" for k, v in p.details.items() if not isinstance(v, (list, dict)) or v)
+        lines.append(
+            f"| {p.index} | {p.label} | {p.wall_s:.2f} s | "
+            f"{human_bytes(p.size_before)} → {human_bytes(p.size_after)} | "
+            f"{p.nodes_before} → {p.nodes_after} | {details} |"
+        )
+    lines += ["", "## Latency", ""]
+    for m in report.measured():
+        lines += [
+            f"{m.provider}: batch {m.batch_size}, {m.threads} intra-op thread(s), {m.warmup} warm-up runs, "
+            f"original and optimized interleaved.",
+            "",
+            "| model | runs | p50 ms | p90 ms | p99 ms | mean ms | stdev ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, s in (("original", m.original), ("optimized", m.optimized)):
+            lines.append(
+                f"| {name} | {s.runs} | {s.p50_ms:.3f} | {s.p90_ms:.3f} | {s.p99_ms:.3f} | {s.mean_ms:.3f} | "
+                f"{s.stdev_ms:.3f} |"
+            )
+        lines.append("")
+    measured = report.measured()
+    if measured and measured[0].accuracy:
+        a = measured[0].accuracy
+        lines += [
+            "## Fidelity",
+            "",
+            f"Optimized vs original on {a.samples} samples of {a.data}.",
+            "",
+            "| output | cosine | max abs error | mean abs error | top-1 agreement |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for o in a.outputs:
+            agreement = f"{o.top1_agreement:.2f} %" if o.top1_agreement is not None else "—"
+            lines.append(
+                f"| {o.name} | {o.cosine:.6f} | {o.max_abs_error:.4g} | {o.mean_abs_error:.4g} | {agreement} |"
+            )
+        lines.append("")
+    if report.warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in report.warnings] + [""]
+    env = report.environment
+    lines += [
+        "## Environment",
+        "",
+        f"optc {env.optc}, onnx {env.onnx}, onnxruntime {env.onnxruntime}, numpy {env.numpy}, Python {env.python}; "
+        f"{env.cpu} ({env.cpu_count} logical CPUs), {env.platform}; providers available: "
+        f"{', '.join(env.providers_available)}.",
+        "",
+    ]
+    return "\n".join(lines)

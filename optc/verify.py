@@ -1,0 +1,75 @@
+"""The check every pass's output goes through: the ONNX checker, an ONNX Runtime session, and finite outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from optc.errors import PassError
+from optc.measure.providers import session_options
+from optc.modelio import needs_external_data
+
+
+def session_source(model: onnx.ModelProto, workdir: Path, name: str) -> bytes | str:
+    """What ``InferenceSession`` takes: bytes, or a path for models too large to serialize in one piece."""
+    if not needs_external_data(model):
+        return model.SerializeToString()
+    path = workdir / f"{name}.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location=f"{name}.onnx.data")
+    return str(path)
+
+
+def verify_model(
+    model: onnx.ModelProto,
+    label: str,
+    workdir: Path,
+    feed: dict[str, np.ndarray] | None,
+    finite_outputs: set[str],
+) -> None:
+    """Raise ``PassError`` naming ``label`` unless the model is valid, loads, and keeps finite outputs finite.
+
+    ``finite_outputs`` names the outputs that were all finite before the pass: NaN/Inf appearing there is a defect
+    of the pass, never of the input.
+    """
+    source = session_source(model, workdir, "verify")
+    try:
+        onnx.checker.check_model(source if isinstance(source, str) else model)
+    except onnx.checker.ValidationError as exc:
+        raise PassError(label, f"the result is not a valid ONNX model: {_short(exc)}") from exc
+    try:
+        session = ort.InferenceSession(source, sess_options=session_options(1), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime refuses, the pass produced it
+        raise PassError(label, f"ONNX Runtime cannot load the result: {_short(exc)}") from exc
+    if feed is None:
+        return
+    try:
+        outputs = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+    except Exception as exc:  # noqa: BLE001
+        raise PassError(label, f"the result fails to run in ONNX Runtime: {_short(exc)}") from exc
+    broken = [
+        o.name
+        for o, value in zip(session.get_outputs(), outputs, strict=True)
+        if o.name in finite_outputs and value.dtype.kind == "f" and not np.all(np.isfinite(value))
+    ]
+    if broken:
+        raise PassError(label, f"the result produces NaN/Inf in output(s) {', '.join(broken)}, the original did not")
+
+
+def finite_output_names(model: onnx.ModelProto, workdir: Path, feed: dict[str, np.ndarray]) -> set[str]:
+    session = ort.InferenceSession(
+        session_source(model, workdir, "reference"), sess_options=session_options(1), providers=["CPUExecutionProvider"]
+    )
+    outputs = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+    return {
+        o.name
+        for o, value in zip(session.get_outputs(), outputs, strict=True)
+        if value.dtype.kind != "f" or np.all(np.isfinite(value))
+    }
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())[:300]
