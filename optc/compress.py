@@ -21,6 +21,7 @@ from optc.measure.latency import measure_interleaved
 from optc.measure.providers import Unavailable, open_session
 from optc.model_facts import node_count, parameter_count
 from optc.modelio import load_model, refuse_overwriting_input, save_model, serialized_size, write_text_atomic
+from optc.passes import PassContext
 from optc.pipeline import run_passes
 from optc.progress import Progress
 from optc.recipe import Gates, LoadedRecipe
@@ -35,6 +36,7 @@ class CompressRequest:
     output_path: Path
     recipe: LoadedRecipe
     data_path: Path | None = None  # wins over the recipe's evaluate.data
+    calibration_data: Path | None = None  # wins over a pass's own calibration data
     providers: list[str] | None = None  # wins over the recipe's evaluate.providers
     gate_overrides: dict[str, float] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -68,9 +70,17 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
 
     with tempfile.TemporaryDirectory(prefix="optc-") as tmp:
         workdir = Path(tmp)
-        optimized, records = run_passes(
-            loaded.model, list(recipe.passes), workdir, request.seed, [dataset.first_batch(batch)], progress
+        context = PassContext(
+            label="",
+            workdir=workdir,
+            seed=request.seed,
+            dataset=dataset,
+            metric=recipe.evaluate.metric,
+            calibration_data=request.calibration_data,
+            recipe_dir=request.recipe.base_dir,
+            sample_inputs=[dataset.first_batch(batch)],
         )
+        optimized, records = run_passes(loaded.model, list(recipe.passes), context, progress)
         _stamp_provenance(optimized, loaded.sha256, request.recipe.sha256)
         for record in records:
             warnings.extend(record.warnings)

@@ -136,7 +136,7 @@ def serialized_size(model: onnx.ModelProto) -> int:
 
 def refuse_overwriting_input(output: Path, input_path: Path) -> None:
     if Path(output).resolve() == Path(input_path).resolve() or (
-        Path(output).exists() and os.path.samefile(output, input_path)
+        Path(output).exists() and Path(input_path).exists() and os.path.samefile(output, input_path)
     ):
         raise OptcError(
             f"{output}: the output path is the input model; optc never overwrites its input",

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from pydantic import BaseModel
 
@@ -36,18 +35,18 @@ class PassRecord(BaseModel):
 def run_passes(
     model: onnx.ModelProto,
     passes: list[PassConfig],
-    workdir: Path,
-    seed: int,
-    sample_inputs: list[dict[str, np.ndarray]],
+    base_context: PassContext,
     progress: Progress,
 ) -> tuple[onnx.ModelProto, list[PassRecord]]:
-    feed = sample_inputs[0] if sample_inputs else None
+    """Run ``passes`` in order; ``base_context`` is copied for each pass with that pass's label."""
+    workdir = base_context.workdir
+    feed = base_context.sample_inputs[0] if base_context.sample_inputs else None
     finite = finite_output_names(model, workdir, feed) if feed is not None else set()
     records = []
     for index, config in enumerate(passes):
         label = f"passes[{index}] {describe(config)}"
         registered = lookup(config.type)
-        context = PassContext(label=label, workdir=workdir, seed=seed, sample_inputs=sample_inputs)
+        context = dataclasses.replace(base_context, label=label)
         size_before, nodes_before, digest_before = serialized_size(model), node_count(model), _digest(model)
         with progress.stage(f"{label}"):
             started = time.perf_counter()

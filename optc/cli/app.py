@@ -92,6 +92,10 @@ def compress(
         Optional[Path],
         typer.Option(help="Evaluation data (.npz named after the inputs, optional 'labels'); wins over the recipe."),
     ] = None,
+    calibration_data: Annotated[
+        Optional[Path],
+        typer.Option(help="Calibration data for static quantization (.npz or a folder); wins over the recipe."),
+    ] = None,
     providers: Annotated[
         Optional[str], typer.Option(help="Comma-separated providers to measure on: cpu,cuda (wins over the recipe).")
     ] = None,
@@ -151,6 +155,7 @@ def compress(
         output_path=output,
         recipe=load_recipe(recipe),
         data_path=data,
+        calibration_data=calibration_data,
         providers=provider_list,
         gate_overrides=gates,
         input_shapes=parse_input_shapes(input_shape or []),

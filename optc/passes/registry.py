@@ -11,11 +11,13 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict
+
+from optc.data import Dataset
 
 
 class PassConfig(BaseModel):
@@ -26,11 +28,23 @@ class PassConfig(BaseModel):
 class PassContext:
     """What a pass may use besides the model: never the terminal, never files outside ``workdir``."""
 
-    label: str  # e.g. "passes[1] (quantize)": used in messages so users can find the block in their recipe
+    label: str  # e.g. "passes[1] quantize (dynamic)": used in messages so users find the block in their recipe
     workdir: Path  # a private temporary folder that is removed after the run
     seed: int
-    # Inputs a pass may run the model on (evaluation data if given, else seeded synthetic inputs).
+    # Evaluation data (labelled or not), else seeded synthetic inputs; passes that search against an accuracy
+    # budget evaluate on it with ``metric``.
+    dataset: Dataset
+    metric: Literal["auto", "top1", "fidelity"] = "auto"
+    # --calibration-data from the command line; wins over a pass's own data path.
+    calibration_data: Path | None = None
+    # Folder that relative paths inside the recipe are resolved against (None for built-in recipes: the cwd).
+    recipe_dir: Path | None = None
+    # Inputs used to check each pass's result (the first evaluation batch).
     sample_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    def resolve(self, path: Path) -> Path:
+        """A path written in the recipe, made absolute against the recipe's folder."""
+        return path if path.is_absolute() else (self.recipe_dir or Path.cwd()) / path
 
 
 @dataclass

@@ -1,0 +1,69 @@
+"""``make bench``: run every bench section and write bench/RESULTS.md.
+
+Each ``bench/bench_*.py`` module exposes ``TITLE`` and ``run() -> str`` (a Markdown section). Run one section with
+``python bench/run.py quantize`` (the part of the file name after ``bench_``); RESULTS.md is then rewritten with
+that section replaced and the others kept.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import platform
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import onnxruntime  # noqa: E402
+from harness import THREADS, cpu_name  # noqa: E402
+
+import optc  # noqa: E402
+
+RESULTS = HERE / "RESULTS.md"
+MARK = "<!-- section: {} -->"
+
+
+def sections() -> list[str]:
+    return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+
+
+def previous_sections() -> dict[str, str]:
+    if not RESULTS.exists():
+        return {}
+    found = {}
+    parts = re.split(r"(<!-- section: [\w-]+ -->)", RESULTS.read_text())
+    for marker, body in zip(parts[1::2], parts[2::2], strict=True):
+        found[marker.removeprefix("<!-- section: ").removesuffix(" -->")] = body.strip()
+    return found
+
+
+def main(selected: list[str]) -> None:
+    chosen = selected or sections()
+    unknown = [s for s in chosen if s not in sections()]
+    if unknown:
+        raise SystemExit(f"unknown bench section(s) {unknown}; known: {sections()}")
+    bodies = previous_sections()
+    for name in chosen:
+        module = importlib.import_module(f"bench_{name}")
+        print(f"== {name}: {module.TITLE}", flush=True)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        bodies[name] = f"## {module.TITLE}\n\n_Measured {stamp}._\n\n{module.run().strip()}"
+    header = (
+        "# optc benchmark results\n\n"
+        "Written by `make bench` (`python bench/run.py [SECTION...]`). Every comparison inside a section is measured "
+        "in one run: variants are timed interleaved after warm-up, figures are medians (p50) with p90 and the "
+        "number of runs. Latency uses ONNX Runtime's CPU provider with "
+        f"**{THREADS} intra-op thread** unless a row says otherwise.\n\n"
+        f"Machine: {cpu_name()}, {platform.platform()}; Python {platform.python_version()}, "
+        f"onnxruntime {onnxruntime.__version__}, optc {optc.__version__}.\n"
+    )
+    text = header + "".join(f"\n{MARK.format(n)}\n{bodies[n]}\n" for n in sections() if n in bodies)
+    RESULTS.write_text(text)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
