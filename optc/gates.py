@@ -16,7 +16,7 @@ def evaluate_gates(gates: Gates, size_ratio: float, measurements: list[ProviderM
                 bound=gates.max_size_ratio,
                 measured=size_ratio,
                 passed=size_ratio <= gates.max_size_ratio,
-                detail=f"size ratio {size_ratio:.3f} (bound ≤ {gates.max_size_ratio:g})",
+                detail=f"max_size_ratio: size ratio {size_ratio:.3f} (bound ≤ {gates.max_size_ratio:g})",
             )
         )
     measured = [m for m in measurements if m.measured]

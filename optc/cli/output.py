@@ -21,7 +21,7 @@ class Output:
     json_mode: bool = False
     quiet: bool = False
     stdout: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=False))
-    stderr: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    stderr: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
 
     def configure(self, json_mode: bool, quiet: bool) -> None:
         self.json_mode, self.quiet = json_mode, quiet

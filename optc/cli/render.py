@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from optc.model_facts import ModelSummary
-from optc.report.format import human_bytes
+from optc.report.format import cell, human_bytes, is_table, table_columns
 from optc.report.schema import Report
 
 
@@ -57,6 +57,16 @@ def report_view(report: Report) -> Group:
             f"{p.nodes_before} → {p.nodes_after}",
         )
     parts.append(passes)
+    for p in report.passes:
+        for key, rows in p.details.items():
+            if is_table(rows):
+                detail = Table(title=f"{p.label}: {key.replace('_', ' ')}", title_justify="left")
+                columns = table_columns(rows)
+                for column in columns:
+                    detail.add_column(column)
+                for row in rows:
+                    detail.add_row(*(Text(cell(row.get(c))) for c in columns))
+                parts.append(detail)
     if report.gates:
         gates = Table(title="gates", title_justify="left")
         gates.add_column("gate")

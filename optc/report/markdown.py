@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optc.report.format import human_bytes
+from optc.report.format import cell, human_bytes, inline_details, is_table, table_columns
 from optc.report.schema import Report
 
 
@@ -47,12 +47,19 @@ def render_markdown(report: Report) -> str:
         lines.append("No gates set.")
     lines += ["", "## Passes", "", "| # | pass | time | size | nodes | details |", "|---|---|---:|---|---|---|"]
     for p in report.passes:
-        details = ", ".join(f"{k}={v}" for k, v in p.details.items() if not isinstance(v, (list, dict)) or v)
+        details = inline_details(p.details)
         lines.append(
             f"| {p.index} | {p.label} | {p.wall_s:.2f} s | "
             f"{human_bytes(p.size_before)} → {human_bytes(p.size_after)} | "
             f"{p.nodes_before} → {p.nodes_after} | {details} |"
         )
+    for p in report.passes:
+        for key, rows in p.details.items():
+            if is_table(rows):
+                columns = table_columns(rows)
+                lines += ["", f"### {p.label}: {key.replace('_', ' ')}", ""]
+                lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     lines += ["", "## Latency", ""]
     for m in report.measured():
         lines += [

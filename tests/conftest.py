@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny graphs built with onnx.helper, the committed sample models, and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "test", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def mlp_model(seed: int = 0, hidden: int = 64) -> onnx.ModelProto:
+    """x[batch,16] -> MatMul+Add -> Relu -> Gemm(transB) -> y[batch,10]."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "W1": rng.standard_normal((16, hidden)).astype(np.float32),
+        "b1": rng.standard_normal(hidden).astype(np.float32),
+        "W2": rng.standard_normal((10, hidden)).astype(np.float32),
+        "b2": rng.standard_normal(10).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+        helper.make_node("Add", ["h", "b1"], ["h2"], name="add1"),
+        helper.make_node("Relu", ["h2"], ["h3"], name="relu"),
+        helper.make_node("Gemm", ["h3", "W2", "b2"], ["y"], name="fc", transB=1),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+
+
+def relu_model() -> onnx.ModelProto:
+    """A model with nothing to quantize."""
+    return make_model(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+
+
+@pytest.fixture
+def mlp_path(tmp_path: Path) -> Path:
+    path = tmp_path / "mlp.onnx"
+    onnx.save_model(mlp_model(), str(path))
+    return path
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def fast_recipe(tmp_path: Path):
+    """Write a recipe with short latency settings (tests check behaviour, not speed)."""
+
+    def write(passes_yaml: str, extra: str = "", name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(
+            f"version: 1\npasses:\n{passes_yaml}evaluate:\n  latency: {{warmup: 1, runs: 3, min_time_s: 0}}\n" + extra
+        )
+        return path
+
+    return write
+
+
+DYNAMIC_PASS = "  - type: quantize\n    mode: dynamic\n"

@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optc.data import input_specs, load_dataset, parse_input_shapes, synthetic_dataset
+from optc.errors import OptcError
+from tests.conftest import SAMPLES, make_model, mlp_model
+
+
+def token_model():
+    table = numpy_helper.from_array(np.zeros((50, 4), np.float32), "table")
+    return make_model(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+            helper.make_node("ReduceSum", ["e"], ["y"], name="sum", keepdims=0),
+        ],
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [table],
+    )
+
+
+def test_sample_data_loads_with_labels():
+    specs = input_specs(mlp_model())
+    assert specs[0].name == "x" and specs[0].batch_is_symbolic
+    from optc.modelio import load_model
+
+    cnn = load_model(SAMPLES / "digits_cnn.onnx").model
+    data = load_dataset(SAMPLES / "digits_test.npz", input_specs(cnn), samples=100)
+    assert len(data) == 100 and data.labels.shape == (100,)
+    assert [b["input"].shape[0] for b in data.batches(32)] == [32, 32, 32, 4]
+
+
+def save(tmp_path: Path, **arrays) -> Path:
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"input": np.zeros((4, 16), np.float32)}, "no array for model input(s) 'x'"),
+        ({"x": np.zeros((4, 16), np.float32), "z": np.zeros(4)}, "'z' match no model input"),
+        ({"x": np.zeros((4, 15), np.float32)}, "does not fit the model input shape"),
+        ({"x": np.zeros((4, 16), np.int64)}, "dtype int64"),
+        ({"x": np.zeros(4, np.float32)}, "rank"),
+        ({"x": np.zeros((4, 16), np.float32), "labels": np.zeros(3, np.int64)}, "disagree"),
+        ({"x": np.zeros((4, 16), np.float32), "labels": np.zeros(4, np.float32)}, "integer class indices"),
+    ],
+)
+def test_mismatched_data_names_the_file_and_the_problem(tmp_path: Path, arrays, expected):
+    path = save(tmp_path, **arrays)
+    with pytest.raises(OptcError) as info:
+        load_dataset(path, input_specs(mlp_model()))
+    assert expected in info.value.message + (info.value.hint or "")
+    assert str(path) in info.value.message
+
+
+def test_float64_data_is_cast_to_the_model_dtype(tmp_path: Path):
+    data = load_dataset(save(tmp_path, x=np.ones((3, 16))), input_specs(mlp_model()))
+    assert data.inputs["x"].dtype == np.float32
+
+
+def test_folder_of_npz_files_is_concatenated(tmp_path: Path):
+    for i in range(3):
+        np.savez(tmp_path / f"part{i}.npz", x=np.full((2, 16), i, np.float32))
+    data = load_dataset(tmp_path, input_specs(mlp_model()))
+    assert len(data) == 6 and data.inputs["x"][-1, 0] == 2
+
+
+def test_synthetic_inputs_are_seeded_and_token_ids_stay_in_the_table():
+    model = token_model()
+    specs = input_specs(model)
+    with pytest.raises(OptcError, match="symbolic dim 'seq'") as info:
+        synthetic_dataset(model, specs, seed=0)
+    assert "--input-shape ids=" in info.value.hint
+    shapes = parse_input_shapes(["ids=1x8", "attention_mask=1x8"])
+    a = synthetic_dataset(model, specs, seed=3, input_shapes=shapes)
+    b = synthetic_dataset(model, specs, seed=3, input_shapes=shapes)
+    np.testing.assert_array_equal(a.inputs["ids"], b.inputs["ids"])
+    assert a.inputs["ids"].shape == (32, 8)
+    assert a.inputs["ids"].max() < 50 and a.inputs["ids"].max() > 10
+    assert (a.inputs["attention_mask"] == 1).all()
+    assert a.synthetic
+
+
+@pytest.mark.parametrize("bad", ["ids", "ids=", "ids=1xa", "=1x2"])
+def test_bad_input_shape_flag(bad):
+    with pytest.raises(OptcError, match="NAME=DIM"):
+        parse_input_shapes([bad])

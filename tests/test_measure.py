@@ -1,0 +1,115 @@
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from optc.data import Dataset, input_specs
+from optc.errors import OptcError
+from optc.gates import evaluate_gates
+from optc.measure import providers
+from optc.measure.accuracy import evaluate
+from optc.measure.latency import LatencyStats, measure_interleaved
+from optc.recipe import Gates
+from optc.report.schema import ProviderMeasurement
+from tests.conftest import mlp_model
+
+
+def session(model=None):
+    return ort.InferenceSession((model or mlp_model()).SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_cpu_session_runs_on_cpu():
+    s = providers.open_session(mlp_model().SerializeToString(), "cpu")
+    assert s.get_providers()[0] == "CPUExecutionProvider"
+
+
+def test_cuda_missing_from_the_build_is_not_measured(monkeypatch):
+    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    result = providers.open_session(mlp_model().SerializeToString(), "cuda")
+    assert isinstance(result, providers.Unavailable)
+    assert "onnxruntime-gpu" in result.reason
+
+
+def test_silent_fallback_to_cpu_is_detected(monkeypatch):
+    """ONNX Runtime accepts CUDA in the provider list but runs on the CPU when no GPU works."""
+    monkeypatch.setattr(
+        providers.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    real = providers.ort.InferenceSession
+
+    def fake_session(model, sess_options=None, providers=None):
+        return real(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(providers.ort, "InferenceSession", fake_session)
+    result = providers.open_session(mlp_model().SerializeToString(), "cuda")
+    assert isinstance(result, providers.Unavailable)
+    assert "fell back to CPUExecutionProvider" in result.reason
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
+def test_cuda_session_runs_on_cuda_when_present():
+    result = providers.open_session(mlp_model().SerializeToString(), "cuda")
+    if isinstance(result, providers.Unavailable):
+        pytest.skip(result.reason)
+    assert result.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def test_interleaved_latency_times_every_session():
+    feed = {"x": np.zeros((1, 16), np.float32)}
+    stats = measure_interleaved({"a": session(), "b": session()}, feed, warmup=1, runs=5, min_time_s=0)
+    assert set(stats) == {"a", "b"}
+    assert all(s.runs == 5 and 0 < s.p50_ms <= s.p90_ms <= s.max_ms for s in stats.values())
+
+
+def test_latency_stats_percentiles():
+    stats = LatencyStats.of([0.001 * i for i in range(1, 101)])
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.min_ms == pytest.approx(1.0) and stats.max_ms == pytest.approx(100.0)
+
+
+def dataset(labels=None, n=40):
+    x = np.random.default_rng(0).standard_normal((n, 16)).astype(np.float32)
+    return Dataset(inputs={"x": x}, labels=labels, source="data.npz")
+
+
+def test_top1_with_labels_and_agreement_without():
+    specs = input_specs(mlp_model())
+    reference = session().run(None, {"x": dataset().inputs["x"]})[0]
+    labels = reference.argmax(1)
+    labels[:10] = (labels[:10] + 1) % 10  # the original gets 30 of 40 right
+    same = evaluate(session(), session(), dataset(labels), specs, "auto")
+    assert same.metric == "top1" and same.original == pytest.approx(75.0) and same.drop == 0
+    other = evaluate(session(), session(mlp_model(seed=5)), dataset(), specs, "auto")
+    assert other.metric == "top1_agreement" and other.original == 100.0
+    assert other.optimized < 60 and other.drop == pytest.approx(100 - other.optimized)
+    assert other.outputs[0].cosine < 0.9 and other.outputs[0].max_abs_error > 0
+
+
+def test_top1_metric_without_labels_is_bad_input():
+    with pytest.raises(OptcError, match="needs a 'labels'"):
+        evaluate(session(), session(), dataset(), input_specs(mlp_model()), "top1")
+
+
+def measurement(provider="cpu", speedup=2.0, drop=0.5, measured=True):
+    from optc.measure.accuracy import AccuracyResult
+
+    accuracy = AccuracyResult(
+        metric="top1", samples=10, data="d", original=90, optimized=90 - drop, drop=drop, outputs=[]
+    )
+    if not measured:
+        return ProviderMeasurement(
+            provider=provider, measured=False, reason="no GPU", batch_size=1, threads=1, warmup=1
+        )
+    return ProviderMeasurement(
+        provider=provider, measured=True, batch_size=1, threads=1, warmup=1, speedup=speedup, accuracy=accuracy
+    )
+
+
+def test_gates_pass_fail_and_unmeasured():
+    gates = Gates(max_accuracy_drop=1.0, min_speedup=1.5, max_size_ratio=0.5)
+    results = evaluate_gates(gates, 0.4, [measurement(), measurement("cuda", measured=False)])
+    assert all(r.passed for r in results) and len(results) == 3
+    failing = evaluate_gates(gates, 0.6, [measurement(speedup=1.2, drop=2.0)])
+    assert [r.passed for r in failing] == [False, False, False]
+    assert "1.200" in failing[1].detail and "1.5" in failing[1].detail
+    nothing = evaluate_gates(Gates(min_speedup=1.1), 0.5, [measurement(measured=False)])
+    assert not nothing[0].passed and "not measured" in nothing[0].detail
