@@ -27,7 +27,7 @@ from optc.progress import Progress
 from optc.recipe import Gates, LoadedRecipe
 from optc.report.markdown import render_markdown
 from optc.report.schema import ModelInfo, ProviderMeasurement, RecipeInfo, Report
-from optc.verify import session_source
+from optc.verify import finite_output_names, session_source
 
 
 @dataclass
@@ -80,7 +80,8 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
             recipe_dir=request.recipe.base_dir,
             sample_inputs=[dataset.first_batch(batch)],
         )
-        optimized, records = run_passes(loaded.model, list(recipe.passes), context, progress)
+        finite = finite_output_names(loaded.model, workdir, context.sample_inputs[0], request.model_path)
+        optimized, records = run_passes(loaded.model, list(recipe.passes), context, progress, finite)
         _stamp_provenance(optimized, loaded.sha256, request.recipe.sha256)
         for record in records:
             warnings.extend(record.warnings)

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from optc.errors import OptcError
+from optc.model_check import check_model_structure
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay clear of it.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 64 * 2**20
@@ -50,6 +51,7 @@ def load_model(path: Path) -> LoadedModel:
             hint="is the file truncated or in another format?",
         ) from exc
     _check_is_model(model, path)
+    check_model_structure(model, path)
     external_files = _external_data_files(model, path.parent, path)
     if external_files:
         try:

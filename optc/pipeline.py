@@ -16,7 +16,7 @@ from optc.modelio import needs_external_data, serialized_size
 from optc.passes import PassConfig, PassContext, describe, lookup
 from optc.progress import Progress
 from optc.report.format import human_bytes
-from optc.verify import finite_output_names, verify_model
+from optc.verify import verify_model
 
 
 class PassRecord(BaseModel):
@@ -37,11 +37,15 @@ def run_passes(
     passes: list[PassConfig],
     base_context: PassContext,
     progress: Progress,
+    finite_outputs: set[str],
 ) -> tuple[onnx.ModelProto, list[PassRecord]]:
-    """Run ``passes`` in order; ``base_context`` is copied for each pass with that pass's label."""
+    """Run ``passes`` in order; ``base_context`` is copied for each pass with that pass's label.
+
+    ``finite_outputs`` are the input model's outputs that were finite on the sample inputs (NaN/Inf appearing in
+    them after a pass fails that pass).
+    """
     workdir = base_context.workdir
     feed = base_context.sample_inputs[0] if base_context.sample_inputs else None
-    finite = finite_output_names(model, workdir, feed) if feed is not None else set()
     records = []
     for index, config in enumerate(passes):
         label = f"passes[{index}] {describe(config)}"
@@ -57,7 +61,7 @@ def run_passes(
             except Exception as exc:  # noqa: BLE001 - any failure inside a pass is that pass's failure
                 raise PassError(label, f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
             wall = time.perf_counter() - started
-            verify_model(outcome.model, label, workdir, feed, finite)
+            verify_model(outcome.model, label, workdir, feed, finite_outputs)
         warnings = list(outcome.warnings)
         if digest_before is not None and _digest(outcome.model) == digest_before:
             warnings.append(f"{label} left the model unchanged")

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from optc.errors import PassError
+from optc.errors import OptcError, PassError
 from optc.measure.providers import session_options
 from optc.modelio import needs_external_data
 
@@ -58,11 +58,19 @@ def verify_model(
         raise PassError(label, f"the result produces NaN/Inf in output(s) {', '.join(broken)}, the original did not")
 
 
-def finite_output_names(model: onnx.ModelProto, workdir: Path, feed: dict[str, np.ndarray]) -> set[str]:
-    session = ort.InferenceSession(
-        session_source(model, workdir, "reference"), sess_options=session_options(1), providers=["CPUExecutionProvider"]
-    )
-    outputs = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+def finite_output_names(
+    model: onnx.ModelProto, workdir: Path, feed: dict[str, np.ndarray], model_path: Path
+) -> set[str]:
+    """Names of the input model's outputs that are finite on ``feed``; refuses a model ONNX Runtime cannot run."""
+    try:
+        session = ort.InferenceSession(
+            session_source(model, workdir, "reference"),
+            sess_options=session_options(1),
+            providers=["CPUExecutionProvider"],
+        )
+        outputs = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+    except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime refuses, the input is at fault
+        raise OptcError(f"{model_path}: ONNX Runtime cannot run this model: {_short(exc)}") from exc
     return {
         o.name
         for o, value in zip(session.get_outputs(), outputs, strict=True)

@@ -1,0 +1,180 @@
+"""Structural checks on a loaded model, so that malformed or hostile graphs are refused with a message naming the
+problem instead of failing somewhere deep inside ONNX Runtime or a pass.
+
+Each check names the node, tensor or initializer at fault. They run on every model optc loads, before any pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from optc.errors import OptcError
+
+# Domains whose ops ONNX Runtime implements; any other domain needs a custom-op library optc cannot load.
+KNOWN_DOMAINS = {
+    "",
+    "ai.onnx",
+    "ai.onnx.ml",
+    "com.microsoft",
+    "com.microsoft.nchwc",
+    "ai.onnx.training",
+    "ai.onnx.preview.training",
+    "com.ms.internal.nhwc",
+}
+
+
+def check_model_structure(model: onnx.ModelProto, path: Path) -> None:
+    _check_names_are_text(model, path)
+    _check_opsets(model, path)
+    _check_graph(model.graph, path, outer_scope=set())
+    _check_initializer_sizes(model, path)
+
+
+def _check_names_are_text(model: onnx.ModelProto, path: Path) -> None:
+    # Protobuf hands back bytes for string fields that are not valid UTF-8.
+    for where, name in _all_names(model.graph):
+        if not isinstance(name, str):
+            raise OptcError(f"{path}: {where} has a name that is not valid UTF-8 ({name!r})")
+
+
+def _all_names(graph: onnx.GraphProto) -> Iterable[tuple[str, object]]:
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        yield "a graph value", value.name
+    for tensor in graph.initializer:
+        yield "an initializer", tensor.name
+    for node in graph.node:
+        yield "a node", node.name
+        yield "a node", node.op_type
+        for name in [*node.input, *node.output]:
+            yield f"node {node.name!r}'s input/output", name
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield from _all_names(sub)
+
+
+def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
+    supported = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > supported:
+            raise OptcError(
+                f"{path}: the model uses opset {opset.version}, newer than the {supported} this onnx supports",
+                hint="upgrade onnx and onnxruntime, or export the model at a lower opset",
+            )
+    unknown = sorted({n.domain for n in _nodes(model.graph)} - KNOWN_DOMAINS)
+    if unknown:
+        node = next(n for n in _nodes(model.graph) if n.domain in unknown)
+        raise OptcError(
+            f"{path}: node {node.name!r} uses op {node.op_type!r} from custom domain {node.domain!r}, which neither "
+            "ONNX nor ONNX Runtime implements",
+            hint="optc cannot run models that need a custom-op library",
+        )
+
+
+def _nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield from _nodes(sub)
+
+
+def _check_graph(graph: onnx.GraphProto, path: Path, outer_scope: set[str]) -> None:
+    """Every tensor produced once, every input produced somewhere, and no cycles."""
+    available = set(outer_scope) | {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    producers: dict[str, str] = {}
+    for node in graph.node:
+        for out in node.output:
+            if not out:
+                continue
+            if out in producers or out in {i.name for i in graph.input}:
+                raise OptcError(
+                    f"{path}: tensor {out!r} is produced twice (by node {producers.get(out, 'graph input')!r} and "
+                    f"node {node.name!r}); ONNX graphs must assign each tensor once"
+                )
+            producers[out] = node.name
+    everything = available | set(producers)
+    for node in graph.node:
+        for name in node.input:
+            if name not in everything:
+                raise OptcError(f"{path}: node {node.name!r} reads tensor {name!r}, which nothing produces")
+    for output in graph.output:
+        if output.name not in everything:
+            raise OptcError(f"{path}: graph output {output.name!r} is produced by no node")
+    _check_acyclic(graph, path, available)
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                _check_graph(sub, path, everything)
+
+
+def _check_acyclic(graph: onnx.GraphProto, path: Path, available: set[str]) -> None:
+    """Kahn's algorithm over the nodes; nodes left over sit on a cycle. Subgraph reads of outer names count too."""
+    ready = set(available)
+    pending = list(graph.node)
+    while pending:
+        progressed = [n for n in pending if all(i in ready for i in _reads(n))]
+        if not progressed:
+            names = ", ".join(repr(n.name) for n in pending[:5])
+            raise OptcError(f"{path}: the graph has a cycle through node(s) {names}")
+        for node in progressed:
+            ready.update(node.output)
+        pending = [n for n in pending if n not in progressed]
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    reads = list(node.input)
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            produced = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
+            produced |= {t.name for t in sub.initializer}
+            reads += [i for n in _nodes(sub) for i in n.input if i not in produced]
+    return [r for r in reads if r]
+
+
+def _check_initializer_sizes(model: onnx.ModelProto, path: Path) -> None:
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor) or tensor.data_type == onnx.TensorProto.STRING:
+            continue
+        expected = int(np.prod(tensor.dims)) if tensor.dims else 1
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            raise OptcError(f"{path}: initializer {tensor.name!r} has unknown data type {tensor.data_type}") from None
+        if tensor.HasField("raw_data"):
+            bits = _bits_per_element(tensor.data_type, itemsize)
+            want = (expected * bits + 7) // 8
+            if len(tensor.raw_data) != want:
+                raise OptcError(
+                    f"{path}: initializer {tensor.name!r} has shape {list(tensor.dims)} ({expected} elements) but "
+                    f"{len(tensor.raw_data)} bytes of data, not {want}"
+                )
+            continue
+        stored = max(
+            len(tensor.float_data),
+            len(tensor.int32_data),
+            len(tensor.int64_data),
+            len(tensor.double_data),
+            len(tensor.uint64_data),
+        )
+        if stored and stored != expected and not _packed_typed(tensor.data_type):
+            raise OptcError(
+                f"{path}: initializer {tensor.name!r} has shape {list(tensor.dims)} ({expected} elements) but holds "
+                f"{stored} values"
+            )
+
+
+def _bits_per_element(data_type: int, itemsize: int) -> int:
+    four_bit = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+    return 4 if data_type in four_bit else 8 * itemsize
+
+
+def _packed_typed(data_type: int) -> bool:
+    # complex values take two slots; 4-bit types pack two values per slot
+    packed = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+    packed |= {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+    return data_type in packed

@@ -1,0 +1,111 @@
+"""The bad-input catalogue: every malformed or hostile model ends in exit 2, one message naming the file and the
+problem, and nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optc.cli import app
+from tests.conftest import DYNAMIC_PASS, SAMPLES, make_model, mlp_model
+
+
+def with_graph_edit(edit):
+    def build() -> bytes:
+        model = mlp_model()
+        edit(model)
+        return model.SerializeToString()
+
+    return build
+
+
+def newer_opset(model):
+    model.opset_import[0].version = onnx.defs.onnx_opset_version() + 1
+
+
+def custom_domain_op(model):
+    model.graph.node[2].op_type, model.graph.node[2].domain = "FancyRelu", "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+
+
+def cycle(model):
+    # relu reads its own downstream output: h2 <- Add(h, b1) becomes Add(y_loop, b1) with relu producing y_loop
+    model.graph.node[1].input[0] = "h4"
+    model.graph.node[2].output.append("h4")
+
+
+def dangling_input(model):
+    model.graph.node[1].input[1] = "bias_that_does_not_exist"
+
+
+def duplicate_output(model):
+    model.graph.node[2].output[0] = "h2"
+
+
+def short_initializer(model):
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-8]
+
+
+def non_utf8_name() -> bytes:
+    return mlp_model().SerializeToString().replace(b"relu", b"r\xffl\xfe")
+
+
+def not_a_model() -> bytes:
+    return numpy_helper.from_array(np.zeros(8, np.float32), "t").SerializeToString()
+
+
+def no_outputs(model):
+    del model.graph.output[:]
+
+
+CATALOGUE = {
+    "empty file": (lambda: b"", "empty"),
+    "truncated protobuf": (lambda: (SAMPLES / "digits_cnn.onnx").read_bytes()[:5000], "not a readable ONNX model"),
+    "random bytes": (lambda: np.random.default_rng(7).bytes(3000), "ONNX model"),
+    "protobuf that is not a model": (not_a_model, "ONNX model"),
+    "no graph outputs": (with_graph_edit(no_outputs), "no outputs"),
+    "opset newer than onnx": (with_graph_edit(newer_opset), "newer than"),
+    "unknown custom-domain op": (with_graph_edit(custom_domain_op), "custom domain 'com.example'"),
+    "cycle": (with_graph_edit(cycle), "cycle"),
+    "dangling input": (with_graph_edit(dangling_input), "'bias_that_does_not_exist', which nothing produces"),
+    "duplicate output name": (with_graph_edit(duplicate_output), "produced twice"),
+    "initializer size mismatch": (with_graph_edit(short_initializer), "initializer 'W1'"),
+    "non-UTF-8 name": (non_utf8_name, "not valid UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CATALOGUE))
+def test_malformed_model_exits_2_naming_the_file(runner, tmp_path: Path, fast_recipe, case):
+    build, expected = CATALOGUE[case]
+    model = tmp_path / "model.onnx"
+    model.write_bytes(build())
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["compress", str(model), "-r", str(fast_recipe(DYNAMIC_PASS)), "-o", str(out / "m.onnx")]
+    )
+    assert result.exit_code == 2, result.output
+    assert str(model) in result.stderr and expected in result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_model_onnxruntime_refuses_is_bad_input_not_a_crash(runner, tmp_path: Path, fast_recipe):
+    """Structurally fine, but the types do not add up: ONNX Runtime's refusal is reported as the input's fault."""
+    model = make_model(
+        [helper.make_node("Add", ["x", "c"], ["y"], name="add")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.ones(4, np.int64), "c")],
+    )
+    path = tmp_path / "typed.onnx"
+    onnx.save_model(model, str(path))
+    result = runner.invoke(
+        app, ["compress", str(path), "-r", str(fast_recipe(DYNAMIC_PASS)), "-o", str(tmp_path / "out" / "m.onnx")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "ONNX Runtime cannot run this model" in result.stderr
+    assert not (tmp_path / "out").exists()
