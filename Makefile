@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: lint
 
 lint: venv
 	$(BIN)/ruff check optc tests bench
+
+# A long fuzz run (CI runs 40 seeded examples per target as part of `make test`).
+fuzz: venv
+	OPTC_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest tests/test_fuzz.py -q
 
 bench: venv
 	$(BIN)/python bench/run.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -290,7 +291,13 @@ def recipes_schema() -> None:
     print(json.dumps(recipe_json_schema(), indent=2))
 
 
+def _interrupt_on_sigterm(signum, frame) -> None:
+    # Deploy pipelines and CI time-outs stop jobs with SIGTERM: unwind like Ctrl-C so temporary files are removed.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     app(prog_name="optc")
 
 
