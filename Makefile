@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench fuzz clean
+.PHONY: venv demo test lint bench big-model-check fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ fuzz: venv
 	OPTC_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest tests/test_fuzz.py -q
 
 bench: venv
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m pip install --quiet -e '.[bench]' && $(BIN)/python bench/run.py
+
+# A model over 2 GB through inspect, fuse, dynamic int8 and fp16; writes its section of bench/RESULTS.md.
+big-model-check: venv
+	$(BIN)/python bench/run.py big_model
 
 clean:
 	rm -rf $(VENV) demo build .pytest_cache

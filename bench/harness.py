@@ -8,10 +8,9 @@ this kind of shared 2-vCPU machine two threads make latency swing several-fold w
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,19 +54,31 @@ class CommandRun:
     stderr: str
 
 
-def run_measured(args: list[str], cwd: Path = ROOT) -> CommandRun:
-    """Run a command in a fresh process and report its wall time and peak resident memory.
+# Linux carries a process's pre-exec memory high-water mark into its rusage, and a child starts as a copy (or a
+# borrower) of its parent: measured directly from a bench process holding gigabytes, every child would "peak" at
+# the parent's size. A small launcher process sits in between, so the peak reported is the command's own.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+args, report = json.loads(sys.argv[1]), sys.argv[2]
+started = time.perf_counter()
+process = subprocess.Popen(args)
+_, status, usage = os.wait4(process.pid, 0)
+with open(report, "w") as f:
+    json.dump({"wall_s": time.perf_counter() - started, "peak_kb": usage.ru_maxrss,
+               "returncode": os.waitstatus_to_exitcode(status)}, f)
+"""
 
-    The peak comes from ``wait4``'s rusage of that one child, so earlier children do not leak into it.
-    """
-    started = time.perf_counter()
-    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    stdout = process.stdout.read() if process.stdout else ""
-    stderr = process.stderr.read() if process.stderr else ""
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return CommandRun(wall, usage.ru_maxrss / 1024, process.returncode, stdout, stderr)
+
+def run_measured(args: list[str], cwd: Path = ROOT) -> CommandRun:
+    """Run a command in a fresh process and report its wall time and peak resident memory."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        done = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, json.dumps(args), report.name], cwd=cwd, capture_output=True, text=True
+        )
+        figures = json.loads(Path(report.name).read_text() or "{}") if done.returncode == 0 else {}
+    if not figures:
+        raise RuntimeError(f"the measuring launcher failed: {done.stderr[-1000:]}")
+    return CommandRun(figures["wall_s"], figures["peak_kb"] / 1024, figures["returncode"], done.stdout, done.stderr)
 
 
 def optc_compress(model: Path, recipe: str | Path, output: Path, *extra: str) -> tuple[CommandRun, dict]:

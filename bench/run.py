@@ -18,9 +18,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import onnxruntime  # noqa: E402
-from harness import THREADS, cpu_name  # noqa: E402
 
 import optc  # noqa: E402
+
+from harness import THREADS, cpu_name  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 MARK = "<!-- section: {} -->"
@@ -28,6 +29,11 @@ MARK = "<!-- section: {} -->"
 
 def sections() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+
+
+def default_sections() -> list[str]:
+    """Sections a plain `make bench` runs; heavy ones set IN_DEFAULT_RUN = False and have their own target."""
+    return [s for s in sections() if getattr(importlib.import_module(f"bench_{s}"), "IN_DEFAULT_RUN", True)]
 
 
 def previous_sections() -> dict[str, str]:
@@ -41,7 +47,7 @@ def previous_sections() -> dict[str, str]:
 
 
 def main(selected: list[str]) -> None:
-    chosen = selected or sections()
+    chosen = selected or default_sections()
     unknown = [s for s in chosen if s not in sections()]
     if unknown:
         raise SystemExit(f"unknown bench section(s) {unknown}; known: {sections()}")

@@ -169,11 +169,7 @@ def save_model(model: onnx.ModelProto, dest: Path) -> int:
         staged = staging / dest.name
         if needs_external_data(model):
             data_name = dest.name + ".data"
-            model = _copy_for_external(model)  # conversion rewrites tensors in place
-            external_data_helper.convert_model_to_external_data(
-                model, all_tensors_to_one_file=True, location=data_name, size_threshold=1024
-            )
-            onnx.save_model(model, str(staged))
+            write_with_external_data(model, staged, data_name)
             written = [staging / data_name, staged]
         else:
             _write_and_sync(staged, model.SerializeToString())
@@ -185,10 +181,21 @@ def save_model(model: onnx.ModelProto, dest: Path) -> int:
     return total
 
 
-def _copy_for_external(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
+def write_with_external_data(model: onnx.ModelProto, path: Path, location: str) -> None:
+    """Save with every sizeable tensor in ``path.parent / location``, leaving ``model`` as it was.
+
+    onnx's writer moves tensor bytes out of the in-memory model as it writes them; reading them back keeps the caller's
+    model whole without holding a second copy of a multi-gigabyte model in memory.
+    """
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+    )
+    external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
 
 
 def write_text_atomic(dest: Path, text: str) -> None:

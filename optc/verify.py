@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from optc.errors import OptcError, PassError
 from optc.measure.providers import session_options
-from optc.modelio import needs_external_data
+from optc.modelio import needs_external_data, write_with_external_data
 
 
 def session_source(model: onnx.ModelProto, workdir: Path, name: str) -> bytes | str:
@@ -18,7 +18,7 @@ def session_source(model: onnx.ModelProto, workdir: Path, name: str) -> bytes | 
     if not needs_external_data(model):
         return model.SerializeToString()
     path = workdir / f"{name}.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, location=f"{name}.onnx.data")
+    write_with_external_data(model, path, f"{name}.onnx.data")
     return str(path)
 
 

@@ -1,0 +1,105 @@
+"""A model over 2 GB (weights in external data) through inspect, fuse, dynamic int8 and fp16.
+
+Not part of the default `make bench` run (it writes several GB): `make big-model-check`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from harness import ROOT, run_measured
+
+TITLE = "Big model (> 2 GB, external data)"
+IN_DEFAULT_RUN = False
+HIDDEN = 8192
+LAYERS = 9  # 9 x 8192 x 8192 float32 = 2.42 GB of weights
+WORK = Path(__file__).parent / ".cache" / "big"
+
+
+def build(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    nodes, initializers = [], []
+    x = "x"
+    for i in range(LAYERS):
+        weight = (rng.standard_normal((HIDDEN, HIDDEN), dtype=np.float32) / np.sqrt(HIDDEN)).astype(np.float32)
+        initializers += [
+            numpy_helper.from_array(weight, f"w{i}"),
+            numpy_helper.from_array(np.zeros(HIDDEN, np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"layer{i}/MatMul"),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"layer{i}/Add"),
+        ]
+        x = f"a{i}"
+        if i < LAYERS - 1:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"], name=f"layer{i}/Relu"))
+            x = f"r{i}"
+    nodes.append(helper.make_node("Identity", [x], ["y"], name="output"))
+    graph = helper.make_graph(
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", HIDDEN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", HIDDEN])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="big.onnx.data",
+        size_threshold=1024,
+    )
+
+
+def size_on_disk(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+def run() -> str:
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    model = WORK / "big.onnx"
+    build(model)
+    size = size_on_disk(model)
+    rows = [
+        f"Input: {LAYERS} MatMul+Add layers of {HIDDEN}×{HIDDEN} float32, {size / 1e9:.2f} GB on disk "
+        "(weights in `big.onnx.data`). Peak memory is the optc process's maximum resident set size. "
+        "Target: peak ≤ 2.5× the model's size.",
+        "",
+        "| step | exit | wall time | peak memory | peak / model size | output size |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    optc = [sys.executable, "-m", "optc"]
+    steps = [("inspect", [*optc, "inspect", str(model), "--json"], None)]
+    for recipe in ("fuse", "int8-dynamic", "fp16"):
+        out = WORK / recipe / "big.onnx"
+        steps.append(
+            (
+                f"compress --recipe {recipe}",
+                [*optc, "compress", str(model), "-r", recipe, "-o", str(out), "--quiet"],
+                out,
+            )
+        )
+    for label, args, out in steps:
+        result = run_measured(args, cwd=ROOT)
+        written = f"{size_on_disk(out) / 1e9:.2f} GB" if out is not None and out.exists() else "—"
+        peak_gb = result.peak_rss_mb / 1024
+        rows.append(
+            f"| `optc {label}` | {result.returncode} | {result.wall_s:.0f} s | {peak_gb:.2f} GB | "
+            f"{peak_gb * 1e9 * 1.073741824 / size:.2f}× | {written} |"
+        )
+        if result.returncode not in (0, 1):
+            rows.append(f"| | error: {' '.join(result.stderr.split())[:300]} | | | | |")
+        if out is not None:
+            shutil.rmtree(out.parent, ignore_errors=True)
+    shutil.rmtree(WORK, ignore_errors=True)
+    return "\n".join(rows)
