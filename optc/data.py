@@ -8,6 +8,7 @@ when it has one more, each sample is fed as-is.
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,3 +264,120 @@ def _lookup_table_sizes(model: onnx.ModelProto) -> dict[str, int]:
             rows = initializers[node.input[0]].dims[0]
             sizes[node.input[1]] = min(sizes.get(node.input[1], rows), rows)
     return sizes
+
+
+# ------------------------------------------------------------------------------------------- streaming (calibration)
+
+
+def stream_batches(
+    path: Path, specs: list[InputSpec], batch_size: int, samples: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of at most ``batch_size`` samples read from an ``.npz`` file or a folder, without loading it whole.
+
+    ``.npz`` members are read row by row from the archive and ``.npy`` files are memory-mapped, so memory stays at one
+    batch however many samples the data holds. ``samples`` caps how many are read; a ``labels`` array is ignored.
+    Arrays with one more axis than the model input hold whole batches: each of their rows is fed as-is.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise OptcError(f"{path}: no such data file or folder")
+    remaining = samples
+    for source, readers in _row_sources(path):
+        readers.pop(LABELS_KEY, None)
+        _check_against_specs({name: reader.empty for name, reader in readers.items()}, specs, source)
+        counts = {name: reader.rows for name, reader in readers.items()}
+        if len(set(counts.values())) != 1:
+            raise OptcError(f"{source}: arrays disagree on the number of samples: {counts}")
+        per_sample = any(readers[s.name].ndim == len(s.shape) + 1 for s in specs)
+        step = 1 if per_sample else batch_size
+        rows = next(iter(counts.values()))
+        for start in range(0, rows, step):
+            take = min(step, rows - start, remaining if remaining is not None else rows)
+            if take == 0:
+                return
+            batch = {s.name: _conform(readers[s.name].read(take), s, source) for s in specs}
+            yield {name: array[0] for name, array in batch.items()} if per_sample else batch
+            if remaining is not None:
+                remaining -= take
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+@dataclass
+class _RowReader:
+    """Sequential reads of rows (first-axis slices) from an array stored in a file."""
+
+    stream: object  # a binary file object positioned at the data, or a memory-mapped array
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def empty(self) -> np.ndarray:
+        """A zero-row array of the right dtype and shape, for checking against the model inputs."""
+        return np.empty((0, *self.shape[1:]), self.dtype)
+
+    def read(self, count: int) -> np.ndarray:
+        if isinstance(self.stream, np.ndarray):
+            rows = np.array(self.stream[self.offset : self.offset + count])
+        else:
+            row_shape = self.shape[1:]
+            nbytes = count * int(np.prod(row_shape, dtype=np.int64)) * self.dtype.itemsize
+            rows = np.frombuffer(self.stream.read(nbytes), dtype=self.dtype).reshape(count, *row_shape)
+        self.offset += count
+        return rows
+
+
+def _row_sources(path: Path) -> Iterator[tuple[Path, dict[str, _RowReader]]]:
+    """Per data file (one for an ``.npz``; all ``.npy`` files of a folder together): a row reader per array."""
+    if not path.is_dir():
+        yield from _npz_sources(path)
+        return
+    npz_files = sorted(path.glob("*.npz"))
+    npy_files = sorted(path.glob("*.npy"))
+    if not npz_files and not npy_files:
+        raise OptcError(f"{path}: the folder holds no .npz or .npy files")
+    for file in npz_files:
+        yield from _npz_sources(file)
+    if npy_files:
+        readers = {}
+        for file in npy_files:
+            try:
+                array = np.load(file, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise OptcError(f"{file}: not a readable .npy file ({exc})") from exc
+            readers[file.stem] = _RowReader(array, array.shape, array.dtype)
+        yield path, readers
+
+
+def _npz_sources(path: Path) -> Iterator[tuple[Path, dict[str, _RowReader]]]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise OptcError(f"{path}: not a readable .npz file ({exc})") from exc
+    with archive:
+        readers = {}
+        for member in archive.namelist():
+            stream = archive.open(member)
+            name = member.removesuffix(".npy")
+            try:
+                version = np.lib.format.read_magic(stream)
+                read_header = _NPY_HEADER_READERS.get(version)
+                shape, fortran, dtype = read_header(stream) if read_header else ((), True, np.dtype(object))
+            except ValueError as exc:
+                raise OptcError(f"{path}: member {member!r} is not a .npy array ({exc})") from exc
+            if fortran or dtype.hasobject:
+                # Layouts that cannot be read row by row: that one array is read whole (still not every file's).
+                stream = _read_npz(path)[name]
+                shape, dtype = stream.shape, stream.dtype
+            readers[name] = _RowReader(stream, shape, dtype)
+        yield path, readers

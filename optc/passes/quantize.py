@@ -1,35 +1,61 @@
-"""Quantization passes: ``type: quantize`` with ``mode: dynamic`` (int8 weights, activations quantized at run time).
+"""Quantization passes: ``type: quantize`` with ``mode: dynamic`` or ``mode: static``.
 
-Dynamic int8 goes through ``onnxruntime.quantization.quantize_dynamic``. By default only MatMul/Gemm are quantized:
-a dynamically quantized Conv becomes ConvInteger, which is slower than fp32 Conv on ONNX Runtime's CPU provider.
-ONNX Runtime has no integer Gemm, so Gemm nodes with constant weights are first rewritten to MatMul + Add.
+Dynamic int8 (int8 weights, activations quantized at run time) goes through ``onnxruntime.quantization.
+quantize_dynamic``. By default only MatMul/Gemm are quantized: a dynamically quantized Conv becomes ConvInteger, which
+is slower than fp32 Conv on ONNX Runtime's CPU provider. ONNX Runtime has no integer Gemm, so Gemm nodes with constant
+weights are first rewritten to MatMul + Add. Static int8 (activations calibrated ahead of time) lives in
+``quantize_static``; both modes share this one config, whose static-only fields are refused in dynamic mode.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from optc.errors import OptcError, PassError
 from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
-from optc.modelio import needs_external_data
+from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
+from optc.passes.ort_tools import quiet_root_logger, save_for_tool
+from optc.passes.quantize_static import run_static
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
 
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
 
 
+STATIC_ONLY_FIELDS = (
+    "format",
+    "activation_type",
+    "activation_symmetric",
+    "weight_symmetric",
+    "preprocess",
+    "calibration",
+    "keep_float_sensitive",
+    "accuracy_budget",
+)
+
+
 class QuantizeConfig(PassConfig):
     type: Literal["quantize"]
-    mode: Literal["dynamic"] = Field(description="dynamic: int8 weights, activations quantized at run time.")
+    mode: Literal["dynamic", "static"] = Field(
+        description="dynamic: int8 weights, activations quantized at run time (no data needed). static: activations "
+        "quantized with ranges calibrated on data ahead of time (fastest on CPU, needs calibration data)."
+    )
+    format: Literal["qdq", "qoperator"] = Field(
+        default="qdq",
+        description="static: QDQ (Quantize/DequantizeLinear around float ops; portable, ONNX Runtime fuses them) "
+        "or QOperator (QLinearConv etc.). Both run at the same speed on ONNX Runtime's CPU provider.",
+    )
+    activation_type: Literal["uint8", "int8"] = Field(
+        default="uint8",
+        description="static: uint8 activations hit ONNX Runtime's fast u8s8 kernels on x86 (int8 activations run "
+        "s8s8 kernels, barely faster than fp32 on AVX-512 VNNI; see bench/RESULTS.md).",
+    )
     weight_type: Literal["int8", "uint8"] = "int8"
     per_channel: bool = Field(
         default=True, description="One scale per output channel of each weight (more accurate than per-tensor)."
@@ -37,24 +63,72 @@ class QuantizeConfig(PassConfig):
     reduce_range: bool = Field(
         default=False, description="7-bit weights; helps only on CPUs without VNNI, where int8 products can saturate."
     )
-    op_types: list[Literal[DYNAMIC_OP_TYPES]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["MatMul", "Gemm"],
-        description="Op types to quantize. Conv is left out by default: ConvInteger is slow on ONNX Runtime's CPU.",
+    activation_symmetric: bool = Field(default=False, description="static: zero point fixed at the middle.")
+    weight_symmetric: bool = Field(default=True, description="static: symmetric weight ranges (zero point 0).")
+    op_types: list[str] | None = Field(
+        default=None,
+        description="Op types to quantize. Default for dynamic: MatMul, Gemm (ConvInteger is slow on CPU); "
+        "for static: every op type ONNX Runtime's static quantizer supports.",
+    )
+    preprocess: bool = Field(
+        default=True,
+        description="static: run ONNX Runtime's quantization pre-processing first (shape inference, graph "
+        "optimization such as folding BatchNormalization into Conv), as its docs advise.",
+    )
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    keep_float_sensitive: bool = Field(
+        default=True,
+        description="static: keep in float what int8 cannot represent: the chains feeding Log/Sqrt/Pow/Reciprocal "
+        "and Div denominators, and LSTM/GRU/RNN cells with their state readers.",
+    )
+    accuracy_budget: float | None = Field(
+        default=None,
+        ge=0,
+        description="static: largest allowed drop of the recipe's metric (points). The most sensitive nodes are "
+        "kept in float, as few as possible, until the drop fits.",
     )
     exclude: ExcludeSpec = Field(default_factory=ExcludeSpec)
 
+    @model_validator(mode="after")
+    def _fields_of_one_mode(self) -> QuantizeConfig:
+        if self.mode == "dynamic":
+            misplaced = [name for name in STATIC_ONLY_FIELDS if name in self.model_fields_set]
+            if misplaced:
+                raise ValueError(f"{', '.join(misplaced)} only apply to mode: static")
+            unknown = [op for op in self.op_types or [] if op not in DYNAMIC_OP_TYPES]
+            if unknown:
+                raise ValueError(
+                    f"op_types {unknown} cannot be quantized dynamically "
+                    f"(dynamic supports {', '.join(DYNAMIC_OP_TYPES)})"
+                )
+        return self
 
-@register(QuantizeConfig)
-def run_quantize(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
+    def dynamic_op_types(self) -> list[str]:
+        return list(self.op_types) if self.op_types is not None else ["MatMul", "Gemm"]
+
+
+def refuse_quantized(model: onnx.ModelProto, label: str) -> None:
+    """Quantizing a quantized model stacks Quantize/Dequantize pairs on integer tensors and breaks it."""
     if is_quantized(model):
         raise OptcError(
-            f"{context.label}: the model is already quantized (it has "
+            f"{label}: the model is already quantized (it has "
             f"{', '.join(sorted(set(op_histogram(model)) & QUANTIZED_OP_TYPES))}); quantizing it again would "
             "break it",
             hint="start from the float model",
         )
+
+
+@register(QuantizeConfig)
+def run_quantize(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
+    refuse_quantized(model, context.label)
+    if config.mode == "static":
+        return run_static(model, config, context)
+    return run_dynamic(model, config, context)
+
+
+def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
     excluded = excluded_nodes(model.graph, config.exclude, context.label)
-    op_types = [op for op in config.op_types if op not in config.exclude.op_types]
+    op_types = [op for op in config.dynamic_op_types() if op not in config.exclude.op_types]
     if "Gemm" in op_types:
         # ONNX Runtime's quantizer splits every Gemm into MatMul + Add under new names, which defeats exclusion by
         # name; splitting them here first keeps each Gemm's name on its MatMul.
@@ -63,9 +137,8 @@ def run_quantize(model: onnx.ModelProto, config: QuantizeConfig, context: PassCo
     before = op_histogram(model)
     source = context.workdir / "quantize_in.onnx"
     target = context.workdir / "quantize_out.onnx"
-    large = needs_external_data(model)
-    onnx.save_model(model, str(source), save_as_external_data=large)
-    with quiet_root_logger():  # ONNX Runtime's quantizer logs advice through the root logger
+    large = save_for_tool(model, source)
+    with quiet_root_logger():
         quantize_dynamic(
             str(source),
             str(target),
@@ -98,17 +171,6 @@ def run_quantize(model: onnx.ModelProto, config: QuantizeConfig, context: PassCo
             "weight_type": config.weight_type,
         },
     )
-
-
-@contextlib.contextmanager
-def quiet_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:

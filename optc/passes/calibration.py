@@ -1,0 +1,212 @@
+"""Calibration for static quantization: activation ranges gathered in one streaming pass over the data.
+
+ONNX Runtime's own calibrators keep every batch's outputs of an augmented model (every float tensor) in memory
+until the end. Here only the tensors the quantizer will ask about are added as outputs, and each batch is folded
+into running statistics — min/max (or their moving average), or a histogram for ``entropy``/``percentile`` — before
+the next batch is read, so memory does not grow with the number of samples. The ranges are written in ONNX Runtime's
+calibration-cache format, which ``quantize_static`` reads instead of calibrating again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto
+from onnxruntime.quantization import CalibrationMethod, TensorData, TensorsData
+from onnxruntime.quantization.calibrate import HistogramCollector, save_tensors_data
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from optc.measure.providers import session_options
+from optc.verify import session_source
+
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
+# Histogram sizes ONNX Runtime's own calibrators use for these methods.
+ENTROPY_BINS = 128
+PERCENTILE_BINS = 2048
+
+
+class CalibrationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        default="minmax",
+        description="minmax: observed range; entropy: range minimising KL divergence of the histogram; "
+        "percentile: range covering `percentile` % of the values (clips outliers).",
+    )
+    percentile: float = Field(default=99.999, gt=50, le=100, description="For method percentile.")
+    moving_average: bool = Field(
+        default=False, description="For minmax: a moving average of per-batch min/max instead of the extremes."
+    )
+    averaging_constant: float = Field(
+        default=0.01, gt=0, lt=1, description="Weight of each new batch (moving_average)."
+    )
+    data: Path | None = Field(
+        default=None,
+        description=".npz named after the model inputs (first axis = samples) or a folder of .npz/.npy files, "
+        "relative to the recipe; --calibration-data wins. Without data, seeded synthetic inputs (with a warning).",
+    )
+    samples: int | None = Field(default=None, ge=1, description="Use at most this many samples.")
+    batch_size: int = Field(default=16, ge=1, description="Samples per calibration run (memory is one batch).")
+
+    @model_validator(mode="after")
+    def _fields_of_one_method(self) -> CalibrationConfig:
+        if "percentile" in self.model_fields_set and self.method != "percentile":
+            raise ValueError(f"percentile applies only to method: percentile (method is {self.method})")
+        if {"moving_average", "averaging_constant"} & self.model_fields_set and self.method != "minmax":
+            raise ValueError(f"moving_average applies only to method: minmax (method is {self.method})")
+        return self
+
+
+class RangeCollector(Protocol):
+    def update(self, batch: dict[str, np.ndarray]) -> None: ...
+
+    def ranges(self) -> dict[str, tuple[float, float]]: ...
+
+
+class MinMaxCollector:
+    """Running extremes, or an exponential moving average of each batch's min and max."""
+
+    def __init__(self, moving_average: bool, averaging_constant: float) -> None:
+        self.moving_average = moving_average
+        self.constant = averaging_constant
+        self.state: dict[str, tuple[float, float]] = {}
+
+    def update(self, batch: dict[str, np.ndarray]) -> None:
+        for name, array in batch.items():
+            if array.size == 0:
+                continue
+            low, high = float(np.nanmin(array)), float(np.nanmax(array))
+            if name not in self.state:
+                self.state[name] = (low, high)
+                continue
+            old_low, old_high = self.state[name]
+            if self.moving_average:
+                self.state[name] = (
+                    old_low + self.constant * (low - old_low),
+                    old_high + self.constant * (high - old_high),
+                )
+            else:
+                self.state[name] = (min(old_low, low), max(old_high, high))
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        return dict(self.state)
+
+
+class HistogramRangeCollector:
+    """ONNX Runtime's histogram collector fed one batch at a time (it merges histograms as ranges widen)."""
+
+    def __init__(self, method: Literal["entropy", "percentile"], percentile: float, symmetric: bool) -> None:
+        bins = ENTROPY_BINS if method == "entropy" else PERCENTILE_BINS
+        self.collector = HistogramCollector(
+            method=method,
+            symmetric=symmetric,
+            num_bins=bins,
+            num_quantized_bins=ENTROPY_BINS,
+            percentile=percentile,
+            scenario="same",
+        )
+
+    def update(self, batch: dict[str, np.ndarray]) -> None:
+        with _silenced_stdout():  # the collector prints progress on stdout, which belongs to --json
+            self.collector.collect({name: array.astype(np.float32, copy=False) for name, array in batch.items()})
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        with _silenced_stdout():
+            thresholds = self.collector.compute_collection_result()
+        return {name: (float(values[0]), float(values[1])) for name, values in thresholds.items()}
+
+
+@dataclass
+class Calibration:
+    ranges: dict[str, tuple[float, float]]
+    samples: int
+    batches: int
+
+
+def tensors_to_calibrate(model: onnx.ModelProto, op_types: set[str] | None) -> list[str]:
+    """Float activations read or written by the nodes the quantizer may touch (all nodes when ``op_types`` is None).
+
+    These are exactly the tensors ONNX Runtime's quantizer looks up ranges for; the model must carry shape
+    information (value_info) for intermediate tensors, as quantization pre-processing leaves it.
+    """
+    graph = model.graph
+    types = {v.name: v.type for v in itertools.chain(graph.value_info, graph.output, graph.input)}
+    initializers = {t.name for t in graph.initializer}
+    chosen: dict[str, None] = {}
+    for node in graph.node:
+        if op_types is not None and node.op_type not in op_types:
+            continue
+        for name in itertools.chain(node.input, node.output):
+            value_type = types.get(name)
+            if (
+                name
+                and name not in initializers
+                and value_type is not None
+                and value_type.HasField("tensor_type")
+                and value_type.tensor_type.elem_type in FLOAT_TYPES
+            ):
+                chosen[name] = None
+    return list(chosen)
+
+
+def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``tensors`` (those that are not outputs already)."""
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    present = {o.name for o in augmented.graph.output}
+    augmented.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors if name not in present)
+    return augmented
+
+
+def collector_for(config: CalibrationConfig, symmetric: bool) -> RangeCollector:
+    if config.method == "minmax":
+        return MinMaxCollector(config.moving_average, config.averaging_constant)
+    return HistogramRangeCollector(config.method, config.percentile, symmetric)
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    batches: Iterable[dict[str, np.ndarray]],
+    collector: RangeCollector,
+    workdir: Path,
+) -> Calibration:
+    """Run ``model`` over ``batches`` once, folding the values of ``tensors`` into ``collector`` batch by batch."""
+    session = ort.InferenceSession(
+        session_source(with_outputs(model, tensors), workdir, "calibration"),
+        sess_options=session_options(1),
+        providers=["CPUExecutionProvider"],
+    )
+    input_names = [i.name for i in session.get_inputs()]
+    samples = count = 0
+    for feed in batches:
+        values = session.run(tensors, {name: feed[name] for name in input_names}) if tensors else []
+        collector.update(dict(zip(tensors, values, strict=True)))
+        samples += len(next(iter(feed.values()))) if feed else 0
+        count += 1
+    return Calibration(ranges=collector.ranges(), samples=samples, batches=count)
+
+
+def write_calibration_cache(ranges: dict[str, tuple[float, float]], path: Path) -> None:
+    """Save ranges where ``quantize_static(calibration_cache_path=...)`` reads them (labelled MinMax: the quantizer
+    only reads the range, whatever method produced it)."""
+    data = {
+        name: TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
+        for name, (low, high) in ranges.items()
+    }
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
+
+
+@contextlib.contextmanager
+def _silenced_stdout():
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield

@@ -1,0 +1,247 @@
+"""``type: fp16``: float32 weights and compute converted to float16, for GPUs.
+
+The conversion is ONNX Runtime's ``float16.convert_float_to_float16``; optc adds what makes its result safe to ship:
+
+- BatchNormalization is folded into the preceding Conv in fp32 first (ONNX Runtime's basic graph optimization), so
+  running variances beyond fp16's ±65504 disappear into the Conv weights; any node still reading an initializer out
+  of fp16's range stays in fp32.
+- Ops known to misbehave in fp16 (range/shape computations, Resize scales, reductions that overflow, ...) stay in fp32
+  by default; ``exclude`` adds op types (the op block list) and nodes (the node block list).
+- The converter leaves Cast chains behind between fp32 islands: dangling Casts, duplicate Casts of one tensor and
+  fp32→fp16→fp32 round trips are removed (``tidy_casts``).
+- The result is run against the fp32 model on the same inputs and refused when an output turns NaN/Inf or drifts
+  beyond ``tolerance`` (relative L2 error ``||fp16 - fp32|| / ||fp32||`` per output, default 1 %).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, numpy_helper
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+from pydantic import Field
+
+from optc.errors import PassError
+from optc.measure.providers import session_options
+from optc.passes.exclude import ExcludeSpec, excluded_nodes
+from optc.passes.ort_tools import quiet_root_logger
+from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
+from optc.passes.sensitivity import output_error
+from optc.verify import session_source
+
+FP16_MAX = 65504.0
+# Beyond ONNX Runtime's default block list: sums and products over many elements overflow fp16, and Resize/Range
+# compute coordinates that fp16 rounds visibly.
+FP16_UNSAFE_OPS = sorted(
+    set(DEFAULT_OP_BLOCK_LIST)
+    | {"Resize", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceProd", "ReduceLogSumExp", "Einsum"}
+)
+
+
+class Fp16Config(PassConfig):
+    type: Literal["fp16"]
+    keep_io_types: bool = Field(
+        default=True,
+        description="Keep the model's float32 inputs and outputs (casts inside), so callers see no change.",
+    )
+    block_unsafe_ops: bool = Field(
+        default=True, description=f"Keep ops that misbehave in fp16 in fp32: {', '.join(FP16_UNSAFE_OPS)}."
+    )
+    fold_batchnorm: bool = Field(
+        default=True, description="Fold BatchNormalization into Conv in fp32 first (its variances can exceed fp16)."
+    )
+    tolerance: float = Field(
+        default=0.01, gt=0, description="Largest relative L2 error of any output against fp32 on the sample inputs."
+    )
+    exclude: ExcludeSpec = Field(
+        default_factory=ExcludeSpec, description="Nodes and op types to keep in fp32 (node and op block lists)."
+    )
+
+
+@register(Fp16Config)
+def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -> PassOutcome:
+    excluded_nodes(model.graph, config.exclude, context.label)  # check the names against the user's graph
+    # Folding runs ONNX Runtime's other basic fusions too (MatMul+Add → Gemm under a new name), so it only runs where
+    # there is a BatchNormalization to fold, and node names in exclude keep meaning what the user wrote.
+    has_batchnorm = any(node.op_type == "BatchNormalization" for node in model.graph.node)
+    source = fold_in_fp32(model, context) if config.fold_batchnorm and has_batchnorm else model
+    blocked_ops = set(config.exclude.op_types) | (set(FP16_UNSAFE_OPS) if config.block_unsafe_ops else set())
+    kept = {node.name: "exclude" for node in source.graph.node if node.name in set(config.exclude.nodes)}
+    for node in source.graph.node:
+        if node.op_type in blocked_ops:
+            kept.setdefault(node.name, "exclude" if node.op_type in config.exclude.op_types else "unsafe in fp16")
+    kept.update({name: reason for name, reason in out_of_range_nodes(source).items() if name not in kept})
+    patterns = ExcludeSpec(patterns=config.exclude.patterns)
+    kept.update({n: "exclude" for n in excluded_nodes(source.graph, patterns, context.label) if n not in kept})
+    with quiet_root_logger():
+        converted = convert_float_to_float16(
+            source,
+            keep_io_types=config.keep_io_types,
+            op_block_list=sorted(blocked_ops),
+            node_block_list=sorted(kept),
+        )
+    result, removed = tidy_casts(converted)
+    errors = check_against_fp32(model, result, context, config.tolerance)
+    ops = {n.name: n.op_type for n in source.graph.node}
+    return PassOutcome(
+        model=result,
+        details={
+            "tolerance": config.tolerance,
+            "output_error": errors,
+            "casts_removed": removed,
+            "kept_in_float": [
+                {"node": name, "op_type": ops.get(name, "?"), "reason": reason} for name, reason in sorted(kept.items())
+            ],
+        },
+    )
+
+
+def fold_in_fp32(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:
+    """ONNX Runtime's basic graph optimization (constant folding, Conv+BatchNormalization fusion) written back."""
+    target = context.workdir / "fp16_folded.onnx"
+    options = session_options(1)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(session_source(model, context.workdir, "fp16_source"), options, ["CPUExecutionProvider"])
+    return onnx.load_model(str(target))
+
+
+def out_of_range_nodes(model: onnx.ModelProto) -> dict[str, str]:
+    """Nodes reading a float32 initializer with values beyond fp16's range, which conversion would clamp."""
+    large = {
+        t.name: float(np.abs(values).max())
+        for t in model.graph.initializer
+        if t.data_type == TensorProto.FLOAT
+        and (values := numpy_helper.to_array(t)).size
+        and np.abs(values).max() > FP16_MAX
+    }
+    return {
+        node.name: f"initializer {name!r} holds {large[name]:.4g}, beyond fp16's ±{FP16_MAX:g}"
+        for node in model.graph.node
+        for name in node.input
+        if name in large
+    }
+
+
+def tidy_casts(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Remove dangling Casts, duplicate Casts of one tensor to one type, and X→fp16→fp32 round trips of fp32 X.
+
+    Returns the model and how many Cast nodes went away.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    before = sum(1 for n in graph.node if n.op_type == "Cast")
+    elem_types = _elem_types(out)
+    protected = {o.name for o in graph.output}
+    changed = True
+    while changed:
+        changed = False
+        producers = {o: n for n in graph.node for o in n.output}
+        seen: dict[tuple[str, int], str] = {}
+        renames: dict[str, str] = {}
+        for node in graph.node:
+            if node.op_type != "Cast" or node.output[0] in protected:
+                continue
+            to = _cast_to(node)
+            first = producers.get(node.input[0])
+            if (
+                first is not None
+                and first.op_type == "Cast"
+                and _cast_to(first) == TensorProto.FLOAT16
+                and elem_types.get(first.input[0]) == to
+            ):
+                renames[node.output[0]] = first.input[0]  # an fp16 detour that only loses precision
+            elif (node.input[0], to) in seen:
+                renames[node.output[0]] = seen[(node.input[0], to)]
+            else:
+                seen[(node.input[0], to)] = node.output[0]
+        if renames:
+            changed = True
+            for node in graph.node:
+                for i, name in enumerate(node.input):
+                    node.input[i] = renames.get(name, name)
+        consumed = {name for n in graph.node for name in n.input} | protected
+        live = [n for n in graph.node if n.op_type != "Cast" or n.output[0] in consumed]
+        if len(live) != len(graph.node):
+            changed = True
+            del graph.node[:]
+            graph.node.extend(live)
+    ordered = topological_order(graph)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return out, before - sum(1 for n in graph.node if n.op_type == "Cast")
+
+
+def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The graph's nodes with every producer before its consumers (the converter appends input Casts last)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:  # inputs from outer scopes or cycles: keep the remaining order as it was
+            ordered.extend(pending)
+            break
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    return ordered
+
+
+def check_against_fp32(
+    original: onnx.ModelProto, converted: onnx.ModelProto, context: PassContext, tolerance: float
+) -> dict[str, float]:
+    """Relative L2 error of each float output on the sample inputs; raises naming the outputs beyond tolerance."""
+    feeds = context.sample_inputs or [context.dataset.first_batch(1)]
+    results = []
+    for model, name in ((original, "fp16_reference"), (converted, "fp16_candidate")):
+        session = ort.InferenceSession(
+            session_source(model, context.workdir, name), session_options(1), ["CPUExecutionProvider"]
+        )
+        names = [i.name for i in session.get_inputs()]
+        results.append([session.run(None, {n: feed[n] for n in names}) for feed in feeds])
+    output_names = [o.name for o in original.graph.output]
+    errors: dict[str, float] = {}
+    broken = []
+    for index, name in enumerate(output_names):
+        reference = [np.asarray(run[index]).reshape(-1) for run in results[0]]
+        candidate = [np.asarray(run[index]).reshape(-1) for run in results[1]]
+        if reference[0].dtype.kind != "f":
+            continue
+        if any(
+            np.all(np.isfinite(r)) and not np.all(np.isfinite(c)) for r, c in zip(reference, candidate, strict=True)
+        ):
+            broken.append(f"{name} (NaN/Inf)")
+            continue
+        errors[name] = round(output_error([np.concatenate(reference)], [np.concatenate(candidate)]), 6)
+        if errors[name] > tolerance:
+            broken.append(f"{name} (relative error {errors[name]:.4g})")
+    if broken:
+        raise PassError(
+            context.label,
+            f"the fp16 model's output(s) {', '.join(broken)} differ from fp32 beyond tolerance {tolerance:g}",
+            hint="keep the offending ops in fp32 with exclude.op_types / exclude.nodes, or raise tolerance",
+        )
+    return errors
+
+
+def _cast_to(node: onnx.NodeProto) -> int:
+    return next(a.i for a in node.attribute if a.name == "to")
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    graph = model.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.type.HasField("tensor_type"):
+            types[value.name] = value.type.tensor_type.elem_type
+    for node in graph.node:
+        if node.op_type == "Cast":
+            types[node.output[0]] = _cast_to(node)
+    return types

@@ -1,0 +1,38 @@
+"""Calling ONNX Runtime's Python tools (quantizers, pre-processing, transformer optimizer) from a pass.
+
+They read and write model files and log advice through the root logger; these helpers keep both in line with the
+rest of optc: files go to the pass's private work folder, large models with external data, and nothing is printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+
+from optc.modelio import needs_external_data, write_with_external_data
+
+
+@contextlib.contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """Silence the root logger below ERROR while a tool runs; optc reports through its own channels."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def save_for_tool(model: onnx.ModelProto, path: Path) -> bool:
+    """Write ``model`` where a tool will read it; returns whether it went out with external data (> 2 GB)."""
+    large = needs_external_data(model)
+    if large:
+        write_with_external_data(model, path, path.name + ".data")
+    else:
+        onnx.save_model(model, str(path))
+    return large

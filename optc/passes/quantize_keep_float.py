@@ -1,0 +1,54 @@
+"""Nodes that int8 cannot serve, kept in float by default, each with the reason the report gives.
+
+Int8 with a range fitted to the whole tensor rounds small magnitudes to zero. That is harmless for most layers but
+fatal where a value's small magnitude matters: the argument of ``Log``/``Sqrt``/``Pow``/``Reciprocal`` and a ``Div``
+denominator (power spectra → log-mel turn into -inf or huge values). So the chain that produces such an input is kept
+in float, back to and including the nearest weighted op. Recurrent cells (``LSTM``/``GRU``/``RNN``) carry state across
+time steps, where quantization error compounds; they and the nodes reading their state outputs stay in float.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+SMALL_MAGNITUDE_OPS = {"Log": (0,), "Sqrt": (0,), "Pow": (0,), "Reciprocal": (0,), "Div": (1,)}
+RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+# Walking up from a sensitive input stops after this many producers: far-away layers are not what rounds to zero.
+MAX_CHAIN = 6
+
+
+def float_sensitive_nodes(graph: onnx.GraphProto) -> dict[str, str]:
+    """Node name → why it stays in float."""
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name for t in graph.initializer}
+    reasons: dict[str, str] = {}
+    for node in graph.node:
+        for index in SMALL_MAGNITUDE_OPS.get(node.op_type, ()):
+            if index >= len(node.input):
+                continue
+            role = "denominator" if node.op_type == "Div" else "input"
+            why = f"feeds the {role} of {node.op_type} {node.name!r}, where int8 rounds small values to zero"
+            for producer in _producer_chain(node.input[index], producers, initializers):
+                reasons.setdefault(producer.name, why)
+        if node.op_type in RECURRENT_OPS:
+            reasons.setdefault(node.name, f"recurrent cell ({node.op_type}): quantization error compounds over time")
+            states = set(node.output[1:]) - {""}
+            for consumer in graph.node:
+                if states & set(consumer.input):
+                    reasons.setdefault(consumer.name, f"reads the state output of {node.op_type} {node.name!r}")
+    return reasons
+
+
+def _producer_chain(tensor: str, producers: dict[str, onnx.NodeProto], initializers: set[str]) -> list[onnx.NodeProto]:
+    """The nodes computing ``tensor``, walking up through non-weighted ops until the nearest weighted one."""
+    chain: list[onnx.NodeProto] = []
+    frontier = [tensor]
+    while frontier and len(chain) < MAX_CHAIN:
+        node = producers.get(frontier.pop(0))
+        if node is None or node in chain:
+            continue
+        chain.append(node)
+        if node.op_type not in WEIGHTED_OPS:
+            frontier.extend(name for name in node.input if name and name not in initializers)
+    return chain

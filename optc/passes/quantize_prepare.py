@@ -1,0 +1,104 @@
+"""Rewrites that make exported models look like what ONNX Runtime's static quantizer expects.
+
+Exporters other than a recent PyTorch (Paddle, tf2onnx, spox, old torch.onnx) store weights as ``Constant`` nodes,
+list initializers as graph inputs (IR < 4), leave nodes unnamed or target opsets before 13. The quantizer then treats
+weights as activations (nothing shrinks), cannot exclude nodes by name, or writes per-channel ``DequantizeLinear``
+nodes with an ``axis`` the old opset lacks. Each function here is a pure model → model rewrite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, version_converter
+
+from optc.model_facts import default_opset
+
+PER_CHANNEL_OPSET = 13  # DequantizeLinear gained `axis` (per-channel) in opset 13
+_CONSTANT_VALUE_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Turn top-level ``Constant`` nodes holding numbers into initializers, so weights are quantized as weights."""
+    out = _copy(model)
+    graph = out.graph
+    kept, moved = [], 0
+    for node in graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        value_attr = next((attrs[name] for name in _CONSTANT_VALUE_ATTRS if name in attrs), None)
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or value_attr is None:
+            kept.append(node)
+            continue
+        value = helper.get_attribute_value(value_attr)
+        if isinstance(value, onnx.TensorProto):
+            array = numpy_helper.to_array(value)
+        else:
+            array = np.asarray(value, dtype=np.float32 if "float" in value_attr.name else np.int64)
+        graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+        moved += 1
+    del graph.node[:]
+    graph.node.extend(kept)
+    return out, moved
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Remove initializers from the graph inputs (IR < 4 style): ONNX Runtime treats those as overridable inputs,
+    so the quantizer sees no constant weights and quantizes nothing."""
+    initializers = {t.name for t in model.graph.initializer}
+    listed = [i for i in model.graph.input if i.name in initializers]
+    if not listed:
+        return model, 0
+    out = _copy(model)
+    real = [i for i in out.graph.input if i.name not in initializers]
+    del out.graph.input[:]
+    out.graph.input.extend(real)
+    out.ir_version = max(out.ir_version, 4)  # IR 4 is where initializers stopped having to be inputs
+    return out, len(listed)
+
+
+def name_unnamed_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every top-level node a unique name, so exclusions, sensitivity and the report can refer to it."""
+    if all(node.name for node in model.graph.node) and len({n.name for n in model.graph.node}) == len(model.graph.node):
+        return model
+    out = _copy(model)
+    taken: set[str] = set()
+    for index, node in enumerate(out.graph.node):
+        if not node.name or node.name in taken:
+            node.name = f"{node.op_type}_{index}" if f"{node.op_type}_{index}" not in taken else f"node_{index}"
+        taken.add(node.name)
+    return out
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int = PER_CHANNEL_OPSET) -> onnx.ModelProto | None:
+    """The model converted to ``target`` with onnx's version converter, or None when it cannot be converted
+    (then quantize per tensor). A model already at ``target`` or later is returned unchanged."""
+    if default_opset(model) >= target:
+        return model
+    try:
+        converted = version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted)
+    except Exception:  # noqa: BLE001 - the converter raises many types; any failure means "not convertible"
+        return None
+    return converted
+
+
+def subgraph_nodes(model: onnx.ModelProto, op_types: set[str] | None) -> int:
+    """How many nodes of ``op_types`` (any, when None) sit inside If/Loop/Scan bodies, out of the quantizer's reach."""
+
+    def count(graph: onnx.GraphProto, nested: bool) -> int:
+        total = 0
+        for node in graph.node:
+            if nested and (op_types is None or node.op_type in op_types):
+                total += 1
+            for attr in node.attribute:
+                bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                total += sum(count(body, True) for body in bodies)
+        return total
+
+    return count(model.graph, False)

@@ -1,0 +1,322 @@
+"""``type: quantize`` with ``mode: static``: int8 weights and activations, activation ranges calibrated on data.
+
+The flow: make exported models quantizable (``quantize_prepare``), run ONNX Runtime's pre-processing (shape
+inference; graph optimization, which folds BatchNormalization into Conv so it is not quantized separately), decide
+what stays in float (the user's ``exclude`` plus ``quantize_keep_float``), calibrate in one streaming pass
+(``calibration``), then let ``onnxruntime.quantization.quantize_static`` write the QDQ/QOperator graph from those
+ranges. With an ``accuracy_budget`` the most sensitive nodes are kept in float until the budget holds
+(``sensitivity``).
+
+Defaults come from measurements on an AVX-512 VNNI CPU (bench/RESULTS.md): uint8 activations with int8 per-channel
+weights run ONNX Runtime's u8s8 kernels, ~3× faster than fp32 on a ResNet-18, while its default int8 activations
+(s8s8) gain little over fp32.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+
+from optc.data import SYNTHETIC_SAMPLES, input_specs, stream_batches, synthetic_dataset
+from optc.errors import PassError
+from optc.measure.accuracy import evaluate
+from optc.measure.providers import session_options
+from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
+from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
+from optc.passes.exclude import ExcludeSpec, excluded_nodes
+from optc.passes.ort_tools import quiet_root_logger, save_for_tool
+from optc.passes.quantize_keep_float import float_sensitive_nodes
+from optc.passes.quantize_prepare import (
+    PER_CHANNEL_OPSET,
+    constants_to_initializers,
+    drop_initializer_inputs,
+    name_unnamed_nodes,
+    subgraph_nodes,
+    upgrade_opset,
+)
+from optc.passes.registry import PassContext, PassOutcome
+from optc.passes.sensitivity import PASS_THROUGH_OPS, fit_budget, rank_nodes
+from optc.verify import session_source
+
+if TYPE_CHECKING:
+    from optc.passes.quantize import QuantizeConfig
+
+QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+PROBE_SAMPLES = 64  # calibration samples the sensitivity ranking compares outputs on
+
+
+@dataclass
+class Prepared:
+    model: onnx.ModelProto  # pre-processed float model, every node named, shapes inferred
+    kept_in_float: dict[str, str]  # node name -> reason
+    per_channel: bool
+    notes: list[str] = field(default_factory=list)  # rewrites applied, for the report
+
+
+@dataclass
+class CalibrationBatches:
+    open: Callable[[], Iterator[dict[str, np.ndarray]]]
+    source: str  # a path, or "synthetic"
+    warnings: list[str]
+
+
+def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
+    prepared = prepare(model, config, context)
+    batches = calibration_batches(prepared.model, config, context)
+    quantize, calibration = calibrated_quantizer(prepared, config, context, batches)
+    kept = {name: {"reason": reason} for name, reason in prepared.kept_in_float.items()}
+    details: dict = {}
+    if config.accuracy_budget is None:
+        result = quantize(set(kept))
+    else:
+        ranking = rank_nodes(
+            quantize, prepared.model, _sensitivity_candidates(quantize(set(kept)), kept), _probe(batches)
+        )
+        fit = fit_budget(quantize, ranking, set(kept), _drop_of(model, context), config.accuracy_budget, context.label)
+        errors = {s.node: s.error for s in ranking}
+        for name in fit.kept:
+            kept[name] = {"reason": f"accuracy_budget {config.accuracy_budget:g}", "error": round(errors[name], 6)}
+        result = fit.model
+        details["accuracy_drop"] = round(fit.drop, 4)
+        details["budget_search"] = fit.tried
+        details["sensitivity"] = [s.as_row() | {"kept_in_float": s.node in fit.kept} for s in ranking]
+    quantized = quantized_op_counts(result)
+    if not quantized:
+        raise PassError(context.label, _nothing_quantized(model, config, kept))
+    ops = {n.name: n.op_type for n in prepared.model.graph.node}
+    return PassOutcome(
+        model=result,
+        details={
+            "ops_quantized": sum(quantized.values()),
+            "quantized_op_types": dict(quantized),
+            "format": config.format,
+            "activation_type": config.activation_type,
+            "weight_type": config.weight_type,
+            "per_channel": prepared.per_channel,
+            "calibration": {
+                "method": config.calibration.method,
+                "data": batches.source,
+                "samples": calibration.samples,
+                "tensors": len(calibration.ranges),
+            },
+            "rewrites": prepared.notes,
+            "kept_in_float": [
+                {"node": name, "op_type": ops.get(name, "?"), **facts} for name, facts in sorted(kept.items())
+            ],
+            **details,
+        },
+        warnings=batches.warnings,
+    )
+
+
+def measure_sensitivity(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> list[dict]:
+    """The sensitivity table alone (for ``optc inspect --sensitivity``): every candidate node, most sensitive first."""
+    prepared = prepare(model, config, context)
+    batches = calibration_batches(prepared.model, config, context)
+    quantize, _ = calibrated_quantizer(prepared, config, context, batches)
+    kept = set(prepared.kept_in_float)
+    ranking = rank_nodes(quantize, prepared.model, _sensitivity_candidates(quantize(kept), kept), _probe(batches))
+    return [s.as_row() for s in ranking]
+
+
+def prepare(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> Prepared:
+    notes = []
+    model, moved = constants_to_initializers(model)
+    if moved:
+        notes.append(f"{moved} Constant node(s) turned into initializers")
+    model, dropped = drop_initializer_inputs(model)
+    if dropped:
+        notes.append(f"{dropped} initializer(s) removed from the graph inputs")
+    per_channel = config.per_channel
+    opset = default_opset(model)
+    upgraded = upgrade_opset(model)
+    if upgraded is None:
+        per_channel = False
+        notes.append(
+            f"opset {opset} cannot be converted to {PER_CHANNEL_OPSET}, which per-channel weights need: "
+            "weights quantized per tensor"
+        )
+    elif upgraded is not model:
+        model = upgraded
+        notes.append(f"opset upgraded from {opset} to {PER_CHANNEL_OPSET} (per-channel DequantizeLinear needs it)")
+    model = name_unnamed_nodes(model)
+    excluded_nodes(model.graph, config.exclude, context.label)  # names refer to the user's graph: check them there
+    if config.preprocess:
+        model, failure = preprocess(model, context.workdir)
+        if failure:
+            notes.append(f"ONNX Runtime pre-processing failed ({failure}); quantized without it")
+    else:
+        model = onnx.shape_inference.infer_shapes(model)
+    model = name_unnamed_nodes(model)
+    spec = _surviving(config.exclude, model.graph)
+    kept = {name: "exclude" for name in excluded_nodes(model.graph, spec, context.label)}
+    if config.keep_float_sensitive:
+        for name, reason in float_sensitive_nodes(model.graph).items():
+            kept.setdefault(name, reason)
+    return Prepared(model=model, kept_in_float=kept, per_channel=per_channel, notes=notes)
+
+
+def preprocess(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto, str | None]:
+    """ONNX Runtime's ``quant_pre_process``; symbolic shape inference fails on some exporters' graphs, so it is
+    retried without it. Returns the model and, when pre-processing could not run at all, why."""
+    source, target = workdir / "preprocess_in.onnx", workdir / "preprocess_out.onnx"
+    large = save_for_tool(model, source)
+    failure = None
+    for skip_symbolic_shape in (False, True):
+        try:
+            with quiet_root_logger():
+                quant_pre_process(
+                    str(source), str(target), skip_symbolic_shape=skip_symbolic_shape, save_as_external_data=large
+                )
+            return onnx.load_model(str(target)), None
+        except Exception as exc:  # noqa: BLE001 - any failure falls back; the reason goes into the report
+            failure = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    return onnx.shape_inference.infer_shapes(model), failure
+
+
+def calibration_batches(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> CalibrationBatches:
+    settings = config.calibration
+    specs = input_specs(model)
+    fixed = [s.shape[0] for s in specs if not s.batch_is_symbolic and s.shape]
+    batch = int(fixed[0]) if fixed else settings.batch_size
+    path = context.calibration_data or (context.resolve(settings.data) if settings.data else None)
+    if path is not None:
+        return CalibrationBatches(lambda: stream_batches(path, specs, batch, settings.samples), str(path), [])
+    # The evaluation set is synthetic too when no data was given; it honours --input-shape, so it is reused.
+    dataset = (
+        context.dataset
+        if context.dataset.synthetic
+        else synthetic_dataset(model, specs, context.seed, samples=settings.samples or SYNTHETIC_SAMPLES)
+    )
+    warning = (
+        f"{context.label}: no calibration data (calibration.data or --calibration-data): activation ranges come "
+        "from seeded synthetic inputs, so accuracy may suffer; calibrate on a few hundred real samples"
+    )
+    return CalibrationBatches(lambda: dataset.batches(batch), "synthetic", [warning])
+
+
+def calibrated_quantizer(prepared: Prepared, config: QuantizeConfig, context: PassContext, batches: CalibrationBatches):
+    """Calibrate once; return a function that quantizes with those ranges given the nodes to keep in float."""
+    op_types = [op for op in config.op_types if op not in config.exclude.op_types] if config.op_types else None
+    tensors = tensors_to_calibrate(prepared.model, set(op_types) if op_types else None)
+    symmetric = config.activation_symmetric
+    calibration = calibrate(
+        prepared.model, tensors, batches.open(), collector_for(config.calibration, symmetric), context.workdir
+    )
+    if calibration.samples == 0:
+        raise PassError(context.label, f"the calibration data {batches.source} yielded no samples")
+    cache = context.workdir / "calibration.json"
+    write_calibration_cache(calibration.ranges, cache)
+    source, target = context.workdir / "static_in.onnx", context.workdir / "static_out.onnx"
+    large = save_for_tool(prepared.model, source)
+
+    def quantize(excluded: set[str]) -> onnx.ModelProto:
+        with quiet_root_logger():
+            quantize_static(
+                str(source),
+                str(target),
+                calibration_data_reader=None,
+                quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
+                op_types_to_quantize=op_types,
+                per_channel=prepared.per_channel,
+                reduce_range=config.reduce_range,
+                activation_type=QUANT_TYPES[config.activation_type],
+                weight_type=QUANT_TYPES[config.weight_type],
+                nodes_to_exclude=sorted(excluded),
+                use_external_data_format=large,
+                calibration_cache_path=str(cache),
+                extra_options={
+                    "ActivationSymmetric": config.activation_symmetric,
+                    "WeightSymmetric": config.weight_symmetric,
+                },
+            )
+        return onnx.load_model(str(target))
+
+    return quantize, calibration
+
+
+def quantized_op_counts(model: onnx.ModelProto) -> Counter:
+    """Op type -> how many nodes run quantized (QLinear*/integer ops, or QDQ nodes)."""
+    return Counter(node.op_type for node in quantized_nodes(model))
+
+
+def quantized_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """QLinear*/integer nodes, and float nodes in QDQ form: fed by DequantizeLinear with their weights dequantized or
+    their output quantized (a node kept in float may still read a dequantized input; it does not count)."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    requantized = {node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"}
+    constants = {t.name for t in graph.initializer}
+    found = []
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        dequantized = [
+            producers[i] for i in node.input if i in producers and producers[i].op_type == "DequantizeLinear"
+        ]
+        weight_dequantized = any(dq.input[0] in constants for dq in dequantized)
+        if node.op_type in QUANTIZED_OP_TYPES or (
+            dequantized and (weight_dequantized or requantized & set(node.output))
+        ):
+            found.append(node)
+    return found
+
+
+def _sensitivity_candidates(quantized: onnx.ModelProto, kept: set[str] | dict) -> list[onnx.NodeProto]:
+    """Nodes quantized in the full int8 model that compute something (not merely pass int8 values through)."""
+    return [n for n in quantized_nodes(quantized) if n.name not in kept and n.op_type not in PASS_THROUGH_OPS]
+
+
+def _probe(batches: CalibrationBatches) -> list[dict[str, np.ndarray]]:
+    probe, samples = [], 0
+    for feed in batches.open():
+        probe.append(feed)
+        samples += len(next(iter(feed.values())))
+        if samples >= PROBE_SAMPLES:
+            break
+    return probe
+
+
+def _drop_of(original: onnx.ModelProto, context: PassContext) -> Callable[[onnx.ModelProto], float]:
+    """The recipe's metric drop of a candidate model against ``original`` on the evaluation data."""
+    specs = input_specs(original)
+
+    def session(model: onnx.ModelProto, name: str) -> ort.InferenceSession:
+        source = session_source(model, context.workdir, name)
+        return ort.InferenceSession(source, sess_options=session_options(1), providers=["CPUExecutionProvider"])
+
+    reference = session(original, "budget_reference")
+    return lambda model: (
+        evaluate(reference, session(model, "budget_candidate"), context.dataset, specs, context.metric).drop
+    )
+
+
+def _surviving(spec: ExcludeSpec, graph: onnx.GraphProto) -> ExcludeSpec:
+    """The exclusions that still match after pre-processing (which removes nodes, e.g. BatchNorm folded into Conv)."""
+    names = [n.name for n in graph.node]
+    op_types = {n.op_type for n in graph.node}
+    return ExcludeSpec(
+        nodes=[n for n in spec.nodes if n in set(names)],
+        patterns=[p for p in spec.patterns if any(re.search(p, n) for n in names)],
+        op_types=[o for o in spec.op_types if o in op_types],
+    )
+
+
+def _nothing_quantized(model: onnx.ModelProto, config: QuantizeConfig, kept: dict) -> str:
+    op_types = set(config.op_types) if config.op_types else None
+    nested = subgraph_nodes(model, op_types)
+    message = "quantized 0 ops, so the model would come out unchanged"
+    if nested:
+        message += f"; {nested} candidate node(s) sit inside If/Loop/Scan subgraphs, which static quantization skips"
+    if kept:
+        message += f"; {len(kept)} node(s) were kept in float (see exclude and keep_float_sensitive)"
+    return message

@@ -1,0 +1,172 @@
+"""Static int8: calibration-driven QDQ/QOperator quantization, its options, exclusions and refusals."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optc.data import Dataset
+from optc.errors import OptcError, PassError
+from optc.model_facts import op_histogram
+from optc.passes.calibration import CalibrationConfig
+from optc.passes.exclude import ExcludeSpec
+from optc.passes.quantize import QuantizeConfig, run_quantize
+from optc.passes.registry import PassContext
+from tests.conftest import mlp_model
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((64, 16)).astype(np.float32)
+
+
+def context(tmp_path: Path, calibration: Path | None = None, inputs: dict | None = None) -> PassContext:
+    inputs = inputs or {"x": X}
+    return PassContext(
+        label="passes[0] quantize (static)",
+        workdir=tmp_path,
+        seed=0,
+        dataset=Dataset(inputs=inputs, labels=None, source="test.npz"),
+        calibration_data=calibration,
+        sample_inputs=[{k: v[:4] for k, v in inputs.items()}],
+    )
+
+
+def calib_file(tmp_path: Path, **arrays) -> Path:
+    path = tmp_path / "calib.npz"
+    np.savez(path, **(arrays or {"x": X}))
+    return path
+
+
+def static(**fields) -> QuantizeConfig:
+    return QuantizeConfig(type="quantize", mode="static", **fields)
+
+
+def run(model: onnx.ModelProto, feed: dict) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)[0]
+
+
+def relative_error(expected: np.ndarray, got: np.ndarray) -> float:
+    return float(np.linalg.norm(expected - got) / np.linalg.norm(expected))
+
+
+def test_static_int8_shrinks_and_keeps_outputs_close(tmp_path: Path):
+    model = mlp_model(hidden=256)
+    outcome = run_quantize(model, static(), context(tmp_path, calib_file(tmp_path)))
+    ops = op_histogram(outcome.model)
+    assert ops["QuantizeLinear"] >= 2 and ops["DequantizeLinear"] >= 4
+    assert outcome.details["ops_quantized"] >= 2
+    assert outcome.details["calibration"] == {
+        "method": "minmax",
+        "data": str(tmp_path / "calib.npz"),
+        "samples": 64,
+        "tensors": outcome.details["calibration"]["tensors"],
+    }
+    assert outcome.model.ByteSize() < model.ByteSize() * 0.5  # int8 weights; int32 biases and scales add a little
+    assert not outcome.warnings
+    assert relative_error(run(model, {"x": X}), run(outcome.model, {"x": X})) < 0.05
+
+
+def test_default_activations_are_uint8_and_weights_int8_per_channel(tmp_path: Path):
+    outcome = run_quantize(mlp_model(), static(), context(tmp_path, calib_file(tmp_path)))
+    inits = {t.name: t for t in outcome.model.graph.initializer}
+    quantize_types = {inits[n.input[2]].data_type for n in outcome.model.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantize_types == {TensorProto.UINT8}
+    weight_scales = [
+        inits[n.input[1]]
+        for n in outcome.model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and inits.get(n.input[0]) is not None
+        and inits[n.input[0]].data_type == TensorProto.INT8
+    ]
+    assert weight_scales and all(len(s.dims) == 1 and s.dims[0] > 1 for s in weight_scales)  # one scale per channel
+
+
+def test_int8_activations_and_qoperator_format(tmp_path: Path):
+    outcome = run_quantize(
+        mlp_model(), static(format="qoperator", activation_type="int8"), context(tmp_path, calib_file(tmp_path))
+    )
+    ops = op_histogram(outcome.model)
+    assert "QLinearMatMul" in ops or "QGemm" in ops
+    assert outcome.details["activation_type"] == "int8"
+
+
+def test_synthetic_calibration_warns(tmp_path: Path):
+    ctx = context(tmp_path)
+    ctx.dataset = Dataset(inputs={"x": X}, labels=None, source="synthetic")
+    outcome = run_quantize(mlp_model(), static(), ctx)
+    assert outcome.details["calibration"]["data"] == "synthetic"
+    assert any("synthetic" in w and "passes[0] quantize (static)" in w for w in outcome.warnings)
+
+
+def test_recipe_calibration_path_is_resolved_and_samples_capped(tmp_path: Path):
+    calib_file(tmp_path)
+    ctx = context(tmp_path)
+    ctx.recipe_dir = tmp_path
+    outcome = run_quantize(mlp_model(), static(calibration=CalibrationConfig(data=Path("calib.npz"), samples=10)), ctx)
+    assert outcome.details["calibration"]["samples"] == 10
+
+
+def test_excluded_node_stays_float(tmp_path: Path):
+    outcome = run_quantize(
+        mlp_model(), static(exclude=ExcludeSpec(nodes=["fc"])), context(tmp_path, calib_file(tmp_path))
+    )
+    # The node keeps its float weights and computes in float; its output is not quantized again.
+    fc = next(n for n in outcome.model.graph.node if n.name == "fc")
+    assert fc.input[1] == "W2" and "W2" in {t.name for t in outcome.model.graph.initializer}
+    assert not [n for n in outcome.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == fc.output[0]]
+    assert {"node": "fc", "op_type": "Gemm", "reason": "exclude"} in outcome.details["kept_in_float"]
+
+
+def test_excluded_op_type_is_not_quantized(tmp_path: Path):
+    outcome = run_quantize(
+        mlp_model(),
+        static(preprocess=False, exclude=ExcludeSpec(op_types=["Gemm"])),
+        context(tmp_path, calib_file(tmp_path)),
+    )
+    assert "Gemm" not in outcome.details["quantized_op_types"]
+    assert outcome.details["quantized_op_types"].get("MatMul") == 1
+
+
+def test_static_only_fields_are_refused_in_dynamic_mode():
+    with pytest.raises(ValueError, match="calibration only apply to mode: static"):
+        QuantizeConfig(type="quantize", mode="dynamic", calibration=CalibrationConfig())
+    with pytest.raises(ValueError, match="cannot be quantized dynamically"):
+        QuantizeConfig(type="quantize", mode="dynamic", op_types=["Add"])
+
+
+def test_requantizing_a_static_model_is_refused(tmp_path: Path):
+    quantized = run_quantize(mlp_model(), static(), context(tmp_path, calib_file(tmp_path))).model
+    with pytest.raises(OptcError, match="already quantized") as info:
+        run_quantize(quantized, static(), context(tmp_path, calib_file(tmp_path)))
+    assert not isinstance(info.value, PassError)
+
+
+def test_calibration_data_not_matching_the_inputs_is_bad_input(tmp_path: Path):
+    path = calib_file(tmp_path, images=X)
+    with pytest.raises(OptcError, match="no array for model input"):
+        run_quantize(mlp_model(), static(), context(tmp_path, path))
+
+
+def test_model_with_nothing_to_quantize_fails_plainly(tmp_path: Path):
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    with pytest.raises(PassError, match="quantized 0 ops"):
+        run_quantize(model, static(op_types=["MatMul"]), context(tmp_path, calib_file(tmp_path)))
+
+
+def test_gemm_weight_initializer_becomes_int8(tmp_path: Path):
+    outcome = run_quantize(mlp_model(), static(), context(tmp_path, calib_file(tmp_path)))
+    int8_weights = [t for t in outcome.model.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 2]
+    assert sum(int(np.prod(t.dims)) for t in int8_weights) == 16 * 64 + 10 * 64
+    assert not [t for t in outcome.model.graph.initializer if t.name in ("W1", "W2") and t.data_type == 1]
+    assert numpy_helper.to_array(int8_weights[0]).dtype == np.int8
