@@ -1,0 +1,186 @@
+"""A read-mostly index over one graph, and the few edits every rewrite needs.
+
+Rewrites copy the model, build a ``GraphIndex`` over the copy, edit the copy through these helpers and return it;
+the index is rebuilt on the next sweep rather than kept in step with every edit.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from optc.modelio import needs_external_data
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    return result
+
+
+def _subgraph_nodes(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for graph in graphs:
+            for inner in graph.node:
+                yield inner
+                yield from _subgraph_nodes(inner)
+
+
+def reads(node: onnx.NodeProto) -> set[str]:
+    """Names ``node`` reads, including those its If/Loop bodies read from the enclosing graph."""
+    used = itertools.chain(node.input, (i for inner in _subgraph_nodes(node) for i in inner.input))
+    return {name for name in used if name}
+
+
+def has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+class GraphIndex:
+    """Producers, consumers, constants and (on demand) inferred shapes of a model's main graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.producers: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for name in node.output:
+                self.producers[name] = node
+            for name in reads(node):
+                self.consumers.setdefault(name, []).append(node)
+        self.graph_inputs = {i.name for i in self.graph.input}
+        self.graph_outputs = {o.name for o in self.graph.output}
+        self._types: dict[str, onnx.TypeProto] | None = None
+        self._names = set(self.producers) | set(self.initializers) | self.graph_inputs
+        self._counter = itertools.count()
+
+    # ------------------------------------------------------------------ questions
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or a Constant node's output; None for anything computed or fed."""
+        if name in self.initializers and name not in self.graph_inputs:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producers.get(name)
+        if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            return numpy_helper.to_array(attr.t) if attr is not None else None
+        return None
+
+    def sole_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading ``name``, when nothing else (graph outputs included) depends on it."""
+        users = self.consumers.get(name, [])
+        if len(users) != 1 or name in self.graph_outputs:
+            return None
+        return users[0]
+
+    def shape(self, name: str) -> list[int | str | None] | None:
+        """Inferred shape: ints for fixed dims, str for symbolic ones, None for unknown; None if rank is unknown."""
+        type_proto = self._inferred_types().get(name)
+        if type_proto is None or not type_proto.HasField("tensor_type"):
+            return None
+        tensor_type = type_proto.tensor_type
+        if not tensor_type.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+
+    def elem_type(self, name: str) -> int | None:
+        if name in self.initializers:
+            return self.initializers[name].data_type
+        type_proto = self._inferred_types().get(name)
+        if type_proto is None or not type_proto.HasField("tensor_type"):
+            return None
+        return type_proto.tensor_type.elem_type or None
+
+    def _inferred_types(self) -> dict[str, onnx.TypeProto]:
+        if self._types is None:
+            self._types = {}
+            known = list(self.graph.input) + list(self.graph.output) + list(self.graph.value_info)
+            if not needs_external_data(self.model):  # shape inference serializes the model in one piece
+                try:
+                    inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
+                    known += list(inferred.graph.value_info) + list(inferred.graph.output)
+                except Exception:  # noqa: BLE001 - shapes are an aid; without them shape-based rewrites just skip
+                    pass
+            for value in known:
+                if value.type.HasField("tensor_type") and value.name not in self._types:
+                    self._types[value.name] = value.type
+        return self._types
+
+    # ------------------------------------------------------------------ edits
+
+    def fresh_name(self, base: str) -> str:
+        name = base
+        while name in self._names:
+            name = f"{base}_{next(self._counter)}"
+        self._names.add(name)
+        return name
+
+    def add_initializer(self, base: str, value: np.ndarray) -> str:
+        name = self.fresh_name(base)
+        self.graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
+    def rename_uses(self, old: str, new: str) -> None:
+        """Make every reader of ``old`` (subgraph bodies included) read ``new`` instead."""
+        for node in self.consumers.get(old, []):
+            for target in itertools.chain([node], _subgraph_nodes(node)):
+                for i, name in enumerate(target.input):
+                    if name == old:
+                        target.input[i] = new
+
+    def bypass(self, node: onnx.NodeProto, source: str) -> bool:
+        """Remove ``node`` (one output) so its readers read ``source``; False when that would rename a graph output.
+
+        When the node's output is a graph output, the graph keeps that name: the tensor ``source`` is renamed to it
+        instead (see ``absorb``).
+        """
+        if node.output[0] in self.graph_outputs:
+            return self.absorb(node, source)
+        self.rename_uses(node.output[0], source)
+        self.graph.node.remove(node)
+        return True
+
+    def absorb(self, node: onnx.NodeProto, source: str) -> bool:
+        """Remove ``node`` (one output) and have the producer of ``source`` write ``node``'s output name instead.
+
+        For rewrites where the producer now computes what ``node`` did (a folded BatchNorm): the value keeps the name
+        the original graph gave it, so graph outputs stay put and tensors compared by name (``optc compare
+        --per-tensor``) line up. Impossible when ``source`` is fed from outside, is itself a graph output, or comes
+        from a node with subgraphs.
+        """
+        producer = self.producers.get(source)
+        if producer is None or source in self.graph_outputs or has_subgraph(producer):
+            return False
+        output = node.output[0]
+        self.rename_uses(source, output)
+        for i, name in enumerate(producer.output):
+            if name == source:
+                producer.output[i] = output
+        self.producers[output] = producer
+        self.graph.node.remove(node)
+        return True
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def set_attribute(node: onnx.NodeProto, name: str, value) -> None:
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def is_standard(node: onnx.NodeProto) -> bool:
+    return node.domain in ("", "ai.onnx")

@@ -1,0 +1,13 @@
+"""The generic rewrites, one module each. Import order is run order (see ``optc.passes.fuse.driver``)."""
+
+from optc.passes.fuse.rewrites import (  # noqa: I001, F401  (each registers on import; order matters)
+    fold_constants,
+    drop_identity,
+    drop_noops,
+    merge_transposes,
+    merge_reshapes,
+    fold_batchnorm,
+    fold_scale_bias,
+    matmul_add_to_gemm,
+    drop_unused,
+)

@@ -1,0 +1,84 @@
+"""Transformer fusions through ONNX Runtime's transformer optimizer (``onnxruntime.transformers.optimizer``).
+
+It rewrites attention blocks, residual LayerNorms and GELUs into ONNX Runtime contrib ops (Attention,
+SkipLayerNormalization, BiasGelu/FastGelu, EmbedLayerNormalization). Its output needs two repairs before the rest of
+optc (dynamic quantization in particular) can work on it:
+
+- the contrib domain is used but not always declared in ``opset_import``, so ONNX shape inference refuses the model;
+- ONNX shape inference knows no contrib op, so every tensor after the first fused node loses its type, and the
+  quantizer stops with "Unable to find data type". ONNX Runtime's symbolic shape inference knows them: it fills
+  ``value_info`` for every tensor.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+from onnxruntime.transformers.optimizer import optimize_model
+
+from optc.errors import OptcError, PassError
+from optc.passes.fuse.graph import GraphIndex, attribute, copy_model
+from optc.passes.ort_tools import quiet_root_logger
+
+CONTRIB_DOMAIN = "com.microsoft"
+HEAD_SPLIT_PERM = [0, 2, 1, 3]  # [batch, seq, heads, head_dim] -> [batch, heads, seq, head_dim]
+
+
+def detect_encoder(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """(num_heads, hidden_size) of a BERT-like encoder, read from its head-splitting Reshape; None if not one.
+
+    An encoder has Softmax attention and LayerNorm (fused or decomposed into ReduceMean) and splits hidden states
+    into heads with a Reshape to [.., .., heads, head_dim] followed by a Transpose with perm 0,2,1,3.
+    """
+    ops = {n.op_type for n in model.graph.node}
+    if "Softmax" not in ops or not ops & {"LayerNormalization", "ReduceMean"}:
+        return None
+    index = GraphIndex(model)
+    for node in model.graph.node:
+        if node.op_type != "Transpose" or list(attribute(node, "perm", [])) != HEAD_SPLIT_PERM:
+            continue
+        reshape = index.producers.get(node.input[0])
+        target = index.const(reshape.input[1]) if reshape is not None and reshape.op_type == "Reshape" else None
+        if target is not None and target.shape == (4,) and target[2] > 0 and target[3] > 0:
+            return int(target[2]), int(target[2] * target[3])
+    return None
+
+
+def fuse_transformer(
+    model: onnx.ModelProto, model_type: str, num_heads: int | None, hidden_size: int | None, label: str
+) -> tuple[onnx.ModelProto, dict[str, int], dict]:
+    """The fused model, the count of each fused op type, and the settings used (model type, heads, hidden size)."""
+    detected = False
+    if model_type == "auto":
+        found = detect_encoder(model)
+        if found is None:
+            raise OptcError(
+                f"{label}.transformer: auto found no BERT-like encoder (Softmax attention, LayerNorm and a Reshape "
+                "splitting hidden states into heads)",
+                hint="set transformer: bert or gpt2 with num_heads and hidden_size",
+            )
+        model_type, detected = "bert", True
+        num_heads, hidden_size = num_heads or found[0], hidden_size or found[1]
+    if model_type == "gpt2" and not (num_heads and hidden_size):
+        raise OptcError(f"{label}: transformer: gpt2 needs num_heads and hidden_size")
+    with quiet_root_logger():  # the optimizer logs producer mismatches and per-fusion chatter as warnings
+        # opt_level 0: only the Python fusions; ONNX Runtime's own graph optimizations are the separate ort_level.
+        optimizer = optimize_model(  # it edits the ModelProto it is given: hand it a copy
+            copy_model(model),
+            model_type=model_type,
+            num_heads=num_heads or 0,
+            hidden_size=hidden_size or 0,
+            opt_level=0,
+        )
+    fused_ops = {op: n for op, n in optimizer.get_fused_operator_statistics().items() if n}
+    result = optimizer.model
+    if any(n.domain == CONTRIB_DOMAIN for n in result.graph.node) and not any(
+        o.domain == CONTRIB_DOMAIN for o in result.opset_import
+    ):
+        result.opset_import.append(onnx.helper.make_opsetid(CONTRIB_DOMAIN, 1))
+    try:
+        result = SymbolicShapeInference.infer_shapes(result, auto_merge=True)
+    except Exception as exc:  # noqa: BLE001 - without types the model still runs, but cannot be quantized
+        raise PassError(label, f"typing the fused model failed: {type(exc).__name__}: {exc}") from exc
+    settings = {"model_type": model_type, "num_heads": num_heads, "hidden_size": hidden_size, "detected": detected}
+    return result, fused_ops, settings

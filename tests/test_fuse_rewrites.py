@@ -1,0 +1,244 @@
+"""Each generic rewrite on a tiny graph holding its pattern: the graph changes as expected and outputs do not; and
+graphs where the rewrite must not apply stay untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from optc.passes.fuse.driver import rewrites, simplify
+from optc.passes.fuse.rewrites.drop_identity import drop_identity
+from optc.passes.fuse.rewrites.drop_noops import drop_noops
+from optc.passes.fuse.rewrites.drop_unused import drop_unused
+from optc.passes.fuse.rewrites.fold_batchnorm import fold_batchnorm
+from optc.passes.fuse.rewrites.fold_constants import fold_constants
+from optc.passes.fuse.rewrites.fold_scale_bias import fold_scale_bias
+from optc.passes.fuse.rewrites.matmul_add_to_gemm import matmul_add_to_gemm
+from optc.passes.fuse.rewrites.merge_reshapes import merge_reshapes
+from optc.passes.fuse.rewrites.merge_transposes import merge_transposes
+from tests.conftest import SAMPLES, make_model
+from tests.fuse_graphs import (
+    assert_same_outputs,
+    conv_bn,
+    conv_scale_bias,
+    conv_transpose_bn,
+    gemm_bn,
+    init,
+    matmul_add,
+    ops,
+    rand,
+    tensor,
+)
+
+
+def test_fold_batchnorm_keeps_outputs():
+    model = conv_bn()
+    fused, applied = fold_batchnorm(model)
+    assert applied == 1 and ops(fused) == {"Conv": 1}
+    assert_same_outputs(model, fused, {"x": rand(2, 3, 5, 5)})
+
+
+def test_folded_conv_writes_the_batchnorm_output_name():
+    """Tensors keep the names the original graph gave their values, so per-tensor comparisons line up."""
+    model = onnx.load_model(str(SAMPLES / "digits_cnn.onnx"))
+    bn_outputs = {n.name: n.output[0] for n in model.graph.node if n.op_type == "BatchNormalization"}
+    fused, applied = fold_batchnorm(model)
+    conv_outputs = {n.name: n.output[0] for n in fused.graph.node if n.op_type == "Conv"}
+    assert applied == 3
+    assert sorted(conv_outputs.values()) == sorted(bn_outputs.values())
+
+
+def test_fold_batchnorm_into_grouped_conv_transpose_without_bias():
+    model = conv_transpose_bn()
+    fused, applied = fold_batchnorm(model)
+    assert applied == 1 and ops(fused) == {"ConvTranspose": 1}
+    assert len(fused.graph.node[0].input) == 3  # the fold gave it a bias
+    assert_same_outputs(model, fused, {"x": rand(1, 4, 3, 3)})
+
+
+def test_fold_batchnorm_into_gemm_with_alpha_beta():
+    model = gemm_bn()
+    fused, applied = fold_batchnorm(model)
+    assert applied == 1 and ops(fused) == {"Gemm": 1}
+    assert_same_outputs(model, fused, {"x": rand(3, 8)})
+
+
+def test_fold_batchnorm_leaves_a_conv_output_with_a_second_reader():
+    model = conv_bn(second_reader=True)
+    fused, applied = fold_batchnorm(model)
+    assert applied == 0 and ops(fused) == {"Conv": 1, "BatchNormalization": 1}
+
+
+def test_matmul_add_becomes_gemm_for_2d_input():
+    model = matmul_add(rank=2)
+    fused, applied = matmul_add_to_gemm(model)
+    assert applied == 1 and ops(fused) == {"Gemm": 1}
+    assert fused.graph.node[0].name == "proj"  # keeps the MatMul's name for later exclusions
+    assert_same_outputs(model, fused, {"x": rand(4, 8)})
+
+
+def test_matmul_add_with_3d_input_is_left_alone():
+    fused, applied = matmul_add_to_gemm(matmul_add(rank=3))
+    assert applied == 0 and ops(fused) == {"MatMul": 1, "Add": 1}
+
+
+def test_fold_scale_bias_into_conv():
+    model = conv_scale_bias(scale_shape=(1, 4, 1, 1))
+    fused, counts = simplify(model)
+    assert counts["fold_scale_bias"] == 2 and ops(fused) == {"Conv": 1}
+    assert_same_outputs(model, fused, {"x": rand(1, 3, 4, 4)})
+
+
+def test_fold_scale_bias_refuses_a_constant_that_varies_spatially():
+    model = conv_scale_bias(scale_shape=(1, 1, 4, 4))
+    fused, applied = fold_scale_bias(model)
+    assert applied == 0  # the Mul cannot fold, so the Sub after it has no Conv to fold into either
+    assert ops(fused) == {"Conv": 1, "Mul": 1, "Sub": 1}
+
+
+def test_fold_constants_folds_constant_nodes_weight_transposes_and_static_shapes():
+    nodes = [
+        helper.make_node("Constant", [], ["wt"], value=init("wt_value", rand(6, 8))),
+        helper.make_node("Transpose", ["wt"], ["w"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Shape", ["m"], ["s"]),
+        helper.make_node("Reshape", ["m", "s"], ["y"]),
+    ]
+    model = make_model(nodes, [tensor("x", [4, 8])], [tensor("y", [4, 6])])
+    fused, applied = fold_constants(model)
+    assert applied == 3 and ops(fused) == {"MatMul": 1, "Reshape": 1}
+    assert_same_outputs(model, fused, {"x": rand(4, 8)})
+
+
+def test_fold_constants_leaves_a_symbolic_shape():
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
+    model = make_model(nodes, [tensor("x", ["batch", 8])], [tensor("y", ["batch", 8])])
+    _, applied = fold_constants(model)
+    assert applied == 0
+
+
+def test_drop_identity_and_dropout_keep_the_output_name():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Dropout", ["r"], ["d"], name="dropout"),
+        helper.make_node("Identity", ["d"], ["y"], name="identity"),
+    ]
+    model = make_model(nodes, [tensor("x", [2, 3])], [tensor("y", [2, 3])])
+    fused, counts = simplify(model)
+    assert counts["drop_identity"] == 2 and ops(fused) == {"Relu": 1}
+    assert fused.graph.node[0].output[0] == "y"
+    assert_same_outputs(model, fused, {"x": rand(2, 3)})
+
+
+def test_identity_from_input_to_output_stays():
+    model = make_model([helper.make_node("Identity", ["x"], ["y"])], [tensor("x", [2])], [tensor("y", [2])])
+    _, applied = drop_identity(model)
+    assert applied == 0
+
+
+def test_drop_noops_removes_identity_transpose_same_type_cast_and_same_shape_reshape():
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 2]),
+        helper.make_node("Cast", ["t"], ["c"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["c", "shape"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [tensor("x", ["batch", 4, 6])],
+        [tensor("y", ["batch", 4, 6])],
+        [init("shape", np.array([0, 4, -1], np.int64))],
+    )
+    fused, counts = simplify(model)  # one per chain per sweep: each removal changes what the next one reads
+    assert counts["drop_noops"] == 3 and ops(fused) == {"Relu": 1}
+    assert_same_outputs(model, fused, {"x": rand(3, 4, 6)})
+
+
+def test_drop_noops_keeps_a_reshape_that_changes_the_shape():
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    model = make_model(nodes, [tensor("x", [2, 6])], [tensor("y", [3, 4])], [init("shape", np.array([3, 4]))])
+    _, applied = drop_noops(model)
+    assert applied == 0
+
+
+def test_merge_transposes_composes_a_chain():
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["a"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["a"], ["b"], perm=[0, 1, 3, 2]),
+        helper.make_node("Transpose", ["b"], ["c"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["c"], ["y"], perm=[0, 2, 1, 3]),
+    ]
+    model = make_model(nodes, [tensor("x", [1, 2, 3, 4])], [tensor("y", [1, 3, 4, 2])])
+    fused, counts = simplify(model)
+    assert counts["merge_transposes"] == 2 and ops(fused) == {"Transpose": 1}  # the last two cancel outright
+    assert_same_outputs(model, fused, {"x": rand(1, 2, 3, 4)})
+
+
+def test_merge_transposes_removes_a_pair_that_cancels():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["a"], perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["a"], ["y"], perm=[0, 3, 1, 2]),
+    ]
+    model = make_model(nodes, [tensor("x", [1, 2, 3, 4])], [tensor("y", [1, 2, 3, 4])])
+    fused, applied = merge_transposes(model)
+    assert applied == 1 and ops(fused) == {"Relu": 1}
+    assert_same_outputs(model, fused, {"x": rand(1, 2, 3, 4)})
+
+
+def test_merge_reshapes_collapses_reshape_chains_and_unsqueezes():
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("Reshape", ["f", "shape"], ["r"]),
+        helper.make_node("Unsqueeze", ["r", "axis1"], ["u1"]),
+        helper.make_node("Unsqueeze", ["u1", "axis_last"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [tensor("x", [2, 3, 4])],
+        [tensor("y", [2, 1, 12, 1])],
+        [init("shape", np.array([2, -1], np.int64)), init("axis1", np.array([1])), init("axis_last", np.array([-1]))],
+    )
+    fused, applied = merge_reshapes(model)
+    assert applied == 2 and ops(fused) == {"Reshape": 1, "Unsqueeze": 1}
+    assert_same_outputs(model, fused, {"x": rand(2, 3, 4)})
+
+
+def test_merge_reshapes_keeps_a_reshape_that_copies_dims():
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["r"]),
+        helper.make_node("Reshape", ["r", "copy"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [tensor("x", [2, 3, 4])],
+        [tensor("y", [6, 4])],
+        [init("flat", np.array([6, 4], np.int64)), init("copy", np.array([0, 4], np.int64))],
+    )
+    _, applied = merge_reshapes(model)
+    assert applied == 0
+
+
+def test_drop_unused_removes_dead_nodes_and_initializers_but_not_inputs():
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["x"], ["dead"])]
+    model = make_model(
+        nodes, [tensor("x", [2]), tensor("unused_input", [2])], [tensor("y", [2])], [init("stale", rand(3))]
+    )
+    fused, applied = drop_unused(model)
+    assert applied == 2 and ops(fused) == {"Relu": 1} and not fused.graph.initializer
+    assert [i.name for i in fused.graph.input] == ["x", "unused_input"]
+
+
+def test_every_rewrite_is_registered_in_run_order():
+    assert list(rewrites()) == [
+        "fold_constants",
+        "drop_identity",
+        "drop_noops",
+        "merge_transposes",
+        "merge_reshapes",
+        "fold_batchnorm",
+        "fold_scale_bias",
+        "matmul_add_to_gemm",
+        "drop_unused",
+    ]
