@@ -1,0 +1,177 @@
+"""The ``prune`` pass: picks the method, runs it at a fixed sparsity or searches one, and writes the report details."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+import onnxruntime as ort
+
+from optc.errors import OptcError, PassError
+from optc.measure.providers import session_options
+from optc.model_facts import parameter_count, weight_sparsity
+from optc.passes.exclude import excluded_nodes
+from optc.passes.prune.channel import prune_channels
+from optc.passes.prune.channel_groups import trace_channels
+from optc.passes.prune.config import PruneConfig
+from optc.passes.prune.layers import selected_layers
+from optc.passes.prune.magnitude import prune_magnitude
+from optc.passes.prune.outputs import keep_outputs
+from optc.passes.prune.search import CandidateMeter, bisect_sparsity, gzip_size
+from optc.passes.registry import PassContext, PassOutcome, register
+
+MAGNITUDE_NOTE = (
+    "unstructured sparsity: tensors keep their shapes, so ONNX Runtime's dense kernels do the same work and latency "
+    "does not change; the gain is the size compressed with zip/gzip"
+)
+CHANNEL_NOTE = (
+    "structured pruning: whole channels are cut out of the graph, so tensors and the work per inference shrink"
+)
+
+Pruner = Callable[[float], tuple[onnx.ModelProto, dict]]
+
+
+@register(PruneConfig)
+def run_prune(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> PassOutcome:
+    if config.method == "outputs":
+        return _prune_outputs(model, config, context)
+    pruner = (
+        _magnitude_pruner(model, config, context)
+        if config.method == "magnitude"
+        else _channel_pruner(model, config, context)
+    )
+    if config.sparsity == "auto":
+        return _search(model, pruner, config, context)
+    pruned, details = pruner(config.sparsity)
+    return PassOutcome(model=pruned, details=details)
+
+
+def _magnitude_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> Pruner:
+    layers = selected_layers(model.graph, config, context.label)
+    dense: list[str] = []
+    if config.dense_first_last and layers and not config.nodes:  # nodes named outright are pruned as asked
+        weights = list(dict.fromkeys(layer.weight for layer in layers))
+        first_last = {weights[0], weights[-1]}
+        dense = [layer.node.name for layer in layers if layer.weight in first_last]
+        layers = [layer for layer in layers if layer.weight not in first_last]
+    if not layers:
+        raise PassError(
+            context.label,
+            f"no {'/'.join(config.op_types)} node with a constant float weight is left to prune"
+            + (f" (kept dense as first/last layer: {', '.join(dense)})" if dense else ""),
+            hint="check op_types, nodes and exclude" + (", or set dense_first_last: false" if dense else ""),
+        )
+    gzip_before = gzip_size(model)
+
+    def prune(sparsity: float) -> tuple[onnx.ModelProto, dict]:
+        pruned, rows = prune_magnitude(model, layers, sparsity, config.scope)
+        zeros, weights = sum(r["zeros"] for r in rows), sum(r["weights"] for r in rows)
+        gzip_after = gzip_size(pruned)
+        return pruned, {
+            "sparsity": round(sparsity, 4),
+            "scope": config.scope,
+            "overall_sparsity": round(zeros / weights, 4),
+            "model_weight_sparsity": round(weight_sparsity(pruned), 4),
+            "layers": rows,
+            "dense_layers": dense,
+            "gzip_bytes_before": gzip_before,
+            "gzip_bytes_after": gzip_after,
+            "gzip_ratio": round(gzip_after / gzip_before, 4),
+            "note": MAGNITUDE_NOTE,
+        }
+
+    return prune
+
+
+def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> Pruner:
+    producers = {layer.node.name for layer in selected_layers(model.graph, config, context.label)}
+    plan = trace_channels(model, producers, excluded_nodes(model.graph, config.exclude, context.label))
+    groups = plan.groups()
+    if all(plan.reasons(members) for members in groups.values()):
+        reasons = "; ".join(dict.fromkeys(r for members in groups.values() for r in plan.reasons(members)))
+        raise PassError(
+            context.label,
+            "no channel group can be pruned" + (f": {reasons[:400]}" if reasons else " (no prunable layer found)"),
+            hint="channel pruning needs Conv/Gemm/MatMul layers with constant weights whose outputs feed ops optc "
+            "can shrink",
+        )
+    parameters_before = parameter_count(model)
+
+    def prune(ratio: float) -> tuple[onnx.ModelProto, dict]:
+        pruned = prune_channels(model, plan, ratio, config.norm)
+        checked = _shapes_and_session(pruned.model, context.label)
+        return checked, {
+            "ratio": round(ratio, 4),
+            "norm": config.norm,
+            "channels_removed": sum(r["channels"] - r["kept"] for r in pruned.layers),
+            "parameters_before": parameters_before,
+            "parameters_after": parameter_count(checked),
+            "layers": pruned.layers,
+            "left_alone": pruned.left_alone,
+            "note": CHANNEL_NOTE,
+        }
+
+    return prune
+
+
+def _shapes_and_session(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Shape inference (strict, so a mismatched edit shows here by name) and an ONNX Runtime session on the result."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        ort.InferenceSession(inferred.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - whatever fails here, the surgery produced it
+        problem = " ".join(str(exc).split())[:300]
+        raise PassError(label, f"channel surgery produced an inconsistent graph: {problem}") from exc
+    return inferred
+
+
+def _search(model: onnx.ModelProto, pruner: Pruner, config: PruneConfig, context: PassContext) -> PassOutcome:
+    low, high = config.range_searched()
+    feed = context.sample_inputs[0] if context.sample_inputs else context.dataset.first_batch(1)
+    meter = CandidateMeter(model, context.dataset, context.metric, feed, context.workdir)
+    result = bisect_sparsity(lambda s: pruner(s)[0], meter, low, high, config.search_steps, config.accuracy_budget)
+    curve = [point.row() for point in result.curve]
+    if result.sparsity is None:
+        raise PassError(
+            context.label,
+            f"even sparsity {low} drops accuracy by {result.curve[0].drop:.2f} points, over the budget of "
+            f"{config.accuracy_budget}",
+            hint="lower search_range's low end or raise accuracy_budget",
+        )
+    pruned, details = pruner(result.sparsity)
+    warnings = []
+    if context.dataset.synthetic:
+        warnings.append(
+            f"{context.label}: the sparsity search measured fidelity on synthetic inputs; give evaluation data "
+            "(--data) to search against real accuracy"
+        )
+    search = {
+        "chosen": round(result.sparsity, 4),
+        "accuracy_budget": config.accuracy_budget,
+        "metric": result.curve[0].metric,
+        "range": [low, high],
+        "steps": config.search_steps,
+        "data": context.dataset.source,
+    }
+    return PassOutcome(model=pruned, details={**details, "search": search, "curve": curve}, warnings=warnings)
+
+
+def _prune_outputs(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> PassOutcome:
+    outputs = [o.name for o in model.graph.output]
+    unknown = [name for name in config.keep if name not in outputs]
+    if unknown:
+        raise OptcError(
+            f"{context.label}.keep: the model has no output named {', '.join(map(repr, unknown))}",
+            hint=f"its outputs: {', '.join(outputs)}",
+        )
+    pruned = keep_outputs(model, config.keep)
+    return PassOutcome(
+        model=pruned.model,
+        details={
+            "kept_outputs": list(config.keep),
+            "removed_outputs": pruned.removed_outputs,
+            "removed_nodes": pruned.removed_nodes,
+            "removed_inputs": pruned.removed_inputs,
+            "removed_initializers": pruned.removed_initializers,
+        },
+    )

@@ -1,0 +1,115 @@
+"""``sparsity: auto``: bisection for the largest sparsity whose accuracy drop stays within the budget.
+
+Accuracy falls (roughly) monotonically with sparsity, so bisection over [low, high] needs only ``steps`` + 2 models:
+the low end (the baseline row of the curve), the high end (taken at once if it fits), then the midpoints. Every
+candidate is measured against the original on the evaluation data, on CPU, and the measured points form the curve the
+report shows.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from optc.data import Dataset, input_specs
+from optc.measure.accuracy import evaluate
+from optc.measure.latency import measure_interleaved
+from optc.measure.providers import open_session
+from optc.modelio import serialized_size
+from optc.verify import session_source
+
+# A quick latency probe per candidate: enough to show the trend in the curve; the final model is timed properly later.
+PROBE_WARMUP, PROBE_RUNS, PROBE_MIN_TIME_S = 2, 10, 0.2
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    sparsity: float
+    accuracy: float
+    drop: float
+    size_bytes: int
+    gzip_bytes: int
+    latency_ms: float
+    metric: str  # what accuracy means here: top1, top1_agreement or cosine
+
+    def row(self) -> dict:
+        return {
+            "sparsity": round(self.sparsity, 4),
+            "accuracy": round(self.accuracy, 3),
+            "drop": round(self.drop, 3),
+            "size_bytes": self.size_bytes,
+            "gzip_bytes": self.gzip_bytes,
+            "latency_ms": round(self.latency_ms, 4),
+        }
+
+
+def gzip_size(model: onnx.ModelProto) -> int:
+    """Bytes of the serialized model after gzip (level 6, as ``gzip`` uses): where unstructured sparsity shows."""
+    return len(gzip.compress(model.SerializeToString(), compresslevel=6, mtime=0))
+
+
+class CandidateMeter:
+    """Measures candidates against one original: accuracy on ``dataset``, sizes, and a short latency probe."""
+
+    def __init__(
+        self, original: onnx.ModelProto, dataset: Dataset, metric: str, feed: dict[str, np.ndarray], workdir: Path
+    ) -> None:
+        self.workdir = workdir
+        self.original = open_session(session_source(original, workdir, "search_original"), "cpu")
+        self.specs = input_specs(original)
+        self.dataset, self.metric, self.feed = dataset, metric, feed
+
+    def __call__(self, sparsity: float, candidate: onnx.ModelProto) -> CurvePoint:
+        session = open_session(session_source(candidate, self.workdir, "search_candidate"), "cpu")
+        result = evaluate(self.original, session, self.dataset, self.specs, self.metric)
+        stats = measure_interleaved({"candidate": session}, self.feed, PROBE_WARMUP, PROBE_RUNS, PROBE_MIN_TIME_S)
+        return CurvePoint(
+            sparsity=sparsity,
+            accuracy=result.optimized,
+            drop=result.drop,
+            size_bytes=serialized_size(candidate),
+            gzip_bytes=gzip_size(candidate),
+            latency_ms=stats["candidate"].p50_ms,
+            metric=result.metric,
+        )
+
+
+@dataclass
+class SearchResult:
+    sparsity: float | None  # None when not even the low end fits the budget
+    curve: list[CurvePoint]
+
+
+def bisect_sparsity(
+    build: Callable[[float], onnx.ModelProto],
+    measure: Callable[[float, onnx.ModelProto], CurvePoint],
+    low: float,
+    high: float,
+    steps: int,
+    budget: float,
+) -> SearchResult:
+    """The largest measured sparsity in [low, high] with drop <= budget, and every point measured."""
+    curve = []
+
+    def fits(sparsity: float) -> bool:
+        point = measure(sparsity, build(sparsity))
+        curve.append(point)
+        return point.drop <= budget
+
+    if not fits(low):
+        return SearchResult(None, sorted(curve, key=lambda p: p.sparsity))
+    if fits(high):
+        return SearchResult(high, sorted(curve, key=lambda p: p.sparsity))
+    good, bad = low, high
+    for _ in range(steps):
+        middle = (good + bad) / 2
+        if fits(middle):
+            good = middle
+        else:
+            bad = middle
+    return SearchResult(good, sorted(curve, key=lambda p: p.sparsity))

@@ -1,0 +1,165 @@
+"""Tiny onnx.helper graphs for the pruning tests, each a case the channel surgery must get right."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from optc.data import Dataset
+from optc.passes.registry import PassContext
+
+
+class TinyGraph:
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def weight(self, name: str, shape: tuple[int, ...]) -> str:
+        self.initializers.append(numpy_helper.from_array(self.rng.standard_normal(shape).astype(np.float32), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], name: str, output: str | None = None, **attrs) -> str:
+        output = output or f"{name}_out"
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
+        return output
+
+    def conv(self, x: str, name: str, cin: int, cout: int, group: int = 1, bias: bool = True, **attrs) -> str:
+        inputs = [x, self.weight(f"{name}.w", (cout, cin // group, 3, 3))]
+        if bias:
+            inputs.append(self.weight(f"{name}.b", (cout,)))
+        return self.op("Conv", inputs, name, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=group, **attrs)
+
+    def batchnorm(self, x: str, name: str, channels: int) -> str:
+        params = [self.weight(f"{name}.{p}", (channels,)) for p in ("scale", "bias", "mean")]
+        self.initializers.append(numpy_helper.from_array(np.ones(channels, np.float32) * 2, f"{name}.var"))
+        return self.op("BatchNormalization", [x, *params, f"{name}.var"], name)
+
+    def model(self, inputs: dict[str, list], outputs: dict[str, list]) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes,
+            "tiny",
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs.items()],
+            self.initializers,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        tensor = next(t for t in self.initializers if t.name == name)
+        tensor.CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+    def array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(next(t for t in self.initializers if t.name == name)).copy()
+
+    def zero_channels(self, name: str, channels: list[int], axis: int = 0) -> None:
+        value = self.array(name)
+        index = [slice(None)] * value.ndim
+        index[axis] = channels
+        value[tuple(index)] = 0
+        self.set(name, value)
+
+
+def chain() -> onnx.ModelProto:
+    """Conv→BN→Relu→Conv; channels 4..7 of conv1 produce exact zeros after BN (zero weight, mean and beta)."""
+    g = TinyGraph()
+    h = g.op("Relu", [g.batchnorm(g.conv("x", "conv1", 3, 8, bias=False), "bn1", 8)], "relu1")
+    g.op("Conv", [h, g.weight("conv2.w", (4, 8, 3, 3))], "conv2", output="y", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    for name in ("conv1.w", "bn1.mean", "bn1.bias"):
+        g.zero_channels(name, [4, 5, 6, 7])
+    return g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 4, 8, 8]})
+
+
+def residual(shortcut_from_input: bool = False) -> onnx.ModelProto:
+    """stem Conv→Relu, a block Conv→BN→Relu→Conv, Add with the stem (or with the graph input), Relu, head Conv."""
+    g = TinyGraph(1)
+    x = "x" if shortcut_from_input else g.op("Relu", [g.conv("x", "stem", 8, 8)], "stem_relu")
+    h = g.op("Relu", [g.batchnorm(g.conv(x, "convA", 8, 8), "bnA", 8)], "reluA")
+    h = g.conv(h, "convB", 8, 8)
+    h = g.op("Relu", [g.op("Add", [h, x], "add")], "relu_out")
+    g.op("Conv", [h, g.weight("head.w", (2, 8, 3, 3))], "head", output="y", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    return g.model({"x": ["N", 8, 6, 6]}, {"y": ["N", 2, 6, 6]})
+
+
+def conv_flatten_gemm() -> onnx.ModelProto:
+    """Conv→Relu→Flatten→Gemm→Relu→Gemm; conv channels 1, 3, 5 and fc1 features 0, 2, 4, 6, 8 are all-zero."""
+    g = TinyGraph(2)
+    h = g.op("Flatten", [g.op("Relu", [g.conv("x", "conv", 2, 6)], "relu")], "flatten", axis=1)
+    h = g.op("Gemm", [h, g.weight("fc1.w", (10, 96)), g.weight("fc1.b", (10,))], "fc1", transB=1)
+    h = g.op("Relu", [h], "relu_fc1")
+    g.op("Gemm", [h, g.weight("fc2.w", (10, 3))], "fc2", output="y")
+    g.zero_channels("conv.w", [1, 3, 5])
+    g.zero_channels("conv.b", [1, 3, 5])
+    g.zero_channels("fc1.w", [0, 2, 4, 6, 8])
+    g.zero_channels("fc1.b", [0, 2, 4, 6, 8])
+    return g.model({"x": ["N", 2, 4, 4]}, {"y": ["N", 3]})
+
+
+def matmul_mlp() -> onnx.ModelProto:
+    """MatMul→Add(bias)→Relu→MatMul: output features of a MatMul weight, and its bias, shrink together."""
+    g = TinyGraph(3)
+    h = g.op("Add", [g.op("MatMul", ["x", g.weight("w1", (6, 8))], "mm1"), g.weight("b1", (8,))], "bias1")
+    g.op("MatMul", [g.op("Relu", [h], "relu"), g.weight("w2", (8, 3))], "mm2", output="y")
+    return g.model({"x": ["N", 6]}, {"y": ["N", 3]})
+
+
+def depthwise() -> onnx.ModelProto:
+    """Conv→Relu→depthwise Conv (group = channels)→Relu→pointwise Conv."""
+    g = TinyGraph(4)
+    h = g.op("Relu", [g.conv("x", "conv1", 3, 8)], "relu1")
+    h = g.op("Relu", [g.conv(h, "dw", 8, 8, group=8)], "relu2")
+    g.op("Conv", [h, g.weight("pw.w", (4, 8, 1, 1))], "pw", output="y", kernel_shape=[1, 1])
+    return g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 4, 8, 8]})
+
+
+def grouped() -> onnx.ModelProto:
+    """Conv→Relu→grouped Conv (group 2): the first Conv's channels are tied to the groups and must stay."""
+    g = TinyGraph(5)
+    h = g.op("Relu", [g.conv("x", "conv1", 3, 8)], "relu1")
+    g.op("Conv", [h, g.weight("gconv.w", (4, 4, 3, 3))], "gconv", output="y", kernel_shape=[3, 3], group=2)
+    return g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 4, 6, 6]})
+
+
+def concat() -> onnx.ModelProto:
+    """Two Conv branches concatenated on the channels, then a Conv; convA channels 1, 3 and convB 0, 2, 4 are zero."""
+    g = TinyGraph(6)
+    a = g.op("Relu", [g.conv("x", "convA", 3, 4)], "reluA")
+    b = g.op("Relu", [g.conv("x", "convB", 3, 6)], "reluB")
+    h = g.op("Concat", [a, b], "concat", axis=1)
+    g.op("Conv", [h, g.weight("out.w", (2, 10, 3, 3))], "out", output="y", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    for name, channels in (("convA", [1, 3]), ("convB", [0, 2, 4])):
+        g.zero_channels(f"{name}.w", channels)
+        g.zero_channels(f"{name}.b", channels)
+    return g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 2, 8, 8]})
+
+
+def two_outputs() -> onnx.ModelProto:
+    """out1 = Neg(Relu(x)); out2 = Exp(Relu(x)) + Abs(z): keeping out1 must drop exp, abs and sum, and input z."""
+    g = TinyGraph(7)
+    r = g.op("Relu", ["x"], "relu")
+    g.op("Neg", [r], "neg", output="out1")
+    g.op("Add", [g.op("Exp", [r], "exp"), g.op("Abs", ["z"], "abs")], "sum", output="out2")
+    return g.model({"x": ["N", 4], "z": ["N", 4]}, {"out1": ["N", 4], "out2": ["N", 4]})
+
+
+def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    return {t.name: tuple(t.dims) for t in model.graph.initializer}
+
+
+def pass_context(tmp_path, method: str, dataset: Dataset | None = None) -> PassContext:
+    return PassContext(
+        label=f"passes[0] prune ({method})",
+        workdir=tmp_path,
+        seed=0,
+        dataset=dataset or Dataset(inputs={}, labels=None, source="synthetic"),
+    )

@@ -1,0 +1,145 @@
+"""Channel pruning on tiny graphs: reduced weight shapes, unchanged interfaces, and identical outputs where the removed
+channels were all-zero."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import prune_graphs as graphs
+import pytest
+
+from optc.errors import PassError
+from optc.passes.prune.channel import prune_channels
+from optc.passes.prune.channel_groups import trace_channels
+from optc.passes.prune.config import PruneConfig
+from optc.passes.prune.layers import weighted_layer
+from optc.passes.prune.run import run_prune
+
+
+def pruned(model: onnx.ModelProto, ratio: float = 0.5, excluded: frozenset[str] = frozenset()):
+    initializers = {t.name: t for t in model.graph.initializer}
+    producers = {n.name for n in model.graph.node if weighted_layer(n, initializers) is not None} - excluded
+    result = prune_channels(model, trace_channels(model, producers, set(excluded)), ratio, "l1")
+    onnx.checker.check_model(result.model, full_check=True)
+    onnx.shape_inference.infer_shapes(result.model, check_type=True, strict_mode=True)
+    assert [v.SerializeToString() for v in result.model.graph.input] == [
+        v.SerializeToString() for v in model.graph.input
+    ]
+    assert [v.SerializeToString() for v in result.model.graph.output] == [
+        v.SerializeToString() for v in model.graph.output
+    ]
+    return result
+
+
+def feed(model: onnx.ModelProto, batch: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        i.name: rng.standard_normal([batch, *[d.dim_value for d in i.type.tensor_type.shape.dim[1:]]]).astype(
+            np.float32
+        )
+        for i in model.graph.input
+    }
+
+
+def assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    inputs = feed(before)
+    for a, b in zip(graphs.run(before, inputs), graphs.run(after, inputs), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_chain_conv_bn_relu_conv_shrinks_every_tensor_that_follows_the_channels():
+    model = graphs.chain()
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert shapes["conv1.w"] == (4, 3, 3, 3)
+    assert all(shapes[f"bn1.{p}"] == (4,) for p in ("scale", "bias", "mean", "var"))
+    assert shapes["conv2.w"] == (4, 4, 3, 3)  # its inputs shrink; its outputs are the graph output and stay
+    assert_same_outputs(model, result.model)  # the removed channels were exact zeros
+
+
+def test_residual_add_prunes_the_coupled_layers_together():
+    model = graphs.residual()
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert shapes["stem.w"] == (4, 8, 3, 3)
+    assert shapes["convA.w"] == (4, 4, 3, 3)
+    assert shapes["convB.w"] == (4, 4, 3, 3)
+    assert shapes["head.w"] == (2, 4, 3, 3)
+    coupled = {row["layer"]: row["coupled_with"] for row in result.layers}
+    assert coupled == {"stem": 1, "convB": 1, "convA": 0}
+    graphs.run(result.model, feed(model))
+
+
+def test_residual_add_with_a_graph_input_leaves_the_group_alone_and_says_why():
+    model = graphs.residual(shortcut_from_input=True)
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert shapes["convB.w"] == (8, 4, 3, 3)  # convB's outputs meet x in the Add: kept, its inputs still shrink
+    assert shapes["convA.w"] == (4, 8, 3, 3)
+    reasons = {row["layers"]: row["reason"] for row in result.left_alone}
+    assert "'x'" in reasons["convB"] and "graph output 'y'" in reasons["head"]
+
+
+def test_conv_flatten_gemm_maps_each_channel_to_its_features():
+    model = graphs.conv_flatten_gemm()
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert shapes["conv.w"] == (3, 2, 3, 3)
+    assert shapes["fc1.w"] == (5, 48)  # 3 channels × 4×4 features in; 10 → 5 features out
+    assert shapes["fc2.w"] == (5, 3)
+    assert_same_outputs(model, result.model)  # the zero channels were 1, 3, 5: a wrong mapping changes outputs
+
+
+def test_matmul_output_features_shrink_with_their_bias():
+    model = graphs.matmul_mlp()
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert (shapes["w1"], shapes["b1"], shapes["w2"]) == ((6, 4), (4,), (4, 3))
+    graphs.run(result.model, feed(model))
+
+
+def test_depthwise_conv_passes_the_channels_through_and_updates_its_group():
+    model = graphs.depthwise()
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert (shapes["conv1.w"], shapes["dw.w"], shapes["pw.w"]) == ((4, 3, 3, 3), (4, 1, 3, 3), (4, 4, 1, 1))
+    dw = next(n for n in result.model.graph.node if n.name == "dw")
+    assert onnx.helper.get_attribute_value(next(a for a in dw.attribute if a.name == "group")) == 4
+    graphs.run(result.model, feed(model))
+
+
+def test_grouped_conv_input_is_left_alone():
+    model = graphs.grouped()
+    result = pruned(model)
+    assert graphs.shapes(result.model) == graphs.shapes(model)
+    reasons = {row["layers"]: row["reason"] for row in result.left_alone}
+    assert "grouped Conv gconv" in reasons["conv1"]
+
+
+def test_concat_removes_each_branch_channels_at_its_offset():
+    model = graphs.concat()
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert (shapes["convA.w"], shapes["convB.w"], shapes["out.w"]) == ((2, 3, 3, 3), (3, 3, 3, 3), (2, 5, 3, 3))
+    assert_same_outputs(model, result.model)
+
+
+def test_excluded_layer_keeps_its_channels_and_blocks_what_feeds_it():
+    model = graphs.chain()
+    result = pruned(model, excluded=frozenset({"conv2"}))
+    assert graphs.shapes(result.model) == graphs.shapes(model)
+    reasons = {row["layers"]: row["reason"] for row in result.left_alone}
+    assert reasons == {"conv1": "Conv conv2 is excluded"}
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.9])
+def test_ratio_sets_the_channels_kept_and_at_least_one_stays(ratio):
+    result = pruned(graphs.chain(), ratio)
+    assert graphs.shapes(result.model)["conv1.w"][0] == max(8 - round(ratio * 8), 1)
+
+
+def test_pass_with_nothing_prunable_fails_naming_the_block_and_the_reasons(tmp_path):
+    config = PruneConfig(type="prune", method="channel", sparsity=0.5)
+    with pytest.raises(PassError, match=r"passes\[0\] prune \(channel\): no channel group can be pruned: .*grouped"):
+        run_prune(graphs.grouped(), config, graphs.pass_context(tmp_path, "channel"))
