@@ -18,6 +18,7 @@ from optc.gates import evaluate_gates
 from optc.measure.accuracy import evaluate
 from optc.measure.environment import current_environment
 from optc.measure.latency import measure_interleaved
+from optc.measure.profile import compare_profiles, profile_op_types
 from optc.measure.providers import Unavailable, open_session
 from optc.model_facts import node_count, parameter_count
 from optc.modelio import load_model, refuse_overwriting_input, save_model, serialized_size, write_text_atomic
@@ -25,6 +26,7 @@ from optc.passes import PassContext
 from optc.pipeline import run_passes
 from optc.progress import Progress
 from optc.recipe import Gates, LoadedRecipe
+from optc.report.html import render_html
 from optc.report.markdown import render_markdown
 from optc.report.schema import ModelInfo, ProviderMeasurement, RecipeInfo, Report
 from optc.verify import finite_output_names, session_source
@@ -40,8 +42,9 @@ class CompressRequest:
     providers: list[str] | None = None  # wins over the recipe's evaluate.providers
     gate_overrides: dict[str, float] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    report_path: Path | None = None  # report.json; report.md goes beside it
+    report_path: Path | None = None  # report.json; report.md and report.html go beside it
     seed: int = 0
+    profile: bool = False  # aggregate ONNX Runtime's profiler per op type, original vs optimized
 
 
 @dataclass
@@ -50,14 +53,16 @@ class CompressResult:
     output_path: Path
     report_json: Path
     report_md: Path
+    report_html: Path
 
 
 def compress(request: CompressRequest, progress: Progress) -> CompressResult:
     recipe = request.recipe.recipe
     report_json = request.report_path or request.output_path.parent / "report.json"
     report_md = report_json.with_suffix(".md")
+    report_html = report_json.with_suffix(".html")
     refuse_overwriting_input(request.output_path, request.model_path)
-    for path in (report_json, report_md):
+    for path in (report_json, report_md, report_html):
         refuse_overwriting_input(path, request.model_path)
     with progress.stage(f"loading {request.model_path}"):
         loaded = load_model(request.model_path)
@@ -89,6 +94,10 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
             _measure_on(provider, loaded.model, optimized, dataset, specs, recipe, batch, workdir, progress)
             for provider in providers
         ]
+        if request.profile:
+            measurements = [
+                _with_profile(m, loaded.model, optimized, dataset, batch, workdir, progress) for m in measurements
+            ]
     for m in measurements:
         if not m.measured:
             progress.warn(f"{m.provider}: not measured — {m.reason}")
@@ -127,7 +136,14 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
         report.optimized.size_bytes = save_model(optimized, request.output_path)
         write_text_atomic(report_json, report.model_dump_json(indent=2) + "\n")
         write_text_atomic(report_md, render_markdown(report))
-    return CompressResult(report=report, output_path=request.output_path, report_json=report_json, report_md=report_md)
+        write_text_atomic(report_html, render_html(report))
+    return CompressResult(
+        report=report,
+        output_path=request.output_path,
+        report_json=report_json,
+        report_md=report_md,
+        report_html=report_html,
+    )
 
 
 def _evaluation_data(request, specs, model, warnings: list[str], progress: Progress) -> Dataset:
@@ -173,6 +189,21 @@ def _measure_on(provider, original, optimized, dataset, specs, recipe, batch, wo
         accuracy=accuracy,
         **base,
     )
+
+
+def _with_profile(m, original, optimized, dataset, batch, workdir, progress) -> ProviderMeasurement:
+    """``m`` with the per-op-type profile of both models, on sessions of their own (profiling slows every run)."""
+    if not m.measured:
+        return m
+    feed = dataset.first_batch(batch)
+    profiles = {}
+    with progress.stage(f"{m.provider}: profiling per op type"):
+        for label, model in (("original", original), ("optimized", optimized)):
+            source = session_source(model, workdir, f"profile-{label}")
+            profiles[label] = profile_op_types(source, m.provider, m.threads, feed, workdir, label)
+    if any(isinstance(p, Unavailable) for p in profiles.values()):
+        return m
+    return m.model_copy(update={"profile": compare_profiles(profiles["original"], profiles["optimized"])})
 
 
 def _stamp_provenance(model: onnx.ModelProto, input_sha256: str, recipe_sha256: str) -> None:

@@ -65,18 +65,18 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+def write_fast_recipe(folder: Path, passes_yaml: str, extra: str = "", name: str = "recipe.yaml") -> Path:
+    """A recipe with short latency settings (tests check behaviour, not speed)."""
+    path = folder / name
+    path.write_text(
+        f"version: 1\npasses:\n{passes_yaml}evaluate:\n  latency: {{warmup: 1, runs: 3, min_time_s: 0}}\n{extra}"
+    )
+    return path
+
+
 @pytest.fixture
 def fast_recipe(tmp_path: Path):
-    """Write a recipe with short latency settings (tests check behaviour, not speed)."""
-
-    def write(passes_yaml: str, extra: str = "", name: str = "recipe.yaml") -> Path:
-        path = tmp_path / name
-        path.write_text(
-            f"version: 1\npasses:\n{passes_yaml}evaluate:\n  latency: {{warmup: 1, runs: 3, min_time_s: 0}}\n" + extra
-        )
-        return path
-
-    return write
+    return lambda passes_yaml, extra="", name="recipe.yaml": write_fast_recipe(tmp_path, passes_yaml, extra, name)
 
 
 DYNAMIC_PASS = "  - type: quantize\n    mode: dynamic\n"

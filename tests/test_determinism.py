@@ -79,10 +79,6 @@ def test_concurrent_runs_do_not_interfere(tmp_path: Path, fast_recipe):
     }
     assert len(digests) == 1  # one complete, identical model everywhere, never a mix
     onnx.checker.check_model(onnx.load_model(str(same)))
-    assert sorted(p.name for p in same.parent.iterdir()) == [
-        "model.onnx",
-        "report1.json",
-        "report1.md",
-        "report2.json",
-        "report2.md",
-    ]
+    left = {p.name for p in same.parent.iterdir()}
+    assert {"model.onnx", "report1.json", "report2.json"} <= left
+    assert not [name for name in left if name.startswith(".optc-tmp-")]  # no temporary files left behind

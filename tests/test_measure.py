@@ -113,3 +113,20 @@ def test_gates_pass_fail_and_unmeasured():
     assert "1.200" in failing[1].detail and "1.5" in failing[1].detail
     nothing = evaluate_gates(Gates(min_speedup=1.1), 0.5, [measurement(measured=False)])
     assert not nothing[0].passed and "not measured" in nothing[0].detail
+
+
+def test_fidelity_compares_only_the_outputs_both_models_still_have():
+    from onnx import TensorProto, helper
+
+    from tests.conftest import make_model
+
+    def model(outputs):
+        nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Neg", ["x"], ["b"], name="neg")]
+        return make_model(
+            nodes,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", 16]) for o in outputs],
+        )
+
+    result = evaluate(session(model(["a", "b"])), session(model(["b"])), dataset(), input_specs(mlp_model()), "auto")
+    assert [o.name for o in result.outputs] == ["b"] and result.outputs[0].cosine == pytest.approx(1.0)

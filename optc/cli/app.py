@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -34,6 +35,10 @@ def handles_errors(command: Callable[..., None]) -> Callable[..., None]:
             _fail(exc.exit_code, exc.message, exc.hint)
         except KeyboardInterrupt:
             _fail(ExitCode.INTERRUPTED, "interrupted; nothing was written", None)
+        except BrokenPipeError:
+            # The reader of stdout went away (``optc report schema | head``): not an error of ours. Point stdout at
+            # /dev/null so the interpreter's final flush does not raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug in optc: say so plainly, without a traceback
@@ -63,6 +68,8 @@ app = typer.Typer(
 )
 recipes_app = typer.Typer(help="List, show, validate built-in and custom recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
+report_app = typer.Typer(help="The report.json schema, and saved reports re-rendered.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables; errors still go to stderr.")]
@@ -112,9 +119,12 @@ def compress(
         typer.Option(help="Shape for an input with symbolic dims, e.g. input_ids=1x128 (repeatable)."),
     ] = None,
     report: Annotated[
-        Optional[Path], typer.Option(help="Where to write report.json (report.md goes beside it).")
+        Optional[Path], typer.Option(help="Where to write report.json (report.md and report.html go beside it).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for synthetic inputs.")] = 0,
+    profile: Annotated[
+        bool, typer.Option("--profile", help="Also profile both models per op type (ONNX Runtime's profiler).")
+    ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -130,15 +140,10 @@ def compress(
     from optc.compress import CompressRequest
     from optc.compress import compress as run_compress
     from optc.data import parse_input_shapes
-    from optc.recipe import PROVIDERS, load_recipe
+    from optc.recipe import load_recipe
 
     OUTPUT.configure(json_output, quiet)
-    provider_list = None
-    if providers is not None:
-        provider_list = [p.strip() for p in providers.split(",") if p.strip()]
-        unknown = [p for p in provider_list if p not in PROVIDERS]
-        if unknown or not provider_list:
-            raise OptcError(f"--providers {providers!r}: expected a comma-separated list of {', '.join(PROVIDERS)}")
+    provider_list = _providers(providers) if providers is not None else None
     gates = {
         name: value
         for name, value in (
@@ -162,6 +167,7 @@ def compress(
         input_shapes=parse_input_shapes(input_shape or []),
         report_path=report,
         seed=seed,
+        profile=profile,
     )
     result = run_compress(request, TerminalProgress(OUTPUT))
     exit_code = ExitCode.OK if result.report.gates_passed else ExitCode.GATE_FAILED
@@ -172,13 +178,16 @@ def compress(
                 "output": str(result.output_path),
                 "report_json": str(result.report_json),
                 "report_md": str(result.report_md),
+                "report_html": str(result.report_html),
                 "report": json.loads(result.report.model_dump_json()),
             }
         )
     else:
         OUTPUT.result(report_view(result.report))
         if not quiet:
-            OUTPUT.stderr.print(f"wrote {result.output_path}, {result.report_json}, {result.report_md}")
+            OUTPUT.stderr.print(
+                f"wrote {result.output_path}, {result.report_json}, {result.report_md}, {result.report_html}"
+            )
     if exit_code != ExitCode.OK:
         failed = [g.detail for g in result.report.gates if not g.passed]
         OUTPUT.error("gate failed: " + "; ".join(failed), "the model and report were written")
@@ -190,6 +199,18 @@ def compress(
 def inspect(
     model: Annotated[Path, typer.Argument(help="The ONNX model to describe.")],
     nodes: Annotated[bool, typer.Option("--nodes", help="Also list every node's name and op type.")] = False,
+    sensitivity: Annotated[
+        bool,
+        typer.Option(
+            "--sensitivity",
+            help="Rank nodes by the output error that static int8 quantization of each alone causes "
+            "(calibrated on --calibration-data, else synthetic inputs).",
+        ),
+    ] = False,
+    calibration_data: Annotated[
+        Optional[Path],
+        typer.Option(help="With --sensitivity: calibration data (.npz named after the inputs, or a folder)."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Describe a model: opset, IR version, inputs/outputs, op types, parameters, size, sparsity, quantization.
@@ -205,10 +226,43 @@ def inspect(
     OUTPUT.configure(json_output, False)
     loaded = load_model(model)
     summary = summarize(loaded.model, str(model), loaded.size_bytes, with_nodes=nodes)
+    table = _sensitivity_table(loaded.model, calibration_data) if sensitivity else None
     if json_output:
-        OUTPUT.json(json.loads(summary.model_dump_json()))
-    else:
-        OUTPUT.result(summary_view(summary))
+        OUTPUT.json(json.loads(summary.model_dump_json()) | ({"sensitivity": table} if sensitivity else {}))
+        return
+    OUTPUT.result(summary_view(summary))
+    if table is not None:
+        from rich.table import Table
+
+        view = Table(title="int8 sensitivity (output relative error, this node alone quantized)", title_justify="left")
+        for column in ("node", "op_type", "error"):
+            view.add_column(column, justify="right" if column == "error" else "left")
+        for row in table:
+            view.add_row(row["node"], row["op_type"], f"{row['error']:.6f}")
+        OUTPUT.result(view)
+
+
+def _sensitivity_table(model, calibration_data: Optional[Path]) -> list[dict]:
+    import tempfile
+
+    from optc.data import Dataset
+    from optc.passes.quantize import QuantizeConfig, refuse_quantized
+    from optc.passes.quantize_static import measure_sensitivity
+    from optc.passes.registry import PassContext
+
+    label = "inspect --sensitivity"
+    refuse_quantized(model, label)
+    if calibration_data is None:
+        OUTPUT.stderr.print("warning: no --calibration-data: sensitivity is measured on seeded synthetic inputs")
+    with tempfile.TemporaryDirectory(prefix="optc-") as tmp:
+        context = PassContext(
+            label=label,
+            workdir=Path(tmp),
+            seed=0,
+            dataset=Dataset(inputs={}, labels=None, source="unused"),
+            calibration_data=calibration_data,
+        )
+        return measure_sensitivity(model, QuantizeConfig(type="quantize", mode="static"), context)
 
 
 @recipes_app.command("list")
@@ -294,6 +348,199 @@ def recipes_schema() -> None:
 def _interrupt_on_sigterm(signum, frame) -> None:
     # Deploy pipelines and CI time-outs stop jobs with SIGTERM: unwind like Ctrl-C so temporary files are removed.
     raise KeyboardInterrupt
+
+
+@app.command(epilog="Exit codes: 0 measured; 2 bad usage or input; 4 internal error.")
+@handles_errors
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="One or more ONNX models; each is compared to the first.")],
+    providers: Annotated[str, typer.Option(help="Comma-separated providers: cpu,cuda.")] = "cpu",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes, e.g. 1,8,32.")] = "1",
+    threads: Annotated[str, typer.Option(help="Comma-separated intra-op thread counts, e.g. 1,4.")] = "1",
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs of each model first.")] = 10,
+    runs: Annotated[int, typer.Option(min=1, help="At least this many interleaved rounds.")] = 50,
+    min_time: Annotated[float, typer.Option(min=0, help="And at least this many seconds of timing.")] = 1.0,
+    data: Annotated[Optional[Path], typer.Option(help="Inputs (.npz named after the model inputs).")] = None,
+    input_shape: Annotated[
+        Optional[list[str]], typer.Option(help="Shape for an input with symbolic dims, e.g. input_ids=1x128.")
+    ] = None,
+    include_copies: Annotated[
+        bool, typer.Option("--include-copies", help="CUDA: time host-device copies too (default: device only).")
+    ] = False,
+    profile: Annotated[bool, typer.Option("--profile", help="Also profile each model per op type.")] = False,
+    max_cv: Annotated[float, typer.Option(min=0, help="Warn when runs scatter more than this (stdev/mean).")] = 0.10,
+    seed: Annotated[int, typer.Option(help="Seed for synthetic inputs.")] = 0,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Latency, throughput and peak memory of MODELS on each provider, batch size and thread count.
+
+    With several models their runs are interleaved and each gets its p50 ratio to the first, with the noise bound
+    within which a ratio cannot be told from 1.0.
+
+    Examples:
+
+        optc bench model.onnx --batch-sizes 1,32
+
+        optc bench model.onnx model.int8.onnx --providers cpu,cuda --profile --json
+    """
+    from optc.cli.render import bench_view
+    from optc.data import parse_input_shapes
+    from optc.measure.bench import BenchRequest
+    from optc.measure.bench import bench as run_bench
+
+    OUTPUT.configure(json_output, quiet)
+    request = BenchRequest(
+        models=models,
+        providers=_providers(providers),
+        batch_sizes=_positive_ints("--batch-sizes", batch_sizes),
+        threads=_positive_ints("--threads", threads),
+        warmup=warmup,
+        runs=runs,
+        min_time_s=min_time,
+        data=data,
+        input_shapes=parse_input_shapes(input_shape or []),
+        seed=seed,
+        include_copies=include_copies,
+        profile=profile,
+        max_cv=max_cv,
+    )
+    result = run_bench(request, TerminalProgress(OUTPUT))
+    if json_output:
+        OUTPUT.json(json.loads(result.model_dump_json()))
+    else:
+        OUTPUT.result(bench_view(result))
+
+
+@app.command(epilog="Exit codes: 0 compared; 2 bad usage or input; 4 internal error.")
+@handles_errors
+def compare(
+    original: Annotated[Path, typer.Argument(help="The reference model.")],
+    optimized: Annotated[Path, typer.Argument(help="The model to check against it.")],
+    data: Annotated[
+        Optional[Path], typer.Option(help="Inputs (.npz named after the model inputs, optional 'labels').")
+    ] = None,
+    samples: Annotated[Optional[int], typer.Option(min=1, help="Use at most this many samples.")] = None,
+    per_tensor: Annotated[
+        bool, typer.Option("--per-tensor", help="Also the error of every intermediate tensor both graphs share.")
+    ] = False,
+    top: Annotated[int, typer.Option(min=1, help="Per-tensor rows shown in the table (JSON has all).")] = 20,
+    provider: Annotated[str, typer.Option(help="Provider to run both models on: cpu or cuda.")] = "cpu",
+    input_shape: Annotated[
+        Optional[list[str]], typer.Option(help="Shape for an input with symbolic dims, e.g. input_ids=1x128.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for synthetic inputs.")] = 0,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """How far OPTIMIZED departs from ORIGINAL: per-output cosine, max/mean abs error, SQNR, top-1/top-5 agreement;
+    accuracy of both with labels; with --per-tensor, every shared intermediate tensor, worst first.
+
+    Examples:
+
+        optc compare model.onnx model.int8.onnx --data eval.npz
+
+        optc compare model.onnx model.int8.onnx --data eval.npz --per-tensor --json
+    """
+    from optc.cli.render import compare_view
+    from optc.data import parse_input_shapes
+    from optc.measure.compare import CompareRequest
+    from optc.measure.compare import compare as run_compare
+
+    OUTPUT.configure(json_output, quiet)
+    chosen = _providers(provider)
+    if len(chosen) != 1:
+        raise OptcError(f"--provider {provider!r}: give one provider, cpu or cuda")
+    request = CompareRequest(
+        original=original,
+        optimized=optimized,
+        data=data,
+        samples=samples,
+        per_tensor=per_tensor,
+        provider=chosen[0],
+        input_shapes=parse_input_shapes(input_shape or []),
+        seed=seed,
+    )
+    result = run_compare(request, TerminalProgress(OUTPUT))
+    if json_output:
+        OUTPUT.json(json.loads(result.model_dump_json()))
+    else:
+        OUTPUT.result(compare_view(result, top))
+
+
+@report_app.command("schema")
+@handles_errors
+def report_schema() -> None:
+    """Print the JSON Schema of report.json.
+
+    Example:
+
+        optc report schema > optc-report.schema.json
+    """
+    from optc.report.schema import report_json_schema
+
+    print(json.dumps(report_json_schema(), indent=2))
+
+
+@report_app.command("show")
+@handles_errors
+def report_show(
+    file: Annotated[Path, typer.Argument(help="A report.json written by optc compress.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="terminal (tables), markdown, html or json.")] = "terminal",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file, not stdout.")] = None,
+) -> None:
+    """Re-render a saved report.json: as terminal tables, Markdown, HTML or (validated) JSON.
+
+    Examples:
+
+        optc report show build/report.json
+
+        optc report show build/report.json --format html -o report.html
+    """
+    from optc.cli.render import report_view
+    from optc.modelio import write_text_atomic
+    from optc.report.html import render_html
+    from optc.report.markdown import render_markdown
+    from optc.report.schema import load_report
+
+    renderers = {
+        "markdown": render_markdown,
+        "html": render_html,
+        "json": lambda r: r.model_dump_json(indent=2) + "\n",
+    }
+    if fmt not in (*renderers, "terminal"):
+        raise OptcError(f"--format {fmt!r}: expected terminal, markdown, html or json")
+    if fmt == "terminal" and output is not None:
+        raise OptcError("--output needs --format markdown, html or json")
+    OUTPUT.configure(False, False)
+    report = load_report(file)
+    if fmt == "terminal":
+        OUTPUT.result(report_view(report))
+        return
+    text = renderers[fmt](report)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_text_atomic(output, text)
+
+
+def _providers(value: str) -> list[str]:
+    from optc.recipe import PROVIDERS
+
+    names = [p.strip() for p in value.split(",") if p.strip()]
+    if not names or any(p not in PROVIDERS for p in names):
+        raise OptcError(f"--providers {value!r}: expected a comma-separated list of {', '.join(PROVIDERS)}")
+    return names
+
+
+def _positive_ints(option: str, value: str) -> list[int]:
+    try:
+        numbers = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        numbers = []
+    if not numbers or any(n < 1 for n in numbers):
+        raise OptcError(f"{option} {value!r}: expected comma-separated positive integers, e.g. 1,8,32")
+    return numbers
 
 
 def main() -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from optc.measure.bench import BenchReport
+from optc.measure.compare import CompareReport
+from optc.measure.profile import OpProfile, ProfileComparison
 from optc.model_facts import ModelSummary
 from optc.report.format import cell, human_bytes, is_table, table_columns
 from optc.report.schema import Report
+
+PROFILE_ROWS = 12
 
 
 def report_view(report: Report) -> Group:
@@ -67,6 +74,9 @@ def report_view(report: Report) -> Group:
                 for row in rows:
                     detail.add_row(*(Text(cell(row.get(c))) for c in columns))
                 parts.append(detail)
+    for m in report.measured():
+        if m.profile is not None:
+            parts.append(profile_view(f"{m.provider}: time per op type", m.profile))
     if report.gates:
         gates = Table(title="gates", title_justify="left")
         gates.add_column("gate")
@@ -110,3 +120,116 @@ def summary_view(summary: ModelSummary) -> Group:
             nodes.add_row(name)
         parts.append(nodes)
     return Group(*parts)
+
+
+def profile_view(title: str, profile: ProfileComparison) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("op type", "original ms/run", "share", "optimized ms/run", "share"):
+        table.add_column(column, justify="left" if column == "op type" else "right")
+    for o in profile.ops[:PROFILE_ROWS]:
+        table.add_row(
+            o.op_type, f"{o.before_ms:.4f}", f"{o.before_share:.1%}", f"{o.after_ms:.4f}", f"{o.after_share:.1%}"
+        )
+    return table
+
+
+def bench_view(report: BenchReport) -> Group:
+    parts: list = []
+    for case in report.cases:
+        title = f"{case.provider}, batch {case.batch_size}, {case.threads} thread(s)"
+        if not case.measured:
+            parts.append(Text(f"{title}: not measured — {case.reason}", style="yellow"))
+            continue
+        table = Table(title=title, title_justify="left")
+        for column in ("#", "model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "cv", "samples/s", "peak mem"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column("p50 vs #0", justify="right")
+        for r in case.results:
+            s = r.latency
+            ratio = ""
+            if r.ratio_to_first:
+                q = r.ratio_to_first
+                verdict = "" if q.significant else " (noise)"
+                ratio = f"{q.value:.3f} ± {q.noise_bound:.3f}{verdict}"
+            table.add_row(
+                str(r.model),
+                Text(Path(report.models[r.model].path).name),
+                f"{s.p50_ms:.3f}",
+                f"{s.p90_ms:.3f}",
+                f"{s.p99_ms:.3f}",
+                f"{s.mean_ms:.3f}",
+                Text(f"{s.cv:.0%}" if s.cv is not None else "", style="yellow" if r.noisy else ""),
+                f"{r.throughput_per_s:,.0f}",
+                human_bytes(r.peak_memory_bytes) if r.peak_memory_bytes is not None else "unknown",
+                ratio,
+            )
+        parts.append(table)
+        parts += [
+            op_profile_view(f"{title}: {report.models[r.model].path} time per op type", r.profile)
+            for r in case.results
+            if r.profile is not None
+        ]
+    settings = report.settings
+    parts.append(
+        Text(
+            f"{settings.warmup} warm-up runs, then at least {settings.runs} interleaved rounds and "
+            f"{settings.min_time_s:g} s; data: {report.data}",
+            style="dim",
+        )
+    )
+    return Group(*parts)
+
+
+def op_profile_view(title: str, profile: OpProfile) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("op type", "ms/run", "share", "calls/run"):
+        table.add_column(column, justify="left" if column == "op type" else "right")
+    for o in profile.ops[:PROFILE_ROWS]:
+        table.add_row(o.op_type, f"{o.ms_per_run:.4f}", f"{o.share:.1%}", f"{o.calls_per_run:g}")
+    return table
+
+
+def compare_view(report: CompareReport, top: int) -> Group:
+    a = report.accuracy
+    heading = f"{report.optimized} vs {report.original} on {a.samples} samples of {report.data} ({report.provider})"
+    outputs = Table(title=heading, title_justify="left")
+    for column in ("output", "cosine", "SQNR dB", "max abs err", "mean abs err", "top-1 agr.", "top-5 agr."):
+        outputs.add_column(column, justify="left" if column == "output" else "right")
+    for o in a.outputs:
+        outputs.add_row(
+            Text(o.name),
+            f"{o.cosine:.6f}",
+            _db(o.sqnr_db),
+            f"{o.max_abs_error:.4g}",
+            f"{o.mean_abs_error:.4g}",
+            f"{o.top1_agreement:.2f} %" if o.top1_agreement is not None else "—",
+            f"{o.top5_agreement:.2f} %" if o.top5_agreement is not None else "—",
+        )
+    parts: list = [outputs]
+    if a.metric == "top1":
+        parts.append(Text(f"top-1 accuracy: {a.original:.2f} % → {a.optimized:.2f} % ({-a.drop:+.2f} points)"))
+    if report.per_tensor is not None:
+        tensors = report.per_tensor.tensors
+        table = Table(
+            title=f"intermediate tensors, worst first ({min(top, len(tensors))} of {len(tensors)})",
+            title_justify="left",
+        )
+        for column in ("tensor", "#node", "op (orig → opt)", "SQNR dB", "cosine", "max abs err", "mean abs err"):
+            table.add_column(column, justify="left" if column in ("tensor", "op (orig → opt)") else "right")
+        for t in tensors[:top]:
+            ops = t.original_op if t.original_op == t.optimized_op else f"{t.original_op} → {t.optimized_op}"
+            table.add_row(
+                Text(t.name),
+                str(t.position),
+                ops,
+                _db(t.sqnr_db),
+                f"{t.cosine:.6f}",
+                f"{t.max_abs_error:.4g}",
+                f"{t.mean_abs_error:.4g}",
+            )
+        parts.append(table)
+    return Group(*parts)
+
+
+def _db(value: float | None) -> str:
+    return "identical" if value is None else f"{value:.1f}"

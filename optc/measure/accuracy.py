@@ -12,6 +12,7 @@ from optc.data import Dataset, InputSpec
 from optc.errors import OptcError
 
 EVAL_BATCH = 32
+SQNR_FLOOR_DB = -100.0
 
 
 class OutputFidelity(BaseModel):
@@ -20,6 +21,8 @@ class OutputFidelity(BaseModel):
     max_abs_error: float
     mean_abs_error: float
     top1_agreement: float | None = None  # percent, for classifier-shaped outputs ([batch, classes])
+    top5_agreement: float | None = None  # percent of samples whose original top-1 class is in the optimized top 5
+    sqnr_db: float | None = None  # signal-to-quantization-noise ratio; None when the outputs are identical
 
 
 class AccuracyResult(BaseModel):
@@ -32,12 +35,15 @@ class AccuracyResult(BaseModel):
     outputs: list[OutputFidelity]
 
 
-def run_all(session: ort.InferenceSession, dataset: Dataset, batch: int) -> list[np.ndarray]:
+def run_all(
+    session: ort.InferenceSession, dataset: Dataset, batch: int, outputs: list[str] | None = None
+) -> list[np.ndarray]:
+    """Every output in ``outputs`` (default: all) over the whole dataset, concatenated on the sample axis."""
     names = [i.name for i in session.get_inputs()]
     chunks: list[list[np.ndarray]] = []
     for feed in dataset.batches(batch):
-        outputs = session.run(None, {n: feed[n] for n in names})
-        chunks.append(outputs)
+        outputs_now = session.run(outputs, {n: feed[n] for n in names})
+        chunks.append(outputs_now)
     return [
         np.concatenate([c[i] for c in chunks]) if chunks[0][i].ndim else np.stack([c[i] for c in chunks])
         for i in range(len(chunks[0]))
@@ -52,9 +58,13 @@ def evaluate(
     metric: Literal["auto", "top1", "fidelity"],
 ) -> AccuracyResult:
     batch = dataset.feed_batch_size(specs, EVAL_BATCH)
-    reference = run_all(original, dataset, batch)
-    candidate = run_all(optimized, dataset, batch)
-    names = [o.name for o in original.get_outputs()]
+    # Compare the outputs both models have, by name: a pass may drop outputs (prune method: outputs).
+    original_names = {o.name for o in original.get_outputs()}
+    names = [o.name for o in optimized.get_outputs() if o.name in original_names]
+    if not names:
+        raise OptcError("the optimized model shares no output name with the original, so nothing can be compared")
+    reference = run_all(original, dataset, batch, names)
+    candidate = run_all(optimized, dataset, batch, names)
     fidelity = [_fidelity(name, r, c) for name, r, c in zip(names, reference, candidate, strict=True)]
     first, first_ref = fidelity[0], reference[0]
     if metric == "top1" and dataset.labels is None:
@@ -111,13 +121,29 @@ def _fidelity(name: str, reference: np.ndarray, candidate: np.ndarray) -> Output
     dots = np.sum(ref * cand, axis=1)
     # Two all-zero outputs are identical; one zero and one not are orthogonal.
     cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(diff.max(axis=1) == 0, 1.0, 0.0))
-    agreement = None
+    agreement = top5 = None
     if _is_classifier(reference):
-        agreement = 100.0 * float(np.mean(np.argmax(reference, axis=1) == np.argmax(candidate, axis=1)))
+        expected = np.argmax(reference, axis=1)
+        agreement = 100.0 * float(np.mean(expected == np.argmax(candidate, axis=1)))
+        if reference.shape[1] > 5:
+            top5_classes = np.argpartition(candidate, -5, axis=1)[:, -5:]
+            top5 = 100.0 * float(np.mean(np.any(top5_classes == expected[:, None], axis=1)))
     return OutputFidelity(
         name=name,
         cosine=float(np.mean(cosines)),
         max_abs_error=float(diff.max()) if diff.size else 0.0,
         mean_abs_error=float(diff.mean()) if diff.size else 0.0,
         top1_agreement=agreement,
+        top5_agreement=top5,
+        sqnr_db=sqnr_db(float(np.sum(ref * ref)), float(np.sum((ref - cand) ** 2))),
     )
+
+
+def sqnr_db(signal_power: float, noise_power: float) -> float | None:
+    """10·log10(signal / noise): higher is closer. None for no noise at all, where the ratio is infinite; an
+    all-zero reference with any error at all is floored at ``SQNR_FLOOR_DB`` so it still sorts as the worst."""
+    if noise_power == 0:
+        return None
+    if signal_power == 0:
+        return SQNR_FLOOR_DB
+    return max(SQNR_FLOOR_DB, 10.0 * float(np.log10(signal_power / noise_power)))

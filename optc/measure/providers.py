@@ -20,16 +20,22 @@ class Unavailable:
     reason: str
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, profile_prefix: str | None = None) -> ort.SessionOptions:
+    """Options for a measured session; ``profile_prefix`` turns on ONNX Runtime's per-node profiler."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # ONNX Runtime's warnings would interleave with our output
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return options
 
 
-def open_session(model: bytes | str, provider: str, threads: int = 1) -> ort.InferenceSession | Unavailable:
+def open_session(
+    model: bytes | str, provider: str, threads: int = 1, profile_prefix: str | None = None
+) -> ort.InferenceSession | Unavailable:
     """A session on ``provider`` ('cpu' or 'cuda'), or the reason it cannot be had."""
     ort_name = ORT_NAMES[provider]
     if ort_name not in ort.get_available_providers():
@@ -39,7 +45,8 @@ def open_session(model: bytes | str, provider: str, threads: int = 1) -> ort.Inf
         )
     providers = [ort_name] if provider == "cpu" else [ort_name, ORT_NAMES["cpu"]]
     try:
-        session = ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)
+        options = session_options(threads, profile_prefix)
+        session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - any ORT failure to start a provider means "not measured"
         if provider == "cpu":
             raise

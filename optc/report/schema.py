@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+import json
+from pathlib import Path
 
+from pydantic import BaseModel, ValidationError
+
+from optc.errors import OptcError
 from optc.measure.accuracy import AccuracyResult
 from optc.measure.environment import Environment
 from optc.measure.latency import LatencyStats
+from optc.measure.profile import ProfileComparison
 from optc.pipeline import PassRecord
 
 SCHEMA_VERSION = 1
@@ -40,6 +45,7 @@ class ProviderMeasurement(BaseModel):
     optimized: LatencyStats | None = None
     speedup: float | None = None  # original p50 / optimized p50
     accuracy: AccuracyResult | None = None
+    profile: ProfileComparison | None = None  # per op type time, original vs optimized (compress --profile)
 
 
 class GateResult(BaseModel):
@@ -67,3 +73,39 @@ class Report(BaseModel):
 
     def measured(self) -> list[ProviderMeasurement]:
         return [m for m in self.measurements if m.measured]
+
+
+def report_json_schema() -> dict:
+    """The JSON Schema of report.json, as ``optc report schema`` prints it."""
+    schema = Report.model_json_schema()
+    schema["title"] = "optc report"
+    schema["description"] = (
+        f"report.json written by optc compress, schema_version {SCHEMA_VERSION}. Fields may be added within a "
+        "version; a change that breaks readers bumps schema_version."
+    )
+    return schema
+
+
+def load_report(path: Path) -> Report:
+    """Read a saved report.json; refuse files from a newer optc or that do not fit the schema, naming the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise OptcError(f"{path}: no such report file")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OptcError(f"{path}: not a readable JSON file ({exc})") from exc
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if not isinstance(version, int):
+        raise OptcError(f"{path}: no schema_version; is this an optc report.json?")
+    if version > SCHEMA_VERSION:
+        raise OptcError(
+            f"{path}: schema_version {version} is newer than this optc reads ({SCHEMA_VERSION})",
+            hint="upgrade optc to show it",
+        )
+    try:
+        return Report.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise OptcError(f"{path}: {where}: {first['msg']}", hint="is this an optc report.json?") from exc
