@@ -7,6 +7,7 @@ when it has one more, each sample is fed as-is.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import zipfile
 from collections.abc import Iterator
@@ -274,8 +275,8 @@ def stream_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Feeds of at most ``batch_size`` samples read from an ``.npz`` file or a folder, without loading it whole.
 
-    ``.npz`` members are read row by row from the archive and ``.npy`` files are memory-mapped, so memory stays at one
-    batch however many samples the data holds. ``samples`` caps how many are read; a ``labels`` array is ignored.
+    ``.npz`` members and ``.npy`` files are read row by row from their streams, so memory stays at one batch however
+    many samples the data holds. ``samples`` caps how many are read; a ``labels`` array is ignored.
     Arrays with one more axis than the model input hold whole batches: each of their rows is fed as-is.
     """
     path = Path(path)
@@ -308,7 +309,7 @@ _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.l
 class _RowReader:
     """Sequential reads of rows (first-axis slices) from an array stored in a file."""
 
-    stream: object  # a binary file object positioned at the data, or a memory-mapped array
+    stream: object  # a binary file object positioned at the data, or an array loaded whole
     shape: tuple[int, ...]
     dtype: np.dtype
     offset: int = 0
@@ -349,14 +350,36 @@ def _row_sources(path: Path) -> Iterator[tuple[Path, dict[str, _RowReader]]]:
     for file in npz_files:
         yield from _npz_sources(file)
     if npy_files:
-        readers = {}
-        for file in npy_files:
-            try:
-                array = np.load(file, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise OptcError(f"{file}: not a readable .npy file ({exc})") from exc
-            readers[file.stem] = _RowReader(array, array.shape, array.dtype)
-        yield path, readers
+        # Read through plain file streams, not memory maps: mapped pages count as the process's memory, so a
+        # mapped 600 MB calibration set would grow the peak with the number of samples.
+        with contextlib.ExitStack() as open_files:
+            readers = {}
+            for file in npy_files:
+                stream = open_files.enter_context(open(file, "rb"))
+                readers[file.stem] = _row_reader(stream, f"{file}", lambda f=file: _load_npy(f))
+            yield path, readers
+
+
+def _load_npy(file: Path) -> np.ndarray:
+    try:
+        return np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise OptcError(f"{file}: not a readable .npy file ({exc})") from exc
+
+
+def _row_reader(stream, where: str, load_whole) -> _RowReader:
+    """A reader positioned after the ``.npy`` header of ``stream``; arrays that cannot be read row by row (Fortran
+    order, objects) are loaded whole with ``load_whole`` (that one array, still not every file's)."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = _NPY_HEADER_READERS.get(version)
+        shape, fortran, dtype = read_header(stream) if read_header else ((), True, np.dtype(object))
+    except ValueError as exc:
+        raise OptcError(f"{where} is not a .npy array ({exc})") from exc
+    if fortran or dtype.hasobject:
+        whole = load_whole()
+        return _RowReader(whole, whole.shape, whole.dtype)
+    return _RowReader(stream, shape, dtype)
 
 
 def _npz_sources(path: Path) -> Iterator[tuple[Path, dict[str, _RowReader]]]:
@@ -367,17 +390,8 @@ def _npz_sources(path: Path) -> Iterator[tuple[Path, dict[str, _RowReader]]]:
     with archive:
         readers = {}
         for member in archive.namelist():
-            stream = archive.open(member)
             name = member.removesuffix(".npy")
-            try:
-                version = np.lib.format.read_magic(stream)
-                read_header = _NPY_HEADER_READERS.get(version)
-                shape, fortran, dtype = read_header(stream) if read_header else ((), True, np.dtype(object))
-            except ValueError as exc:
-                raise OptcError(f"{path}: member {member!r} is not a .npy array ({exc})") from exc
-            if fortran or dtype.hasobject:
-                # Layouts that cannot be read row by row: that one array is read whole (still not every file's).
-                stream = _read_npz(path)[name]
-                shape, dtype = stream.shape, stream.dtype
-            readers[name] = _RowReader(stream, shape, dtype)
+            readers[name] = _row_reader(
+                archive.open(member), f"{path}: member {member!r}", lambda n=name: _read_npz(path)[n]
+            )
         yield path, readers

@@ -83,3 +83,12 @@ def test_folder_of_npy_and_npz_files_is_streamed(tmp_path: Path):
     other.mkdir()
     np.save(other / "x.npy", VALUES[:10])
     assert [len(b["x"]) for b in stream_batches(other, input_specs(identity_mul()), batch_size=4)] == [4, 4, 2]
+
+
+def test_npy_rows_are_read_exactly_in_either_memory_order(tmp_path: Path):
+    for name, values in (("c", VALUES[:10]), ("fortran", np.asfortranarray(VALUES[:10]))):
+        folder = tmp_path / name
+        folder.mkdir()
+        np.save(folder / "x.npy", values)
+        batches = list(stream_batches(folder, input_specs(identity_mul()), batch_size=3))
+        np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), VALUES[:10])
