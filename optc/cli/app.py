@@ -219,50 +219,26 @@ def inspect(
 
         optc inspect model.onnx --json
     """
-    from optc.cli.render import summary_view
+    from optc.cli.render import sensitivity_view, summary_view
     from optc.model_facts import summarize
     from optc.modelio import load_model
 
     OUTPUT.configure(json_output, False)
     loaded = load_model(model)
     summary = summarize(loaded.model, str(model), loaded.size_bytes, with_nodes=nodes)
-    table = _sensitivity_table(loaded.model, calibration_data) if sensitivity else None
+    table = None
+    if sensitivity:
+        from optc.passes.quantize_static import sensitivity_of_nodes
+
+        if calibration_data is None:
+            TerminalProgress(OUTPUT).warn("no --calibration-data: sensitivity is measured on seeded synthetic inputs")
+        table = sensitivity_of_nodes(loaded.model, calibration_data)
     if json_output:
         OUTPUT.json(json.loads(summary.model_dump_json()) | ({"sensitivity": table} if sensitivity else {}))
         return
     OUTPUT.result(summary_view(summary))
     if table is not None:
-        from rich.table import Table
-
-        view = Table(title="int8 sensitivity (output relative error, this node alone quantized)", title_justify="left")
-        for column in ("node", "op_type", "error"):
-            view.add_column(column, justify="right" if column == "error" else "left")
-        for row in table:
-            view.add_row(row["node"], row["op_type"], f"{row['error']:.6f}")
-        OUTPUT.result(view)
-
-
-def _sensitivity_table(model, calibration_data: Optional[Path]) -> list[dict]:
-    import tempfile
-
-    from optc.data import Dataset
-    from optc.passes.quantize import QuantizeConfig, refuse_quantized
-    from optc.passes.quantize_static import measure_sensitivity
-    from optc.passes.registry import PassContext
-
-    label = "inspect --sensitivity"
-    refuse_quantized(model, label)
-    if calibration_data is None:
-        OUTPUT.stderr.print("warning: no --calibration-data: sensitivity is measured on seeded synthetic inputs")
-    with tempfile.TemporaryDirectory(prefix="optc-") as tmp:
-        context = PassContext(
-            label=label,
-            workdir=Path(tmp),
-            seed=0,
-            dataset=Dataset(inputs={}, labels=None, source="unused"),
-            calibration_data=calibration_data,
-        )
-        return measure_sensitivity(model, QuantizeConfig(type="quantize", mode="static"), context)
+        OUTPUT.result(sensitivity_view(table))
 
 
 @recipes_app.command("list")

@@ -233,3 +233,12 @@ def compare_view(report: CompareReport, top: int) -> Group:
 
 def _db(value: float | None) -> str:
     return "identical" if value is None else f"{value:.1f}"
+
+
+def sensitivity_view(rows: list[dict]) -> Table:
+    view = Table(title="int8 sensitivity (output relative error, this node alone quantized)", title_justify="left")
+    for column in ("node", "op_type", "error"):
+        view.add_column(column, justify="right" if column == "error" else "left")
+    for row in rows:
+        view.add_row(Text(row["node"]), row["op_type"], f"{row['error']:.6f}")
+    return view

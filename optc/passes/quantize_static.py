@@ -15,6 +15,7 @@ weights run ONNX Runtime's u8s8 kernels, ~3× faster than fp32 on a ResNet-18, w
 from __future__ import annotations
 
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
-from optc.data import SYNTHETIC_SAMPLES, input_specs, stream_batches, synthetic_dataset
+from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, synthetic_dataset
 from optc.errors import PassError
 from optc.measure.accuracy import evaluate
 from optc.measure.providers import session_options
@@ -118,8 +119,26 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
     )
 
 
+def sensitivity_of_nodes(model: onnx.ModelProto, calibration_data: Path | None) -> list[dict]:
+    """``optc inspect --sensitivity``: the default static int8 recipe's ranking, every candidate node, most
+    sensitive first (calibrated on ``calibration_data``, else on seeded synthetic inputs)."""
+    from optc.passes.quantize import QuantizeConfig, refuse_quantized
+
+    label = "inspect --sensitivity"
+    refuse_quantized(model, label)
+    with tempfile.TemporaryDirectory(prefix="optc-") as tmp:
+        context = PassContext(
+            label=label,
+            workdir=Path(tmp),
+            seed=0,
+            dataset=Dataset(inputs={}, labels=None, source="unused"),
+            calibration_data=calibration_data,
+        )
+        return measure_sensitivity(model, QuantizeConfig(type="quantize", mode="static"), context)
+
+
 def measure_sensitivity(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> list[dict]:
-    """The sensitivity table alone (for ``optc inspect --sensitivity``): every candidate node, most sensitive first."""
+    """The sensitivity table alone: every candidate node, most sensitive first."""
     prepared = prepare(model, config, context)
     batches = calibration_batches(prepared.model, config, context)
     quantize, _ = calibrated_quantizer(prepared, config, context, batches)
