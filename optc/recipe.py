@@ -182,9 +182,10 @@ def _explain(error: dict, loc: tuple, pass_type: str | None) -> str:
         return f"unknown pass type {error['ctx']['tag']!r} (known: {known_types})"
     if kind == "union_tag_not_found":
         return f"each pass needs a `type` (one of: {known_types})"
+    message = error["msg"].removeprefix("Value error, ")  # our validators' messages stand on their own
     got = error.get("input")
-    shown = f", got {got!r}" if got is not None and not isinstance(got, (dict, list)) else ""
-    return f"{error['msg'][0].lower()}{error['msg'][1:]}{shown}"
+    shown = "" if "got" in message or got is None or isinstance(got, (dict, list)) else f", got {got!r}"
+    return f"{message[0].lower()}{message[1:]}{shown}"
 
 
 def _fields_at(loc: tuple, pass_type: str | None) -> list[str]:

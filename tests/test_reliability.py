@@ -109,3 +109,57 @@ def test_model_onnxruntime_refuses_is_bad_input_not_a_crash(runner, tmp_path: Pa
     assert result.exit_code == 2, result.output
     assert "ONNX Runtime cannot run this model" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("passes_yaml", "expected"),
+    [
+        ("  - {type: prune, method: magnitude, sparsity: 1.5}\n", "passes[0].sparsity"),
+        (
+            "  - {type: quantize, mode: static, calibration: {method: percentile, percentile: 120}}\n",
+            "passes[0].calibration.percentile",
+        ),
+        ("  - {type: sharpen}\n", "unknown pass type 'sharpen'"),
+        ("  - {type: quantize, mode: dynamic, calibration: {method: minmax}}\n", "passes[0]"),
+    ],
+)
+def test_out_of_range_recipe_values_exit_2_naming_the_field(runner, tmp_path: Path, fast_recipe, passes_yaml, expected):
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["compress", str(SAMPLES / "digits_cnn.onnx"), "-r", str(fast_recipe(passes_yaml)), "-o", str(out / "m.onnx")],
+    )
+    assert result.exit_code == 2, result.output
+    assert "recipe.yaml" in result.stderr and expected in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"pixels": np.zeros((4, 1, 8, 8), np.float32)}, "'pixels' match no model input"),
+        ({"input": np.zeros((4, 1, 9, 9), np.float32)}, "does not fit the model input shape"),
+        ({"input": np.zeros((4, 1, 8, 8), np.int32)}, "dtype int32"),
+    ],
+)
+def test_bad_calibration_data_exits_2_naming_the_file(runner, tmp_path: Path, fast_recipe, arrays, expected):
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, **arrays)
+    out = tmp_path / "out"
+    recipe = fast_recipe("  - {type: quantize, mode: static}\n")
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            str(SAMPLES / "digits_cnn.onnx"),
+            "-r",
+            str(recipe),
+            "-o",
+            str(out / "m.onnx"),
+            "--calibration-data",
+            str(calibration),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert str(calibration) in result.stderr and expected in result.stderr
+    assert not out.exists()

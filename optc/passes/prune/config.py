@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from optc.passes.exclude import ExcludeSpec
 from optc.passes.registry import PassConfig
@@ -72,6 +72,13 @@ class PruneConfig(PassConfig):
     keep: list[str] = Field(default_factory=list, description="outputs: the graph outputs to keep.")
     exclude: ExcludeSpec = Field(default_factory=ExcludeSpec)
 
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_in_range(cls, sparsity: float | str | None) -> float | str | None:
+        if isinstance(sparsity, float) and not 0 <= sparsity < 1:
+            raise ValueError(f"sparsity must be in [0, 1) or auto, got {sparsity}")
+        return sparsity
+
     @model_validator(mode="after")
     def _method_fields(self) -> PruneConfig:
         for name, methods in METHOD_FIELDS.items():
@@ -86,8 +93,6 @@ class PruneConfig(PassConfig):
             if self.accuracy_budget is None:
                 raise ValueError("sparsity: auto needs `accuracy_budget` (largest allowed drop, in points)")
         else:
-            if not 0 <= self.sparsity < 1:
-                raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
             misplaced = [name for name in AUTO_FIELDS if name in self.model_fields_set]
             if misplaced:
                 raise ValueError(f"`{'`, `'.join(misplaced)}` only apply with sparsity: auto")
