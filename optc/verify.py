@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from optc.errors import OptcError, PassError
-from optc.measure.providers import session_options
+from optc.measure.providers import check_options
 from optc.modelio import needs_external_data, write_with_external_data
 
 
@@ -40,7 +40,7 @@ def verify_model(
     except onnx.checker.ValidationError as exc:
         raise PassError(label, f"the result is not a valid ONNX model: {_short(exc)}") from exc
     try:
-        session = ort.InferenceSession(source, sess_options=session_options(1), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(source, sess_options=check_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime refuses, the pass produced it
         raise PassError(label, f"ONNX Runtime cannot load the result: {_short(exc)}") from exc
     if feed is None:
@@ -65,7 +65,7 @@ def finite_output_names(
     try:
         session = ort.InferenceSession(
             session_source(model, workdir, "reference"),
-            sess_options=session_options(1),
+            sess_options=check_options(),
             providers=["CPUExecutionProvider"],
         )
         outputs = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})

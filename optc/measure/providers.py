@@ -33,6 +33,15 @@ def session_options(threads: int, profile_prefix: str | None = None) -> ort.Sess
     return options
 
 
+def check_options() -> ort.SessionOptions:
+    """Options for sessions that check a model's outputs rather than time it (pass verification, proofs,
+    calibration): one thread, and no weight prepacking, which keeps a second, kernel-ready copy of every weight —
+    gigabytes for a large model that a check never needs."""
+    options = session_options(1)
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
+
+
 def open_session(
     model: bytes | str, provider: str, threads: int = 1, profile_prefix: str | None = None
 ) -> ort.InferenceSession | Unavailable:

@@ -25,7 +25,7 @@ from onnxruntime.quantization import CalibrationMethod, TensorData, TensorsData
 from onnxruntime.quantization.calibrate import HistogramCollector, save_tensors_data
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from optc.measure.providers import session_options
+from optc.measure.providers import check_options
 from optc.verify import session_source
 
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
@@ -183,7 +183,7 @@ def calibrate(
     """Run ``model`` over ``batches`` once, folding the values of ``tensors`` into ``collector`` batch by batch."""
     session = ort.InferenceSession(
         session_source(with_outputs(model, tensors), workdir, "calibration"),
-        sess_options=session_options(1),
+        sess_options=check_options(),
         providers=["CPUExecutionProvider"],
     )
     input_names = [i.name for i in session.get_inputs()]

@@ -25,7 +25,7 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 from pydantic import Field
 
 from optc.errors import PassError
-from optc.measure.providers import session_options
+from optc.measure.providers import check_options
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.ort_tools import quiet_root_logger
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
@@ -102,7 +102,7 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
 def fold_in_fp32(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:
     """ONNX Runtime's basic graph optimization (constant folding, Conv+BatchNormalization fusion) written back."""
     target = context.workdir / "fp16_folded.onnx"
-    options = session_options(1)
+    options = check_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(target)
     ort.InferenceSession(session_source(model, context.workdir, "fp16_source"), options, ["CPUExecutionProvider"])
@@ -202,7 +202,7 @@ def check_against_fp32(
     results = []
     for model, name in ((original, "fp16_reference"), (converted, "fp16_candidate")):
         session = ort.InferenceSession(
-            session_source(model, context.workdir, name), session_options(1), ["CPUExecutionProvider"]
+            session_source(model, context.workdir, name), check_options(), ["CPUExecutionProvider"]
         )
         names = [i.name for i in session.get_inputs()]
         results.append([session.run(None, {n: feed[n] for n in names}) for feed in feeds])

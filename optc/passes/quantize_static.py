@@ -30,7 +30,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, 
 from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, synthetic_dataset
 from optc.errors import PassError
 from optc.measure.accuracy import evaluate
-from optc.measure.providers import session_options
+from optc.measure.providers import check_options
 from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
 from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
@@ -311,7 +311,7 @@ def _drop_of(original: onnx.ModelProto, context: PassContext) -> Callable[[onnx.
 
     def session(model: onnx.ModelProto, name: str) -> ort.InferenceSession:
         source = session_source(model, context.workdir, name)
-        return ort.InferenceSession(source, sess_options=session_options(1), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, sess_options=check_options(), providers=["CPUExecutionProvider"])
 
     reference = session(original, "budget_reference")
     return lambda model: (

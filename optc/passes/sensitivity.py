@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from optc.errors import PassError
-from optc.measure.providers import session_options
+from optc.measure.providers import check_options
 
 Quantize = Callable[[set[str]], onnx.ModelProto]  # excluded node names -> quantized model
 # Ops that only move or clip int8 values: they reuse their input's scale, so they add no error of their own.
@@ -64,7 +64,7 @@ class BudgetFit:
 
 def run_outputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
     session = ort.InferenceSession(
-        model.SerializeToString(), sess_options=session_options(1), providers=["CPUExecutionProvider"]
+        model.SerializeToString(), sess_options=check_options(), providers=["CPUExecutionProvider"]
     )
     names = [i.name for i in session.get_inputs()]
     per_feed = [session.run(None, {n: feed[n] for n in names}) for feed in feeds]

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from optc.data import Dataset, input_specs
-from optc.measure.providers import session_options
+from optc.measure.providers import check_options
 from optc.verify import session_source
 
 PROOF_BATCH = 8
@@ -53,7 +53,7 @@ def compare_outputs(
     sessions = [
         ort.InferenceSession(
             session_source(model, workdir, f"proof_{label}"),
-            sess_options=session_options(1),
+            sess_options=check_options(),
             providers=["CPUExecutionProvider"],
         )
         for label, model in (("original", original), ("fused", fused))
