@@ -92,10 +92,10 @@ def run() -> str:
     for label, args, out in steps:
         result = run_measured(args, cwd=ROOT)
         written = f"{size_on_disk(out) / 1e9:.2f} GB" if out is not None and out.exists() else "—"
-        peak_gb = result.peak_rss_mb / 1024
+        peak = result.peak_rss_mb * 2**20  # bytes
         rows.append(
-            f"| `optc {label}` | {result.returncode} | {result.wall_s:.0f} s | {peak_gb:.2f} GB | "
-            f"{peak_gb * 1e9 * 1.073741824 / size:.2f}× | {written} |"
+            f"| `optc {label}` | {result.returncode} | {result.wall_s:.0f} s | {peak / 1e9:.2f} GB | "
+            f"{peak / size:.2f}× | {written} |"
         )
         if result.returncode not in (0, 1):
             rows.append(f"| | error: {' '.join(result.stderr.split())[:300]} | | | | |")

@@ -66,9 +66,21 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
         refuse_overwriting_input(path, request.model_path)
     with progress.stage(f"loading {request.model_path}"):
         loaded = load_model(request.model_path)
-    specs = input_specs(loaded.model)
+    original = ModelInfo(
+        path=str(request.model_path),
+        size_bytes=loaded.size_bytes,
+        parameters=parameter_count(loaded.model),
+        nodes=node_count(loaded.model),
+        sha256=loaded.sha256,
+    )
+    # Sessions of the original read the input file itself: it is exactly the loaded model, and nothing needs the
+    # in-memory copy after the passes — for a multi-gigabyte model, that copy is gigabytes measurement can spare.
+    original_source = str(request.model_path)
+    model = loaded.model
+    del loaded
+    specs = input_specs(model)
     warnings: list[str] = []
-    dataset = _evaluation_data(request, specs, loaded.model, warnings, progress)
+    dataset = _evaluation_data(request, specs, model, warnings, progress)
     providers = request.providers or list(recipe.evaluate.providers)
     latency = recipe.evaluate.latency
     batch = dataset.feed_batch_size(specs, latency.batch_size)
@@ -85,18 +97,19 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
             recipe_dir=request.recipe.base_dir,
             sample_inputs=[dataset.first_batch(batch)],
         )
-        finite = finite_output_names(loaded.model, workdir, context.sample_inputs[0], request.model_path)
-        optimized, records = run_passes(loaded.model, list(recipe.passes), context, progress, finite)
-        _stamp_provenance(optimized, loaded.sha256, request.recipe.sha256)
+        finite = finite_output_names(model, workdir, context.sample_inputs[0], request.model_path)
+        optimized, records = run_passes(model, list(recipe.passes), context, progress, finite)
+        del model
+        _stamp_provenance(optimized, original.sha256, request.recipe.sha256)
         for record in records:
             warnings.extend(record.warnings)
         measurements = [
-            _measure_on(provider, loaded.model, optimized, dataset, specs, recipe, batch, workdir, progress)
+            _measure_on(provider, original_source, optimized, dataset, specs, recipe, batch, workdir, progress)
             for provider in providers
         ]
         if request.profile:
             measurements = [
-                _with_profile(m, loaded.model, optimized, dataset, batch, workdir, progress) for m in measurements
+                _with_profile(m, original_source, optimized, dataset, batch, workdir, progress) for m in measurements
             ]
     for m in measurements:
         if not m.measured:
@@ -105,18 +118,12 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
 
     gates = Gates.model_validate({**recipe.gates.model_dump(), **request.gate_overrides})
     optimized_size = serialized_size(optimized)
-    size_ratio = optimized_size / loaded.size_bytes
+    size_ratio = optimized_size / original.size_bytes
     gate_results = evaluate_gates(gates, size_ratio, measurements)
     report = Report(
         optc_version=optc.__version__,
         recipe=RecipeInfo(source=request.recipe.source, name=recipe.name, sha256=request.recipe.sha256),
-        original=ModelInfo(
-            path=str(request.model_path),
-            size_bytes=loaded.size_bytes,
-            parameters=parameter_count(loaded.model),
-            nodes=node_count(loaded.model),
-            sha256=loaded.sha256,
-        ),
+        original=original,
         optimized=ModelInfo(
             path=str(request.output_path),
             size_bytes=optimized_size,
@@ -161,12 +168,14 @@ def _evaluation_data(request, specs, model, warnings: list[str], progress: Progr
     return dataset
 
 
-def _measure_on(provider, original, optimized, dataset, specs, recipe, batch, workdir, progress) -> ProviderMeasurement:
+def _measure_on(
+    provider, original_source, optimized, dataset, specs, recipe, batch, workdir, progress
+) -> ProviderMeasurement:
     latency = recipe.evaluate.latency
     base = {"provider": provider, "batch_size": batch, "threads": latency.threads, "warmup": latency.warmup}
     sessions = {}
-    for label, model in (("original", original), ("optimized", optimized)):
-        session = open_session(session_source(model, workdir, label), provider, latency.threads)
+    for label, source in (("original", original_source), ("optimized", session_source(optimized, workdir, "measured"))):
+        session = open_session(source, provider, latency.threads)
         if isinstance(session, Unavailable):
             return ProviderMeasurement(measured=False, reason=session.reason, **base)
         sessions[label] = session
@@ -191,15 +200,15 @@ def _measure_on(provider, original, optimized, dataset, specs, recipe, batch, wo
     )
 
 
-def _with_profile(m, original, optimized, dataset, batch, workdir, progress) -> ProviderMeasurement:
+def _with_profile(m, original_source, optimized, dataset, batch, workdir, progress) -> ProviderMeasurement:
     """``m`` with the per-op-type profile of both models, on sessions of their own (profiling slows every run)."""
     if not m.measured:
         return m
     feed = dataset.first_batch(batch)
     profiles = {}
     with progress.stage(f"{m.provider}: profiling per op type"):
-        for label, model in (("original", original), ("optimized", optimized)):
-            source = session_source(model, workdir, f"profile-{label}")
+        sources = {"original": original_source, "optimized": session_source(optimized, workdir, "profiled")}
+        for label, source in sources.items():
             profiles[label] = profile_op_types(source, m.provider, m.threads, feed, workdir, label)
     if any(isinstance(p, Unavailable) for p in profiles.values()):
         return m
