@@ -26,6 +26,7 @@ from pydantic import Field
 
 from optc.errors import PassError
 from optc.measure.providers import check_options
+from optc.modelio import needs_external_data
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.ort_tools import quiet_root_logger
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
@@ -80,6 +81,8 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
         converted = convert_float_to_float16(
             source,
             keep_io_types=config.keep_io_types,
+            # Its shape inference serializes the model in one piece, which protobuf cannot do past 2 GB.
+            disable_shape_infer=needs_external_data(source),
             op_block_list=sorted(blocked_ops),
             node_block_list=sorted(kept),
         )
