@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from optc.errors import OptcError
 from optc.model_check import check_model_structure
@@ -182,20 +182,52 @@ def save_model(model: onnx.ModelProto, dest: Path) -> int:
 
 
 def write_with_external_data(model: onnx.ModelProto, path: Path, location: str) -> None:
-    """Save with every sizeable tensor in ``path.parent / location``, leaving ``model`` as it was.
+    """Save with every top-graph initializer of 1 kB or more in ``path.parent / location``; ``model`` is not touched.
 
-    onnx's writer moves tensor bytes out of the in-memory model as it writes them; reading them back keeps the caller's
-    model whole without holding a second copy of a multi-gigabyte model in memory.
+    onnx's own writer moves tensor bytes out of the in-memory model, and putting them back grows the protobuf's
+    arena by the model's whole size each time (it only frees on destruction). Instead the model file is written from
+    a skeleton that holds references to the data file, and the bytes are streamed from the tensors as they are.
     """
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=location,
-        size_threshold=1024,
-    )
-    external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
+    path = Path(path)
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    with open(path.parent / location, "wb") as data:
+        for tensor in model.graph.initializer:
+            payload = _tensor_payload(tensor)
+            if payload is None:
+                skeleton.graph.initializer.append(tensor)
+                continue
+            entry = skeleton.graph.initializer.add()
+            entry.name, entry.data_type = tensor.name, tensor.data_type
+            entry.dims.extend(tensor.dims)
+            entry.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", str(data.tell())), ("length", str(len(payload)))):
+                entry.external_data.add(key=key, value=value)
+            data.write(payload)
+        data.flush()
+        os.fsync(data.fileno())
+    _write_and_sync(path, skeleton.SerializeToString())
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _tensor_payload(tensor: onnx.TensorProto) -> bytes | None:
+    """The tensor's bytes in external-data layout, or None to keep it inline (small, or already external)."""
+    if external_data_helper.uses_external_data(tensor) or tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    payload = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+    return payload if len(payload) >= 1024 else None
 
 
 def write_text_atomic(dest: Path, text: str) -> None:

@@ -11,6 +11,7 @@ import onnx
 from pydantic import BaseModel
 
 from optc.errors import OptcError, PassError
+from optc.measure.memory import release_free_memory
 from optc.model_facts import node_count
 from optc.modelio import needs_external_data, serialized_size
 from optc.passes import PassConfig, PassContext, describe, lookup
@@ -62,6 +63,7 @@ def run_passes(
                 raise PassError(label, f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
             wall = time.perf_counter() - started
             verify_model(outcome.model, label, workdir, feed, finite_outputs)
+            release_free_memory()
         warnings = list(outcome.warnings)
         if digest_before is not None and _digest(outcome.model) == digest_before:
             warnings.append(f"{label} left the model unchanged")

@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from optc.data import Dataset, input_specs
+from optc.measure.memory import release_free_memory
 from optc.measure.providers import check_options
 from optc.verify import session_source
 
@@ -50,22 +51,18 @@ def compare_outputs(
     original: onnx.ModelProto, fused: onnx.ModelProto, dataset: Dataset, workdir: Path, tolerance: float
 ) -> tuple[list[OutputCheck], int]:
     """One check per output of the original model, and the number of samples compared."""
-    sessions = [
-        ort.InferenceSession(
-            session_source(model, workdir, f"proof_{label}"),
-            sess_options=check_options(),
-            providers=["CPUExecutionProvider"],
-        )
-        for label, model in (("original", original), ("fused", fused))
-    ]
-    names = [o.name for o in sessions[0].get_outputs()]
     batch = dataset.feed_batch_size(input_specs(original), PROOF_BATCH)
+    feeds = list(islice(dataset.batches(batch), PROOF_BATCHES))
+    # One model's session at a time: on a multi-gigabyte model two open sessions are gigabytes more at the peak.
+    reference_runs, names = _outputs_on(original, "original", feeds, workdir, None)
+    release_free_memory()
+    candidate_runs, _ = _outputs_on(fused, "fused", feeds, workdir, names)
+    release_free_memory()
     worst = dict.fromkeys(names, 0.0)
     scale = dict.fromkeys(names, 0.0)
     exact = set()
     samples = 0
-    for feed in islice(dataset.batches(batch), PROOF_BATCHES):
-        reference, candidate = (s.run(names, {i.name: feed[i.name] for i in s.get_inputs()}) for s in sessions)
+    for feed, reference, candidate in zip(feeds, reference_runs, candidate_runs, strict=True):
         samples += len(next(iter(feed.values()))) if not dataset.per_sample else 1
         for name, ref, got in zip(names, reference, candidate, strict=True):
             if ref.dtype.kind not in "fc":
@@ -89,3 +86,14 @@ def compare_outputs(
         for name in names
     ]
     return checks, samples
+
+
+def _outputs_on(model: onnx.ModelProto, label: str, feeds: list[dict], workdir: Path, names: list[str] | None):
+    session = ort.InferenceSession(
+        session_source(model, workdir, f"proof_{label}"),
+        sess_options=check_options(),
+        providers=["CPUExecutionProvider"],
+    )
+    names = names or [o.name for o in session.get_outputs()]
+    inputs = [i.name for i in session.get_inputs()]
+    return [session.run(names, {n: feed[n] for n in inputs}) for feed in feeds], names
