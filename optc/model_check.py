@@ -14,6 +14,7 @@ import onnx
 from onnx import external_data_helper
 
 from optc.errors import OptcError
+from optc.model_facts import all_nodes, subgraphs
 
 # Domains whose ops ONNX Runtime implements; any other domain needs a custom-op library optc cannot load.
 KNOWN_DOMAINS = {
@@ -52,9 +53,8 @@ def _all_names(graph: onnx.GraphProto) -> Iterable[tuple[str, object]]:
         yield "a node", node.op_type
         for name in [*node.input, *node.output]:
             yield f"node {node.name!r}'s input/output", name
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                yield from _all_names(sub)
+        for sub in subgraphs(node):
+            yield from _all_names(sub)
 
 
 def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
@@ -65,22 +65,14 @@ def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
                 f"{path}: the model uses opset {opset.version}, newer than the {supported} this onnx supports",
                 hint="upgrade onnx and onnxruntime, or export the model at a lower opset",
             )
-    unknown = sorted({n.domain for n in _nodes(model.graph)} - KNOWN_DOMAINS)
+    unknown = sorted({n.domain for n in all_nodes(model.graph)} - KNOWN_DOMAINS)
     if unknown:
-        node = next(n for n in _nodes(model.graph) if n.domain in unknown)
+        node = next(n for n in all_nodes(model.graph) if n.domain in unknown)
         raise OptcError(
             f"{path}: node {node.name!r} uses op {node.op_type!r} from custom domain {node.domain!r}, which neither "
             "ONNX nor ONNX Runtime implements",
             hint="optc cannot run models that need a custom-op library",
         )
-
-
-def _nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                yield from _nodes(sub)
 
 
 def _check_graph(graph: onnx.GraphProto, path: Path, outer_scope: set[str]) -> None:
@@ -107,9 +99,8 @@ def _check_graph(graph: onnx.GraphProto, path: Path, outer_scope: set[str]) -> N
             raise OptcError(f"{path}: graph output {output.name!r} is produced by no node")
     _check_acyclic(graph, path, available)
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                _check_graph(sub, path, everything)
+        for sub in subgraphs(node):
+            _check_graph(sub, path, everything)
 
 
 def _check_acyclic(graph: onnx.GraphProto, path: Path, available: set[str]) -> None:
@@ -128,11 +119,10 @@ def _check_acyclic(graph: onnx.GraphProto, path: Path, available: set[str]) -> N
 
 def _reads(node: onnx.NodeProto) -> list[str]:
     reads = list(node.input)
-    for attr in node.attribute:
-        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            produced = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
-            produced |= {t.name for t in sub.initializer}
-            reads += [i for n in _nodes(sub) for i in n.input if i not in produced]
+    for sub in subgraphs(node):
+        produced = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
+        produced |= {t.name for t in sub.initializer}
+        reads += [i for n in all_nodes(sub) for i in n.input if i not in produced]
     return [r for r in reads if r]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -65,23 +66,31 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def _all_nodes(graph: onnx.GraphProto):
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The bodies of an If/Loop/Scan node; empty for every other node."""
+    bodies = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            bodies.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            bodies.extend(attr.graphs)
+    return bodies
+
+
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph`` and, depth first, of the subgraphs inside it."""
     for node in graph.node:
         yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_nodes(g)
+        for body in subgraphs(node):
+            yield from all_nodes(body)
 
 
 def node_count(model: onnx.ModelProto) -> int:
-    return sum(1 for _ in _all_nodes(model.graph))
+    return sum(1 for _ in all_nodes(model.graph))
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
-    return dict(Counter(n.op_type for n in _all_nodes(model.graph)).most_common())
+    return dict(Counter(n.op_type for n in all_nodes(model.graph)).most_common())
 
 
 def parameter_count(model: onnx.ModelProto) -> int:
@@ -89,7 +98,7 @@ def parameter_count(model: onnx.ModelProto) -> int:
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in QUANTIZED_OP_TYPES for n in _all_nodes(model.graph))
+    return any(n.op_type in QUANTIZED_OP_TYPES for n in all_nodes(model.graph))
 
 
 def weight_sparsity(model: onnx.ModelProto) -> float:

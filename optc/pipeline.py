@@ -11,7 +11,6 @@ import onnx
 from pydantic import BaseModel
 
 from optc.errors import OptcError, PassError
-from optc.measure.memory import release_free_memory
 from optc.model_facts import node_count
 from optc.modelio import needs_external_data, serialized_size
 from optc.passes import PassConfig, PassContext, describe, lookup
@@ -48,11 +47,12 @@ def run_passes(
     workdir = base_context.workdir
     feed = base_context.sample_inputs[0] if base_context.sample_inputs else None
     records = []
+    # What each pass is compared with; a pass's "after" is the next one's "before", so each is computed once.
+    size, nodes, digest = serialized_size(model), node_count(model), _digest(model)
     for index, config in enumerate(passes):
         label = f"passes[{index}] {describe(config)}"
         registered = lookup(config.type)
         context = dataclasses.replace(base_context, label=label)
-        size_before, nodes_before, digest_before = serialized_size(model), node_count(model), _digest(model)
         with progress.stage(f"{label}"):
             started = time.perf_counter()
             try:
@@ -63,20 +63,21 @@ def run_passes(
                 raise PassError(label, f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
             wall = time.perf_counter() - started
             verify_model(outcome.model, label, workdir, feed, finite_outputs)
-            release_free_memory()
         warnings = list(outcome.warnings)
-        if digest_before is not None and _digest(outcome.model) == digest_before:
-            warnings.append(f"{label} left the model unchanged")
+        size_before, nodes_before, digest_before = size, nodes, digest
         model = outcome.model
+        size, nodes, digest = serialized_size(model), node_count(model), _digest(model)
+        if digest_before is not None and digest == digest_before:
+            warnings.append(f"{label} left the model unchanged")
         record = PassRecord(
             index=index,
             type=config.type,
             label=label,
             wall_s=wall,
             size_before=size_before,
-            size_after=serialized_size(model),
+            size_after=size,
             nodes_before=nodes_before,
-            nodes_after=node_count(model),
+            nodes_after=nodes,
             details=outcome.details,
             warnings=warnings,
         )

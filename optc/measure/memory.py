@@ -35,7 +35,7 @@ def with_peak_memory(step: Callable[[], T]) -> tuple[T, int | None]:
 
 def _reset_high_water_mark() -> int | None:
     """Reset VmHWM to the current resident size and return that size in KiB, or None when not supported."""
-    release_free_memory()
+    _release_free_memory()
     try:
         CLEAR_REFS.write_text("5")
     except OSError:
@@ -51,9 +51,7 @@ def _status_kib(field: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def release_free_memory() -> None:
-    """Hand memory freed by closed sessions and dropped models back to the OS (glibc keeps it otherwise), so the
-    next large allocation does not stack on top of it."""
+def _release_free_memory() -> None:
     # Not glibc: nothing to trim, and the peak may be understated by memory freed earlier in this process.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)

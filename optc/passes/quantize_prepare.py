@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
-from optc.model_facts import default_opset
+from optc.model_facts import default_opset, subgraphs
 
 PER_CHANNEL_OPSET = 13  # DequantizeLinear gained `axis` (per-channel) in opset 13
 _CONSTANT_VALUE_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
@@ -96,9 +96,7 @@ def subgraph_nodes(model: onnx.ModelProto, op_types: set[str] | None) -> int:
         for node in graph.node:
             if nested and (op_types is None or node.op_type in op_types):
                 total += 1
-            for attr in node.attribute:
-                bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-                total += sum(count(body, True) for body in bodies)
+            total += sum(count(body, True) for body in subgraphs(node))
         return total
 
     return count(model.graph, False)

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from optc.model_facts import all_nodes, subgraphs
 from optc.modelio import needs_external_data
 
 
@@ -23,12 +24,8 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _subgraph_nodes(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                yield inner
-                yield from _subgraph_nodes(inner)
+    for graph in subgraphs(node):
+        yield from all_nodes(graph)
 
 
 def reads(node: onnx.NodeProto) -> set[str]:
@@ -38,7 +35,7 @@ def reads(node: onnx.NodeProto) -> set[str]:
 
 
 def has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+    return bool(subgraphs(node))
 
 
 class GraphIndex:

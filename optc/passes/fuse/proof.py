@@ -17,7 +17,6 @@ import onnx
 import onnxruntime as ort
 
 from optc.data import Dataset, input_specs
-from optc.measure.memory import release_free_memory
 from optc.measure.providers import check_options
 from optc.verify import session_source
 
@@ -55,9 +54,7 @@ def compare_outputs(
     feeds = list(islice(dataset.batches(batch), PROOF_BATCHES))
     # One model's session at a time: on a multi-gigabyte model two open sessions are gigabytes more at the peak.
     reference_runs, names = _outputs_on(original, "original", feeds, workdir, None)
-    release_free_memory()
     candidate_runs, _ = _outputs_on(fused, "fused", feeds, workdir, names)
-    release_free_memory()
     worst = dict.fromkeys(names, 0.0)
     scale = dict.fromkeys(names, 0.0)
     exact = set()

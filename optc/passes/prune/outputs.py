@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from optc.model_facts import subgraphs
+
 
 @dataclass
 class OutputsPruned:
@@ -53,10 +55,9 @@ def keep_outputs(model: onnx.ModelProto, keep: list[str]) -> OutputsPruned:
 def names_read(node: onnx.NodeProto) -> Iterator[str]:
     """Every tensor the node reads, including those its subgraphs (If/Loop bodies) take from the outer scope."""
     yield from (name for name in node.input if name)
-    for attr in node.attribute:
-        for subgraph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            for inner in subgraph.node:
-                yield from names_read(inner)
+    for subgraph in subgraphs(node):
+        for inner in subgraph.node:
+            yield from names_read(inner)
 
 
 def _keep_only(container, items: list) -> None:
