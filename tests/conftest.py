@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
+CNN = SAMPLES / "digits_cnn.onnx"
+CNN_TEST = SAMPLES / "digits_test.npz"
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:

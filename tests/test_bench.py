@@ -12,10 +12,8 @@ from optc.cli import app
 from optc.measure import environment, inference_call, memory, providers
 from optc.measure.noise import SESSION_FLOOR, p50_ratio
 from optc.measure.profile import aggregate, compare_profiles, profile_op_types
-from tests.conftest import SAMPLES, make_model, mlp_model
+from tests.conftest import CNN, CNN_TEST, make_model, mlp_model
 
-CNN = SAMPLES / "digits_cnn.onnx"
-CNN_TEST = SAMPLES / "digits_test.npz"
 FAST = ["--warmup", "1", "--runs", "3", "--min-time", "0"]
 
 

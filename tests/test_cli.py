@@ -14,10 +14,7 @@ import pytest
 from optc.cli import app
 from optc.passes import registry
 from optc.passes.registry import PassOutcome
-from tests.conftest import DYNAMIC_PASS, ROOT, SAMPLES, relu_model
-
-CNN = SAMPLES / "digits_cnn.onnx"
-CNN_TEST = SAMPLES / "digits_test.npz"
+from tests.conftest import CNN, CNN_TEST, DYNAMIC_PASS, ROOT, SAMPLES, relu_model
 
 
 def sha(path: Path) -> str:

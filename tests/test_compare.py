@@ -6,10 +6,7 @@ import onnx
 import pytest
 
 from optc.cli import app
-from tests.conftest import DYNAMIC_PASS, SAMPLES, mlp_model, write_fast_recipe
-
-CNN = SAMPLES / "digits_cnn.onnx"
-CNN_TEST = SAMPLES / "digits_test.npz"
+from tests.conftest import CNN, CNN_TEST, DYNAMIC_PASS, mlp_model, write_fast_recipe
 
 
 @pytest.fixture(scope="module")
