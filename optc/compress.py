@@ -28,7 +28,8 @@ from optc.progress import Progress
 from optc.recipe import Gates, LoadedRecipe
 from optc.report.html import render_html
 from optc.report.markdown import render_markdown
-from optc.report.schema import ModelInfo, ProviderMeasurement, RecipeInfo, Report
+from optc.report.schema import ModelInfo, ProviderMeasurement, RecipeInfo, Report, TargetInfo
+from optc.target import detect_cpu, resolve_target, target_mismatch
 from optc.verify import finite_output_names, session_source
 
 
@@ -45,6 +46,7 @@ class CompressRequest:
     report_path: Path | None = None  # report.json; report.md and report.html go beside it
     seed: int = 0
     profile: bool = False  # aggregate ONNX Runtime's profiler per op type, original vs optimized
+    target: str | None = None  # wins over the recipe's target
 
 
 @dataclass
@@ -82,6 +84,9 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
     warnings: list[str] = []
     dataset = _evaluation_data(request, specs, model, warnings, progress)
     providers = request.providers or list(recipe.evaluate.providers)
+    cpu = detect_cpu()
+    requested_target = request.target or recipe.target
+    target = resolve_target(requested_target, cpu)
     latency = recipe.evaluate.latency
     batch = dataset.feed_batch_size(specs, latency.batch_size)
 
@@ -96,6 +101,7 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
             calibration_data=request.calibration_data,
             recipe_dir=request.recipe.base_dir,
             sample_inputs=[dataset.first_batch(batch)],
+            target=target,
         )
         finite = finite_output_names(model, workdir, context.sample_inputs[0], request.model_path)
         optimized, records = run_passes(model, list(recipe.passes), context, progress, finite)
@@ -115,6 +121,10 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
         if not m.measured:
             progress.warn(f"{m.provider}: not measured — {m.reason}")
             warnings.append(f"{m.provider}: not measured — {m.reason}")
+    mismatch = target_mismatch(target, cpu, [m.provider for m in measurements if m.measured])
+    if mismatch:
+        progress.warn(mismatch)
+        warnings.append(mismatch)
 
     gates = Gates.model_validate({**recipe.gates.model_dump(), **request.gate_overrides})
     optimized_size = serialized_size(optimized)
@@ -138,6 +148,7 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
         gates_passed=all(g.passed for g in gate_results),
         warnings=warnings,
         environment=current_environment(),
+        target=TargetInfo(requested=requested_target, name=target, measured_on=cpu.isa, warning=mismatch),
     )
     with progress.stage(f"writing {request.output_path}"):
         report.optimized.size_bytes = save_model(optimized, request.output_path)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from optc.errors import OptcError
 from optc.passes import registered_passes
+from optc.target import TARGET_HELP, Target
 
 PROVIDERS = ("cpu", "cuda")
 
@@ -72,6 +73,9 @@ class Recipe(Strict):
     version: Literal[1] = Field(description="Recipe format version.")
     name: str | None = None
     description: str | None = None
+    target: Target = Field(
+        default="auto", description=f"The machine the model is for; passes take their defaults from it. {TARGET_HELP}."
+    )
     passes: list[PassSpec] = Field(min_length=1, description="Passes run in order.")  # type: ignore[valid-type]
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     gates: Gates = Field(default_factory=Gates)

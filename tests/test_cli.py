@@ -203,9 +203,9 @@ def test_recipes_commands(runner, tmp_path: Path):
     copy = tmp_path / "copy.yaml"
     copy.write_text(shown.stdout)
     assert runner.invoke(app, ["recipes", "validate", str(copy)]).exit_code == 0
-    copy.write_text(shown.stdout.replace("per_channel", "per_chanel"))
+    copy.write_text(shown.stdout.replace("op_types", "op_typez"))
     invalid = runner.invoke(app, ["recipes", "validate", str(copy)])
-    assert invalid.exit_code == 2 and "per_chanel" in invalid.stderr
+    assert invalid.exit_code == 2 and "op_typez" in invalid.stderr
     schema = json.loads(runner.invoke(app, ["recipes", "schema"]).stdout)
     assert schema["title"] == "optc recipe"
     assert runner.invoke(app, ["recipes", "show", "nope"]).exit_code == 2

@@ -12,8 +12,10 @@ from tests.conftest import SAMPLES
 
 CALIB = str(SAMPLES / "digits_calib.npz")
 TEST = str(SAMPLES / "digits_test.npz")
-# Percentile 90 clips activations: the fully quantized CNN loses accuracy, so a budget must keep some nodes in float.
-CLIPPED = "  - type: quantize\n    mode: static\n    calibration: {method: percentile, percentile: 90}\n"
+# Percentile 80 clips activations: the fully quantized CNN loses about 3 points on AVX2-only and on VNNI CPUs alike
+# (percentile 90 lost 0.3 on one and 0.6 on the other), so a budget of 1 point has work to do everywhere.
+CLIPPED = "  - type: quantize\n    mode: static\n    calibration: {method: percentile, percentile: 80}\n"
+BUDGET = 1.0
 
 
 def top1(path: Path) -> float:
@@ -31,15 +33,15 @@ def compress(runner, tmp_path: Path, recipe: str, *extra: str):
 def test_accuracy_budget_keeps_sensitive_nodes_in_float(runner, tmp_path: Path, fast_recipe):
     _, unbudgeted = compress(runner, tmp_path, str(fast_recipe(CLIPPED, name="clipped.yaml")))
     full_drop = unbudgeted["report"]["measurements"][0]["accuracy"]["drop"]
-    assert full_drop > 0.5  # the test needs a model the budget has work to do on
-    result, payload = compress(runner, tmp_path, str(fast_recipe(CLIPPED + "    accuracy_budget: 0.3\n")))
+    assert full_drop > 2 * BUDGET  # the test needs a model the budget has work to do on
+    result, payload = compress(runner, tmp_path, str(fast_recipe(CLIPPED + f"    accuracy_budget: {BUDGET}\n")))
     assert result.exit_code == 0, payload
     details = payload["report"]["passes"][0]["details"]
     kept = [row for row in details["kept_in_float"] if row["reason"].startswith("accuracy_budget")]
     assert kept and all(row["error"] > 0 for row in kept)
     assert len(details["sensitivity"]) == 5 and sum(row["kept_in_float"] for row in details["sensitivity"]) == len(kept)
-    assert payload["report"]["measurements"][0]["accuracy"]["drop"] <= 0.3
-    assert top1(SAMPLES / "digits_cnn.onnx") - top1(tmp_path / "out.onnx") <= 0.3 + 1e-9
+    assert payload["report"]["measurements"][0]["accuracy"]["drop"] <= BUDGET
+    assert top1(SAMPLES / "digits_cnn.onnx") - top1(tmp_path / "out.onnx") <= BUDGET + 1e-9
 
 
 def test_builtin_int8_keeps_top1_on_the_sample_cnn(runner, tmp_path: Path):

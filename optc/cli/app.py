@@ -17,6 +17,7 @@ import typer
 import optc
 from optc.cli.output import OUTPUT, TerminalProgress
 from optc.errors import ExitCode, OptcError
+from optc.target import TARGET_HELP, Target
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 written and every gate held; 1 written but a gate failed (the report says which); "
@@ -72,6 +73,10 @@ report_app = typer.Typer(help="The report.json schema, and saved reports re-rend
 app.add_typer(report_app, name="report")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+TargetOption = Annotated[
+    Optional[Target],
+    typer.Option("--target", help=f"The machine the model is for (wins over the recipe's target). {TARGET_HELP}."),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables; errors still go to stderr.")]
 
 
@@ -125,6 +130,7 @@ def compress(
     profile: Annotated[
         bool, typer.Option("--profile", help="Also profile both models per op type (ONNX Runtime's profiler).")
     ] = False,
+    target: TargetOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -168,6 +174,7 @@ def compress(
         report_path=report,
         seed=seed,
         profile=profile,
+        target=target,
     )
     result = run_compress(request, TerminalProgress(OUTPUT))
     exit_code = ExitCode.OK if result.report.gates_passed else ExitCode.GATE_FAILED
@@ -211,6 +218,7 @@ def inspect(
         Optional[Path],
         typer.Option(help="With --sensitivity: calibration data (.npz named after the inputs, or a folder)."),
     ] = None,
+    target: TargetOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Describe a model: opset, IR version, inputs/outputs, op types, parameters, size, sparsity, quantization.
@@ -229,10 +237,11 @@ def inspect(
     table = None
     if sensitivity:
         from optc.passes.quantize_static import sensitivity_of_nodes
+        from optc.target import detect_cpu, resolve_target
 
         if calibration_data is None:
             TerminalProgress(OUTPUT).warn("no --calibration-data: sensitivity is measured on seeded synthetic inputs")
-        table = sensitivity_of_nodes(loaded.model, calibration_data)
+        table = sensitivity_of_nodes(loaded.model, calibration_data, resolve_target(target or "auto", detect_cpu()))
     if json_output:
         OUTPUT.json(json.loads(summary.model_dump_json()) | ({"sensitivity": table} if sensitivity else {}))
         return

@@ -12,7 +12,7 @@ from optc.measure.bench import BenchReport
 from optc.measure.compare import CompareReport
 from optc.measure.profile import OpProfile, ProfileComparison
 from optc.model_facts import ModelSummary
-from optc.report.format import cell, human_bytes, is_table, table_columns
+from optc.report.format import cell, human_bytes, is_table, table_columns, where_measured
 from optc.report.schema import Report
 
 PROFILE_ROWS = 12
@@ -51,7 +51,10 @@ def report_view(report: Report) -> Group:
                 f"{a.optimized:.2f} %",
                 Text(f"{0.0 - a.drop:+.2f} pts", style=style),
             )
-    parts: list = [summary]
+    where = Table(show_header=False, box=None, padding=(0, 1))
+    for label, text in where_measured(report):
+        where.add_row(label, Text(text, style="yellow" if label == "warning" else ""))
+    parts: list = [summary, where]
     passes = Table(title="passes", title_justify="left")
     for column in ("#", "pass", "time", "size", "nodes"):
         passes.add_column(column, justify="right" if column in ("#", "time") else "left")

@@ -7,7 +7,6 @@ import os
 import platform
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy
 import onnx
@@ -15,6 +14,7 @@ import onnxruntime
 from pydantic import BaseModel
 
 import optc
+from optc.target import detect_cpu
 
 CUDNN_LIBRARIES = ("libcudnn.so.9", "libcudnn.so.8", "libcudnn.so")
 NVIDIA_SMI_TIMEOUT_S = 10
@@ -37,6 +37,8 @@ class Environment(BaseModel):
     python: str
     platform: str
     cpu: str
+    cpu_isa: str | None = None  # the target this CPU is an instance of (optc.target), e.g. x86-avx2
+    cpu_features: list[str] = []  # the int8-relevant instruction set flags it has
     cpu_count: int
     providers_available: list[str]
     gpu: GpuInfo | None = None  # present only when this onnxruntime build has the CUDA provider
@@ -44,6 +46,7 @@ class Environment(BaseModel):
 
 def current_environment() -> Environment:
     providers = list(onnxruntime.get_available_providers())
+    cpu = detect_cpu()
     return Environment(
         optc=optc.__version__,
         onnx=onnx.__version__,
@@ -51,7 +54,9 @@ def current_environment() -> Environment:
         numpy=numpy.__version__,
         python=platform.python_version(),
         platform=platform.platform(),
-        cpu=_cpu_model(),
+        cpu=cpu.model,
+        cpu_isa=cpu.isa,
+        cpu_features=sorted(cpu.flags),
         cpu_count=os.cpu_count() or 1,
         providers_available=providers,
         gpu=gpu_info() if "CUDAExecutionProvider" in providers else None,
@@ -100,12 +105,3 @@ def _cudnn_version() -> str | None:
         major, rest = divmod(version, 10000 if version >= 90000 else 1000)
         return f"{major}.{rest // 100}.{rest % 100}"
     return None
-
-
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()

@@ -22,6 +22,7 @@ from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.ort_tools import quiet_root_logger, save_for_tool
+from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_static import run_static
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
 
@@ -51,19 +52,27 @@ class QuantizeConfig(PassConfig):
         description="static: QDQ (Quantize/DequantizeLinear around float ops; portable, ONNX Runtime fuses them) "
         "or QOperator (QLinearConv etc.). Both run at the same speed on ONNX Runtime's CPU provider.",
     )
-    activation_type: Literal["uint8", "int8"] = Field(
-        default="uint8",
-        description="static: uint8 activations hit ONNX Runtime's fast u8s8 kernels on x86 (int8 activations run "
-        "s8s8 kernels, barely faster than fp32 on AVX-512 VNNI; see bench/RESULTS.md).",
+    activation_type: Literal["uint8", "int8"] | None = Field(
+        default=None,
+        description="static: activation type. Default from the target: uint8 on x86 (ONNX Runtime's fast u8s8 "
+        "kernels; int8 activations run s8s8 kernels, barely faster than fp32), int8 on arm64 and cuda.",
     )
-    weight_type: Literal["int8", "uint8"] = "int8"
-    per_channel: bool = Field(
-        default=True, description="One scale per output channel of each weight (more accurate than per-tensor)."
+    weight_type: Literal["int8", "uint8"] | None = Field(default=None, description="Default from the target: int8.")
+    per_channel: bool | None = Field(
+        default=None,
+        description="One scale per output channel of each weight (more accurate than per-tensor). Default from the "
+        "target: true.",
     )
-    reduce_range: bool = Field(
-        default=False, description="7-bit weights; helps only on CPUs without VNNI, where int8 products can saturate."
+    reduce_range: bool | None = Field(
+        default=None,
+        description="7-bit weights, which cannot saturate the 16-bit sums of x86 CPUs without VNNI. Default from "
+        "the target: true for x86-avx2, x86-avx512 and portable, false elsewhere.",
     )
-    activation_symmetric: bool = Field(default=False, description="static: zero point fixed at the middle.")
+    activation_symmetric: bool | None = Field(
+        default=None,
+        description="static: zero point fixed at the middle. Default from the target: true for cuda (TensorRT), "
+        "false elsewhere.",
+    )
     weight_symmetric: bool = Field(default=True, description="static: symmetric weight ranges (zero point 0).")
     op_types: list[str] | None = Field(
         default=None,
@@ -121,9 +130,10 @@ def refuse_quantized(model: onnx.ModelProto, label: str) -> None:
 @register(QuantizeConfig)
 def run_quantize(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
     refuse_quantized(model, context.label)
-    if config.mode == "static":
-        return run_static(model, config, context)
-    return run_dynamic(model, config, context)
+    config, target = with_target_defaults(config, context.target)
+    outcome = run_static(model, config, context) if config.mode == "static" else run_dynamic(model, config, context)
+    outcome.details["target"] = target
+    return outcome
 
 
 def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
@@ -169,6 +179,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
             "excluded_nodes": sorted(excluded),
             "per_channel": config.per_channel,
             "weight_type": config.weight_type,
+            "reduce_range": config.reduce_range,
         },
     )
 

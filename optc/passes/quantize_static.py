@@ -7,9 +7,7 @@ what stays in float (the user's ``exclude`` plus ``quantize_keep_float``), calib
 ranges. With an ``accuracy_budget`` the most sensitive nodes are kept in float until the budget holds
 (``sensitivity``).
 
-Defaults come from measurements on an AVX-512 VNNI CPU (bench/RESULTS.md): uint8 activations with int8 per-channel
-weights run ONNX Runtime's u8s8 kernels, ~3× faster than fp32 on a ResNet-18, while its default int8 activations
-(s8s8) gain little over fp32.
+Types, per-channel and reduce_range the recipe leaves unset come from the target's row in ``quantize_defaults``.
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
 from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.ort_tools import quiet_root_logger, save_for_tool
+from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_prepare import (
     PER_CHANNEL_OPSET,
@@ -103,6 +102,7 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
             "activation_type": config.activation_type,
             "weight_type": config.weight_type,
             "per_channel": prepared.per_channel,
+            "reduce_range": config.reduce_range,
             "calibration": {
                 "method": config.calibration.method,
                 "data": batches.source,
@@ -119,13 +119,14 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
     )
 
 
-def sensitivity_of_nodes(model: onnx.ModelProto, calibration_data: Path | None) -> list[dict]:
-    """``optc inspect --sensitivity``: the default static int8 recipe's ranking, every candidate node, most
-    sensitive first (calibrated on ``calibration_data``, else on seeded synthetic inputs)."""
+def sensitivity_of_nodes(model: onnx.ModelProto, calibration_data: Path | None, target: str) -> list[dict]:
+    """``optc inspect --sensitivity``: the default static int8 recipe's ranking for ``target``, every candidate
+    node, most sensitive first (calibrated on ``calibration_data``, else on seeded synthetic inputs)."""
     from optc.passes.quantize import QuantizeConfig, refuse_quantized
 
     label = "inspect --sensitivity"
     refuse_quantized(model, label)
+    config, _ = with_target_defaults(QuantizeConfig(type="quantize", mode="static"), target)
     with tempfile.TemporaryDirectory(prefix="optc-") as tmp:
         context = PassContext(
             label=label,
@@ -133,8 +134,9 @@ def sensitivity_of_nodes(model: onnx.ModelProto, calibration_data: Path | None) 
             seed=0,
             dataset=Dataset(inputs={}, labels=None, source="unused"),
             calibration_data=calibration_data,
+            target=target,
         )
-        return measure_sensitivity(model, QuantizeConfig(type="quantize", mode="static"), context)
+        return measure_sensitivity(model, config, context)
 
 
 def measure_sensitivity(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> list[dict]:

@@ -18,6 +18,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict
 
 from optc.data import Dataset
+from optc.target import detect_cpu
 
 
 class PassConfig(BaseModel):
@@ -41,6 +42,8 @@ class PassContext:
     recipe_dir: Path | None = None
     # Inputs used to check each pass's result (the first evaluation batch).
     sample_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    # The machine the model is for (a name from optc.target.TARGETS, never "auto"): passes take defaults from it.
+    target: str = field(default_factory=lambda: detect_cpu().isa)
 
     def resolve(self, path: Path) -> Path:
         """A path written in the recipe, made absolute against the recipe's folder."""

@@ -1,5 +1,12 @@
 """Number formatting shared by every rendering of the report."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from optc.report.schema import Report
+
 
 def human_bytes(size: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -31,3 +38,16 @@ def cell(value: object) -> str:
 def inline_details(details: dict) -> str:
     """The scalar and list-of-scalar details of a pass, as ``key=value`` pairs."""
     return ", ".join(f"{k}={cell(v)}" for k, v in details.items() if not is_table(v) and v not in ([], {}, None))
+
+
+def where_measured(report: Report) -> list[tuple[str, str]]:
+    """(label, text) rows saying which machine the model is for and which CPU measured it."""
+    env = report.environment
+    features = ", ".join(env.cpu_features) or "no AVX2/AVX-512/VNNI/dot-product"
+    rows = [("measured on", f"{env.cpu_isa or 'unknown'}: {env.cpu} ({features})")]
+    if report.target is not None:
+        t = report.target
+        rows.insert(0, ("target", t.name + (" (auto: the CPU optc ran on)" if t.requested == "auto" else "")))
+        if t.warning:
+            rows.append(("warning", t.warning))
+    return rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 
 from optc.measure.latency import LatencyStats
-from optc.report.format import cell, human_bytes, inline_details, is_table, table_columns
+from optc.report.format import cell, human_bytes, inline_details, is_table, table_columns, where_measured
 from optc.report.schema import ProviderMeasurement, Report
 from optc.report.svg import LatencyRow, bar_chart, grouped_bar_chart, latency_chart, line_chart
 
@@ -250,6 +250,7 @@ def _environment(report: Report) -> str:
     rows = [
         ["optc / onnx / onnxruntime", f"{env.optc} / {env.onnx} / {env.onnxruntime}"],
         ["numpy / Python", f"{env.numpy} / {env.python}"],
+        *([label, text] for label, text in where_measured(report)),
         ["CPU", f"{env.cpu} ({env.cpu_count} logical CPUs)"],
         ["platform", env.platform],
         ["providers available", ", ".join(env.providers_available)],

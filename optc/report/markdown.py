@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optc.report.format import cell, human_bytes, inline_details, is_table, table_columns
+from optc.report.format import cell, human_bytes, inline_details, is_table, table_columns, where_measured
 from optc.report.schema import Report
 
 
@@ -13,6 +13,8 @@ def render_markdown(report: Report) -> str:
         f"Recipe `{report.recipe.source}`"
         + (f" ({report.recipe.name})" if report.recipe.name else "")
         + f", from `{report.original.path}`.",
+        "",
+        *(f"- {label}: {text}" for label, text in where_measured(report)),
         "",
         "## Summary",
         "",

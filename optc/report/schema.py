@@ -48,6 +48,15 @@ class ProviderMeasurement(BaseModel):
     profile: ProfileComparison | None = None  # per op type time, original vs optimized (compress --profile)
 
 
+class TargetInfo(BaseModel):
+    """The machine the model was compressed for, and whether the figures were measured on one like it."""
+
+    requested: str  # as the recipe or --target named it (auto: the CPU optc ran on)
+    name: str  # what it resolved to
+    measured_on: str  # the target the measuring CPU is an instance of
+    warning: str | None = None  # why the figures will not hold on the target; None when they do
+
+
 class GateResult(BaseModel):
     name: str
     bound: float
@@ -70,6 +79,7 @@ class Report(BaseModel):
     gates_passed: bool
     warnings: list[str]
     environment: Environment
+    target: TargetInfo | None = None  # None in reports from optc before targets existed
 
     def measured(self) -> list[ProviderMeasurement]:
         return [m for m in self.measurements if m.measured]
