@@ -103,10 +103,3 @@ def optc_compress(model: Path, recipe: str | Path, output: Path, *extra: str) ->
     except json.JSONDecodeError:
         payload = {"error": run.stderr[-2000:]}
     return run, payload
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
