@@ -1,7 +1,9 @@
-"""The compress flow: load → passes (each verified) → measure → report → write.
+"""The compress flow: check every path → load → passes (each verified) → measure → report → write.
 
-Nothing is written until everything before it has succeeded; then the model and the report files are each written
-atomically. Gate failures do not stop the write: the caller turns them into exit code 1.
+Every input and output path is checked before any work (``optc.outputs``), and nothing becomes visible until
+everything before it has succeeded: the model, its external data and the three reports are staged and then renamed
+into place together. A model that fails a gate is written under rejected names beside the destination (or, on
+request, to the destination itself, or nowhere), so a Makefile never mistakes it for a built target.
 """
 
 from __future__ import annotations
@@ -9,28 +11,35 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import onnx
 
 import optc
 from optc.data import Dataset, input_specs, load_dataset, synthetic_dataset
-from optc.gates import evaluate_gates
+from optc.data_files import check_data_path
+from optc.errors import OptcError
+from optc.gates import effective_gates, evaluate_gates
 from optc.measure.accuracy import evaluate
 from optc.measure.environment import current_environment
 from optc.measure.latency import measure_interleaved
 from optc.measure.profile import compare_profiles, profile_op_types
-from optc.measure.providers import Unavailable, open_session
+from optc.measure.providers import Unavailable, open_session, unavailable_reason
 from optc.model_facts import node_count, parameter_count
-from optc.modelio import load_model, refuse_overwriting_input, save_model, serialized_size, write_text_atomic
+from optc.modelio import load_model, serialized_size, sha256_of_files, write_model
+from optc.outputs import InputFile, OutputSet, check_outputs, input_files, resolve_outputs, staged_outputs, write_file
 from optc.passes import PassContext
 from optc.pipeline import run_passes
 from optc.progress import Progress
-from optc.recipe import Gates, LoadedRecipe
+from optc.recipe import LoadedRecipe
+from optc.report.format import speed_change
 from optc.report.html import render_html
 from optc.report.markdown import render_markdown
 from optc.report.schema import ModelInfo, ProviderMeasurement, RecipeInfo, Report, TargetInfo
 from optc.target import detect_cpu, resolve_target, target_mismatch
-from optc.verify import finite_output_names, session_source
+from optc.verify import finite_outputs, run_reference, session_source
+
+GateFailurePolicy = Literal["rejected", "write", "discard"]
 
 
 @dataclass
@@ -47,27 +56,36 @@ class CompressRequest:
     seed: int = 0
     profile: bool = False  # aggregate ONNX Runtime's profiler per op type, original vs optimized
     target: str | None = None  # wins over the recipe's target
+    # Where a model that fails a gate goes: beside the destination under rejected names, to the destination anyway,
+    # or nowhere.
+    on_gate_failure: GateFailurePolicy = "rejected"
+    allow_unmeasured: bool = False  # write the model even when no provider asked for can measure it
 
 
 @dataclass
 class CompressResult:
     report: Report
-    output_path: Path
-    report_json: Path
-    report_md: Path
-    report_html: Path
+    written: OutputSet | None  # None when a gate failed and the policy was to discard
+    rejected: bool  # a gate failed
 
 
 def compress(request: CompressRequest, progress: Progress) -> CompressResult:
     recipe = request.recipe.recipe
-    report_json = request.report_path or request.output_path.parent / "report.json"
-    report_md = report_json.with_suffix(".md")
-    report_html = report_json.with_suffix(".html")
-    refuse_overwriting_input(request.output_path, request.model_path)
-    for path in (report_json, report_md, report_html):
-        refuse_overwriting_input(path, request.model_path)
+    outputs, rejected_outputs = resolve_outputs(request.output_path, request.report_path)
+    data_paths = _data_paths(request)
+    for role, path in data_paths:
+        check_data_path(role, path)
     with progress.stage(f"loading {request.model_path}"):
         loaded = load_model(request.model_path)
+    inputs = [
+        InputFile("the input model", loaded.path),
+        *(InputFile("the input model's external data", f) for f in loaded.external_files),
+        *(f for role, path in data_paths for f in input_files(role, path)),
+        *([InputFile("the recipe", Path(request.recipe.source))] if request.recipe.base_dir is not None else []),
+    ]
+    check_outputs(outputs, inputs, rejected_outputs if request.on_gate_failure == "rejected" else None)
+    providers = request.providers or list(recipe.evaluate.providers)
+    _refuse_unmeasurable(providers, request.allow_unmeasured)
     original = ModelInfo(
         path=str(request.model_path),
         size_bytes=loaded.size_bytes,
@@ -83,7 +101,6 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
     specs = input_specs(model)
     warnings: list[str] = []
     dataset = _evaluation_data(request, specs, model, warnings, progress)
-    providers = request.providers or list(recipe.evaluate.providers)
     cpu = detect_cpu()
     requested_target = request.target or recipe.target
     target = resolve_target(requested_target, cpu)
@@ -103,8 +120,9 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
             sample_inputs=[dataset.first_batch(batch)],
             target=target,
         )
-        finite = finite_output_names(model, workdir, context.sample_inputs[0], request.model_path)
-        optimized, records = run_passes(model, list(recipe.passes), context, progress, finite)
+        reference = run_reference(model, workdir, context.sample_inputs[0], request.model_path)
+        dataset.check_labels_fit(reference)
+        optimized, records = run_passes(model, list(recipe.passes), context, progress, finite_outputs(reference))
         del model
         _stamp_provenance(optimized, original.sha256, request.recipe.sha256)
         for record in records:
@@ -121,22 +139,28 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
         if not m.measured:
             progress.warn(f"{m.provider}: not measured — {m.reason}")
             warnings.append(f"{m.provider}: not measured — {m.reason}")
+    if not any(m.measured for m in measurements) and not request.allow_unmeasured:
+        reasons = "; ".join(f"{m.provider}: {m.reason}" for m in measurements)
+        raise OptcError(
+            f"measured on none of the providers asked for ({reasons}); nothing was written",
+            hint="use --providers cpu, or --allow-unmeasured to write the model without figures",
+        )
     mismatch = target_mismatch(target, cpu, [m.provider for m in measurements if m.measured])
     if mismatch:
         progress.warn(mismatch)
         warnings.append(mismatch)
 
-    gates = Gates.model_validate({**recipe.gates.model_dump(), **request.gate_overrides})
-    optimized_size = serialized_size(optimized)
-    size_ratio = optimized_size / original.size_bytes
-    gate_results = evaluate_gates(gates, size_ratio, measurements)
+    gates, sources = effective_gates(recipe, request.gate_overrides)
+    size_ratio = serialized_size(optimized) / original.size_bytes
+    gate_results = evaluate_gates(gates, size_ratio, measurements, sources)
+    gates_passed = all(g.passed for g in gate_results)
     report = Report(
         optc_version=optc.__version__,
         recipe=RecipeInfo(source=request.recipe.source, name=recipe.name, sha256=request.recipe.sha256),
         original=original,
         optimized=ModelInfo(
             path=str(request.output_path),
-            size_bytes=optimized_size,
+            size_bytes=serialized_size(optimized),
             parameters=parameter_count(optimized),
             nodes=node_count(optimized),
         ),
@@ -145,33 +169,74 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
         data=dataset.source,
         measurements=measurements,
         gates=gate_results,
-        gates_passed=all(g.passed for g in gate_results),
+        gates_passed=gates_passed,
         warnings=warnings,
         environment=current_environment(),
         target=TargetInfo(requested=requested_target, name=target, measured_on=cpu.isa, warning=mismatch),
     )
-    with progress.stage(f"writing {request.output_path}"):
-        report.optimized.size_bytes = save_model(optimized, request.output_path)
-        write_text_atomic(report_json, report.model_dump_json(indent=2) + "\n")
-        write_text_atomic(report_md, render_markdown(report))
-        write_text_atomic(report_html, render_html(report))
-    return CompressResult(
-        report=report,
-        output_path=request.output_path,
-        report_json=report_json,
-        report_md=report_md,
-        report_html=report_html,
-    )
+    destination = _destination(outputs, rejected_outputs, gates_passed, request.on_gate_failure)
+    if destination is None:
+        return CompressResult(report=report, written=None, rejected=True)
+    with progress.stage(f"writing {destination.model}"), staged_outputs() as staging:
+        data_file = staging.path_for(destination.external_data)
+        model_file = staging.path_for(destination.model)
+        written = write_model(optimized, model_file)
+        report.optimized.path = str(destination.model)
+        report.optimized.size_bytes = sum(p.stat().st_size for p in written)
+        report.optimized.sha256 = sha256_of_files([model_file, *([data_file] if data_file in written else [])])
+        report.size_ratio = report.optimized.size_bytes / original.size_bytes
+        for path, text in (
+            (destination.report_json, report.model_dump_json(indent=2) + "\n"),
+            (destination.report_md, render_markdown(report)),
+            (destination.report_html, render_html(report)),
+        ):
+            write_file(staging.path_for(path), text.encode("utf-8"))
+    return CompressResult(report=report, written=destination, rejected=not gates_passed)
+
+
+def _destination(
+    outputs: OutputSet, rejected: OutputSet, gates_passed: bool, policy: GateFailurePolicy
+) -> OutputSet | None:
+    if gates_passed or policy == "write":
+        return outputs
+    return rejected if policy == "rejected" else None
+
+
+def _data_paths(request: CompressRequest) -> list[tuple[str, Path]]:
+    """Every data file or folder the run will read, with the option or recipe field that named it."""
+    recipe = request.recipe.recipe
+    found: list[tuple[str, Path]] = []
+    if request.data_path is not None:
+        found.append(("--data", request.data_path))
+    elif recipe.evaluate.data is not None:
+        found.append(("evaluate.data", request.recipe.resolve(recipe.evaluate.data)))
+    if request.calibration_data is not None:
+        found.append(("--calibration-data", request.calibration_data))
+        return found
+    for index, config in enumerate(recipe.passes):
+        for field_path, path in config.data_files().items():
+            found.append((f"passes[{index}].{field_path}", request.recipe.resolve(path)))
+    return found
+
+
+def _refuse_unmeasurable(providers: list[str], allow_unmeasured: bool) -> None:
+    reasons = {p: unavailable_reason(p) for p in providers}
+    if all(reasons.values()) and not allow_unmeasured:
+        raise OptcError(
+            "none of the providers asked for can be used here: "
+            + "; ".join(f"{p}: {reason}" for p, reason in reasons.items()),
+            hint="use --providers cpu, or --allow-unmeasured to write the model without figures",
+        )
 
 
 def _evaluation_data(request, specs, model, warnings: list[str], progress: Progress) -> Dataset:
     evaluate_settings = request.recipe.recipe.evaluate
     path = request.data_path
+    role = "--data"
     if path is None and evaluate_settings.data is not None:
-        base = request.recipe.base_dir or Path.cwd()
-        path = evaluate_settings.data if evaluate_settings.data.is_absolute() else base / evaluate_settings.data
+        path, role = request.recipe.resolve(evaluate_settings.data), "evaluate.data"
     if path is not None:
-        return load_dataset(path, specs, evaluate_settings.samples)
+        return load_dataset(path, specs, evaluate_settings.samples, role=role)
     dataset = synthetic_dataset(model, specs, request.seed, request.input_shapes)
     message = "no evaluation data given: accuracy is fidelity to the original on seeded synthetic inputs"
     progress.warn(message)
@@ -197,8 +262,9 @@ def _measure_on(
             sessions, dataset.first_batch(batch), latency.warmup, latency.runs, latency.min_time_s
         )
     speedup = stats["original"].p50_ms / stats["optimized"].p50_ms
+    before, after = stats["original"].p50_ms, stats["optimized"].p50_ms
     progress.done(
-        f"{provider}: p50 {stats['original'].p50_ms:.3f} → {stats['optimized'].p50_ms:.3f} ms ({speedup:.2f}×), "
+        f"{provider}: p50 {before:.3f} → {after:.3f} ms ({speed_change(speedup)}), "
         f"{accuracy.metric} {accuracy.original:.2f} → {accuracy.optimized:.2f}"
     )
     return ProviderMeasurement(
@@ -234,3 +300,4 @@ def _stamp_provenance(model: onnx.ModelProto, input_sha256: str, recipe_sha256: 
     model.metadata_props.extend(kept)
     for key, value in stamp.items():
         model.metadata_props.add(key=key, value=value)
+

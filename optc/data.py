@@ -7,9 +7,7 @@ when it has one more, each sample is fed as-is.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from optc.data_files import data_sources, first_non_finite, whole_load_budget
 from optc.errors import OptcError
+from optc.messages import quoted_list
 from optc.model_facts import graph_inputs
 
 LABELS_KEY = "labels"
 SYNTHETIC_SAMPLES = 32
+MAX_SYNTHETIC_ELEMENTS = 1 << 28  # per sample of one input: a gigabyte of float32
 SYNTHETIC_INT_HIGH = 10  # integer inputs that feed no lookup table are drawn from [0, 10)
 
 
@@ -39,6 +40,12 @@ class InputSpec:
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     specs = []
     for value in graph_inputs(model):
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise OptcError(
+                f"model input {value.name!r} is a {(kind or 'untyped').removesuffix('_type')}, not a tensor; optc "
+                "feeds, calibrates and measures tensor inputs only"
+            )
         tensor_type = value.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
@@ -73,6 +80,21 @@ class Dataset:
         fixed = [s.shape[0] for s in specs if not s.batch_is_symbolic and s.shape]
         return int(fixed[0]) if fixed else wanted
 
+    def check_labels_fit(self, outputs: dict[str, object]) -> None:
+        """Refuse labels that are no class of the model's first output (``outputs``: the original's, by name)."""
+        if self.labels is None or not self.labels.size or not outputs:
+            return
+        name, first = next(iter(outputs.items()))
+        if not isinstance(first, np.ndarray) or first.ndim != 2:
+            return  # not a classifier output; accuracy will say so
+        classes = first.shape[1]
+        if self.labels.max() >= classes:
+            index = int(self.labels.argmax())
+            raise OptcError(
+                f"{self.source}: '{LABELS_KEY}' holds {int(self.labels.max())} at index {index}, but the model's "
+                f"first output {name!r} has {classes} classes (0..{classes - 1})"
+            )
+
     def first_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of exactly ``batch_size`` samples (repeating samples if there are fewer), for timing."""
         if self.per_sample:
@@ -81,82 +103,69 @@ class Dataset:
         return {name: np.concatenate([array] * reps)[:batch_size] for name, array in self.inputs.items()}
 
 
-def load_dataset(path: Path, specs: list[InputSpec], samples: int | None = None) -> Dataset:
-    """Read an ``.npz`` file or a folder of ``.npz``/``.npy`` files and check it against the model inputs."""
-    path = Path(path)
-    if not path.exists():
-        raise OptcError(f"{path}: no such data file or folder")
-    arrays = _read_folder(path) if path.is_dir() else _read_npz(path)
-    labels = arrays.pop(LABELS_KEY, None)
-    inputs = _check_against_specs(arrays, specs, path)
-    counts = {name: len(a) for name, a in inputs.items()}
-    if labels is not None:
-        counts[LABELS_KEY] = len(labels)
-    if len(set(counts.values())) != 1:
-        raise OptcError(f"{path}: arrays disagree on the number of samples: {counts}")
-    if next(iter(counts.values())) == 0:
-        raise OptcError(f"{path}: the data holds no samples")
-    if labels is not None:
-        labels = _check_labels(labels, path)
-    per_sample = any(a.ndim == len(s.shape) + 1 for s in specs for n, a in inputs.items() if n == s.name)
+def load_dataset(path: Path, specs: list[InputSpec], samples: int | None = None, role: str = "data") -> Dataset:
+    """Read an ``.npz`` file or a folder of ``.npz``/``.npy`` files whole and check it against the model inputs.
+
+    ``role`` names where the path came from (``--data``) in messages.
+    """
+    parts: dict[str, list[np.ndarray]] = {}
+    budget = whole_load_budget()
+    declared = 0
+    for source, readers in data_sources(Path(path), role):
+        labels_reader = readers.pop(LABELS_KEY, None)
+        _check_against_specs({name: reader.empty for name, reader in readers.items()}, specs, source)
+        declared += sum(r.nbytes for r in readers.values()) + (labels_reader.nbytes if labels_reader else 0)
+        if declared > budget:
+            raise OptcError(
+                f"{role} {path}: the arrays declare {declared:,} bytes, more than the {budget:,} optc loads at once "
+                "(half the available memory)",
+                hint="evaluate on fewer samples",
+            )
+        rows = {name: reader.rows for name, reader in readers.items()}
+        if labels_reader is not None:
+            rows[LABELS_KEY] = labels_reader.rows
+            parts.setdefault(LABELS_KEY, []).append(_check_labels(labels_reader.read(labels_reader.rows), source))
+        if len(set(rows.values())) != 1:
+            raise OptcError(f"{source}: arrays disagree on the number of samples: {rows}")
+        for spec in specs:
+            reader = readers[spec.name]
+            parts.setdefault(spec.name, []).append(_conform(reader.read(reader.rows), spec, reader.where, 0))
+    labels_parts = parts.pop(LABELS_KEY, None)
+    try:
+        inputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    except ValueError as exc:
+        raise OptcError(f"{role} {path}: the files' arrays cannot be stacked ({exc})") from exc
+    labels = np.concatenate(labels_parts) if labels_parts else None
+    if inputs and len(next(iter(inputs.values()))) == 0:
+        raise OptcError(f"{role} {path}: the data holds no samples")
+    per_sample = any(inputs[s.name].ndim == len(s.shape) + 1 for s in specs)
     if samples is not None:
         inputs = {n: a[:samples] for n, a in inputs.items()}
         labels = labels[:samples] if labels is not None else None
     return Dataset(inputs=inputs, labels=labels, source=str(path), per_sample=per_sample)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise OptcError(f"{path}: not a readable .npz file ({exc})") from exc
-
-
-def _read_folder(folder: Path) -> dict[str, np.ndarray]:
-    parts: dict[str, list[np.ndarray]] = {}
-    files = sorted(folder.glob("*.npz")) + sorted(folder.glob("*.npy"))
-    if not files:
-        raise OptcError(f"{folder}: the folder holds no .npz or .npy files")
-    for file in files:
-        if file.suffix == ".npz":
-            chunk = _read_npz(file)
-        else:
-            try:
-                chunk = {file.stem: np.load(file, allow_pickle=False)}
-            except (OSError, ValueError) as exc:
-                raise OptcError(f"{file}: not a readable .npy file ({exc})") from exc
-        for name, array in chunk.items():
-            parts.setdefault(name, []).append(array)
-    try:
-        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
-    except ValueError as exc:
-        raise OptcError(f"{folder}: the files' arrays cannot be stacked ({exc})") from exc
-
-
-def _check_against_specs(arrays: dict[str, np.ndarray], specs: list[InputSpec], path: Path) -> dict[str, np.ndarray]:
+def _check_against_specs(arrays: dict[str, np.ndarray], specs: list[InputSpec], path: Path) -> None:
+    """Names, ranks, fixed dims and dtypes of ``arrays`` (empty ones will do) against the model inputs."""
     names = [s.name for s in specs]
     missing = [n for n in names if n not in arrays]
     extra = [n for n in arrays if n not in names]
     if missing or extra:
         problems = []
         if missing:
-            problems.append(f"no array for model input(s) {', '.join(map(repr, missing))}")
+            problems.append(f"no array for model input(s) {quoted_list(missing)}")
         if extra:
-            problems.append(f"array(s) {', '.join(map(repr, extra))} match no model input")
+            problems.append(f"array(s) {quoted_list(extra)} match no model input")
         raise OptcError(
             f"{path}: {'; '.join(problems)}",
-            hint=f"model inputs: {', '.join(names)} (plus optional '{LABELS_KEY}')",
+            hint=f"model inputs: {quoted_list(names)} (plus optional '{LABELS_KEY}')",
         )
-    checked = {}
     for spec in specs:
-        array = arrays[spec.name]
-        checked[spec.name] = _conform(array, spec, path)
-    return checked
+        _conform(arrays[spec.name], spec, f"{path}: array {spec.name!r}", 0)
 
 
-def _conform(array: np.ndarray, spec: InputSpec, path: Path) -> np.ndarray:
-    where = f"{path}: array {spec.name!r}"
+def _conform(array: np.ndarray, spec: InputSpec, where: str, first_row: int) -> np.ndarray:
+    """``array`` (rows ``first_row``... of the stored one) checked against ``spec`` and cast to its dtype."""
     if array.dtype.kind != spec.dtype.kind and not (array.dtype.kind in "iu" and spec.dtype.kind in "iu"):
         raise OptcError(f"{where} has dtype {array.dtype}, but the model input is {spec.dtype}")
     rank = len(spec.shape)
@@ -174,6 +183,14 @@ def _conform(array: np.ndarray, spec: InputSpec, path: Path) -> np.ndarray:
             raise OptcError(
                 f"{where} has shape {list(array.shape)}, which does not fit the model input shape {list(spec.shape)}"
             )
+    bad = first_non_finite(array)
+    if bad is not None:
+        kind, index = bad
+        index = (index[0] + first_row, *index[1:])
+        raise OptcError(
+            f"{where} holds {kind} at index {list(index)}; inputs must be finite",
+            hint="clean the data: one non-finite value corrupts calibration ranges and every metric",
+        )
     return array.astype(spec.dtype, copy=False)
 
 
@@ -183,6 +200,8 @@ def _check_labels(labels: np.ndarray, path: Path) -> np.ndarray:
             f"{path}: '{LABELS_KEY}' must be a 1-D array of integer class indices, got {labels.dtype} "
             f"with shape {list(labels.shape)}"
         )
+    if labels.size and labels.min() < 0:
+        raise OptcError(f"{path}: '{LABELS_KEY}' holds {int(labels.min())} at index {int(labels.argmin())}")
     return labels.astype(np.int64)
 
 
@@ -193,7 +212,12 @@ def parse_input_shapes(values: list[str]) -> dict[str, tuple[int, ...]]:
         match = re.fullmatch(r"([^=]+)=(\d+(?:x\d+)*)", value.strip())
         if not match:
             raise OptcError(f"--input-shape {value!r}: expected NAME=DIMxDIM..., e.g. input_ids=1x128")
-        shapes[match.group(1)] = tuple(int(d) for d in match.group(2).split("x"))
+        dims = tuple(int(d) for d in match.group(2).split("x"))
+        if 0 in dims:
+            raise OptcError(f"--input-shape {value!r}: every dim must be at least 1")
+        if int(np.prod(dims, dtype=np.float64)) > MAX_SYNTHETIC_ELEMENTS:
+            raise OptcError(f"--input-shape {value!r}: more than {MAX_SYNTHETIC_ELEMENTS:,} elements per sample")
+        shapes[match.group(1)] = dims
     return shapes
 
 
@@ -271,19 +295,15 @@ def _lookup_table_sizes(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def stream_batches(
-    path: Path, specs: list[InputSpec], batch_size: int, samples: int | None = None
+    path: Path, specs: list[InputSpec], batch_size: int, samples: int | None = None, role: str = "calibration data"
 ) -> Iterator[dict[str, np.ndarray]]:
     """Feeds of at most ``batch_size`` samples read from an ``.npz`` file or a folder, without loading it whole.
 
-    ``.npz`` members and ``.npy`` files are read row by row from their streams, so memory stays at one batch however
-    many samples the data holds. ``samples`` caps how many are read; a ``labels`` array is ignored.
-    Arrays with one more axis than the model input hold whole batches: each of their rows is fed as-is.
+    Memory stays at one batch however many samples the data holds. ``samples`` caps how many are read; a ``labels``
+    array is ignored. Arrays with one more axis than the model input hold whole batches: each row is fed as-is.
     """
-    path = Path(path)
-    if not path.exists():
-        raise OptcError(f"{path}: no such data file or folder")
     remaining = samples
-    for source, readers in _row_sources(path):
+    for source, readers in data_sources(Path(path), role):
         readers.pop(LABELS_KEY, None)
         _check_against_specs({name: reader.empty for name, reader in readers.items()}, specs, source)
         counts = {name: reader.rows for name, reader in readers.items()}
@@ -296,102 +316,7 @@ def stream_batches(
             take = min(step, rows - start, remaining if remaining is not None else rows)
             if take == 0:
                 return
-            batch = {s.name: _conform(readers[s.name].read(take), s, source) for s in specs}
+            batch = {s.name: _conform(readers[s.name].read(take), s, readers[s.name].where, start) for s in specs}
             yield {name: array[0] for name, array in batch.items()} if per_sample else batch
             if remaining is not None:
                 remaining -= take
-
-
-_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
-@dataclass
-class _RowReader:
-    """Sequential reads of rows (first-axis slices) from an array stored in a file."""
-
-    stream: object  # a binary file object positioned at the data, or an array loaded whole
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    offset: int = 0
-
-    @property
-    def rows(self) -> int:
-        return self.shape[0] if self.shape else 1
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def empty(self) -> np.ndarray:
-        """A zero-row array of the right dtype and shape, for checking against the model inputs."""
-        return np.empty((0, *self.shape[1:]), self.dtype)
-
-    def read(self, count: int) -> np.ndarray:
-        if isinstance(self.stream, np.ndarray):
-            rows = np.array(self.stream[self.offset : self.offset + count])
-        else:
-            row_shape = self.shape[1:]
-            nbytes = count * int(np.prod(row_shape, dtype=np.int64)) * self.dtype.itemsize
-            rows = np.frombuffer(self.stream.read(nbytes), dtype=self.dtype).reshape(count, *row_shape)
-        self.offset += count
-        return rows
-
-
-def _row_sources(path: Path) -> Iterator[tuple[Path, dict[str, _RowReader]]]:
-    """Per data file (one for an ``.npz``; all ``.npy`` files of a folder together): a row reader per array."""
-    if not path.is_dir():
-        yield from _npz_sources(path)
-        return
-    npz_files = sorted(path.glob("*.npz"))
-    npy_files = sorted(path.glob("*.npy"))
-    if not npz_files and not npy_files:
-        raise OptcError(f"{path}: the folder holds no .npz or .npy files")
-    for file in npz_files:
-        yield from _npz_sources(file)
-    if npy_files:
-        # Read through plain file streams, not memory maps: mapped pages count as the process's memory, so a
-        # mapped 600 MB calibration set would grow the peak with the number of samples.
-        with contextlib.ExitStack() as open_files:
-            readers = {}
-            for file in npy_files:
-                stream = open_files.enter_context(open(file, "rb"))
-                readers[file.stem] = _row_reader(stream, f"{file}", lambda f=file: _load_npy(f))
-            yield path, readers
-
-
-def _load_npy(file: Path) -> np.ndarray:
-    try:
-        return np.load(file, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise OptcError(f"{file}: not a readable .npy file ({exc})") from exc
-
-
-def _row_reader(stream, where: str, load_whole) -> _RowReader:
-    """A reader positioned after the ``.npy`` header of ``stream``; arrays that cannot be read row by row (Fortran
-    order, objects) are loaded whole with ``load_whole`` (that one array, still not every file's)."""
-    try:
-        version = np.lib.format.read_magic(stream)
-        read_header = _NPY_HEADER_READERS.get(version)
-        shape, fortran, dtype = read_header(stream) if read_header else ((), True, np.dtype(object))
-    except ValueError as exc:
-        raise OptcError(f"{where} is not a .npy array ({exc})") from exc
-    if fortran or dtype.hasobject:
-        whole = load_whole()
-        return _RowReader(whole, whole.shape, whole.dtype)
-    return _RowReader(stream, shape, dtype)
-
-
-def _npz_sources(path: Path) -> Iterator[tuple[Path, dict[str, _RowReader]]]:
-    try:
-        archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise OptcError(f"{path}: not a readable .npz file ({exc})") from exc
-    with archive:
-        readers = {}
-        for member in archive.namelist():
-            name = member.removesuffix(".npy")
-            readers[name] = _row_reader(
-                archive.open(member), f"{path}: member {member!r}", lambda n=name: _read_npz(path)[n]
-            )
-        yield path, readers

@@ -1,13 +1,40 @@
 """Gates: bounds a pipeline sets on the result. A gate that could not be measured fails, so that a deploy never
-passes on figures nobody took."""
+passes on figures nobody took.
+
+The bounds come from the recipe's ``gates``, the command line (which wins), and the passes themselves: a pass that
+promises an accuracy budget (``accuracy_budget``) makes that budget a gate on the finished model, because later
+passes add their own error and the promise is about what gets shipped.
+"""
 
 from __future__ import annotations
 
-from optc.recipe import Gates
+from optc.recipe import Gates, Recipe
 from optc.report.schema import GateResult, ProviderMeasurement
 
+GATE_FIELDS = ("max_accuracy_drop", "min_speedup", "max_size_ratio")
 
-def evaluate_gates(gates: Gates, size_ratio: float, measurements: list[ProviderMeasurement]) -> list[GateResult]:
+
+def effective_gates(recipe: Recipe, overrides: dict[str, float]) -> tuple[Gates, dict[str, str]]:
+    """The gates to apply and, for each that is set, where its bound came from."""
+    bounds = recipe.gates.model_dump()
+    sources = {name: "recipe gates" for name, value in bounds.items() if value is not None}
+    budgets = [(config.promised_drop(), index) for index, config in enumerate(recipe.passes)]
+    promised = [(drop, index) for drop, index in budgets if drop is not None]
+    if promised:
+        drop, index = min(promised)
+        if bounds["max_accuracy_drop"] is None or drop < bounds["max_accuracy_drop"]:
+            bounds["max_accuracy_drop"] = drop
+            sources["max_accuracy_drop"] = f"passes[{index}].accuracy_budget"
+    for name, value in overrides.items():
+        bounds[name] = value
+        sources[name] = f"--{name.replace('_', '-')}"
+    return Gates.model_validate(bounds), sources
+
+
+def evaluate_gates(
+    gates: Gates, size_ratio: float, measurements: list[ProviderMeasurement], sources: dict[str, str] | None = None
+) -> list[GateResult]:
+    sources = sources or {}
     results = []
     if gates.max_size_ratio is not None:
         results.append(
@@ -17,11 +44,16 @@ def evaluate_gates(gates: Gates, size_ratio: float, measurements: list[ProviderM
                 measured=size_ratio,
                 passed=size_ratio <= gates.max_size_ratio,
                 detail=f"max_size_ratio: size ratio {size_ratio:.3f} (bound ≤ {gates.max_size_ratio:g})",
+                source=sources.get("max_size_ratio"),
             )
         )
     measured = [m for m in measurements if m.measured]
     if gates.min_speedup is not None:
-        results.extend(_per_provider("min_speedup", gates.min_speedup, measured, lambda m: m.speedup, at_least=True))
+        results.extend(
+            _per_provider(
+                "min_speedup", gates.min_speedup, measured, lambda m: m.speedup, True, sources.get("min_speedup")
+            )
+        )
     if gates.max_accuracy_drop is not None:
         results.extend(
             _per_provider(
@@ -29,17 +61,23 @@ def evaluate_gates(gates: Gates, size_ratio: float, measurements: list[ProviderM
                 gates.max_accuracy_drop,
                 measured,
                 lambda m: m.accuracy.drop if m.accuracy else None,
-                at_least=False,
+                False,
+                sources.get("max_accuracy_drop"),
             )
         )
     return results
 
 
-def _per_provider(name, bound, measured, value_of, at_least: bool) -> list[GateResult]:
+def _per_provider(name, bound, measured, value_of, at_least: bool, source: str | None) -> list[GateResult]:
     if not measured:
         return [
             GateResult(
-                name=name, bound=bound, measured=None, passed=False, detail=f"{name}: not measured on any provider"
+                name=name,
+                bound=bound,
+                measured=None,
+                passed=False,
+                detail=f"{name}: not measured on any provider",
+                source=source,
             )
         ]
     results = []
@@ -53,18 +91,21 @@ def _per_provider(name, bound, measured, value_of, at_least: bool) -> list[GateR
                     measured=None,
                     passed=False,
                     detail=f"{name} on {m.provider}: not measured",
+                    source=source,
                 )
             )
             continue
         passed = value >= bound if at_least else value <= bound
         relation = "≥" if at_least else "≤"
+        origin = f", from {source}" if source else ""
         results.append(
             GateResult(
                 name=f"{name}[{m.provider}]",
                 bound=bound,
                 measured=value,
                 passed=passed,
-                detail=f"{name} on {m.provider}: {value:.3f} (bound {relation} {bound:g})",
+                detail=f"{name} on {m.provider}: {value:.3f} (bound {relation} {bound:g}{origin})",
+                source=source,
             )
         )
     return results

@@ -32,7 +32,7 @@ KNOWN_DOMAINS = {
 def check_model_structure(model: onnx.ModelProto, path: Path) -> None:
     _check_names_are_text(model, path)
     _check_opsets(model, path)
-    _check_graph(model.graph, path, outer_scope=set())
+    _check_graph(model.graph, path, outer_scope=[])
     _check_initializer_sizes(model, path)
 
 
@@ -75,55 +75,89 @@ def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
         )
 
 
-def _check_graph(graph: onnx.GraphProto, path: Path, outer_scope: set[str]) -> None:
-    """Every tensor produced once, every input produced somewhere, and no cycles."""
-    available = set(outer_scope) | {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+def _check_graph(graph: onnx.GraphProto, path: Path, outer_scope: list[set[str]]) -> None:
+    """Every tensor produced once, every input produced somewhere, and no cycles; in time linear in the graph.
+
+    ``outer_scope`` holds the names visible from enclosing graphs (a chain of sets, not a copy per subgraph, so a
+    model with many If/Loop bodies stays linear too).
+    """
+    input_names = {i.name for i in graph.input}
+    local = input_names | {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    local.add("")
     producers: dict[str, str] = {}
     for node in graph.node:
         for out in node.output:
             if not out:
                 continue
-            if out in producers or out in {i.name for i in graph.input}:
+            if out in producers or out in input_names:
                 raise OptcError(
                     f"{path}: tensor {out!r} is produced twice (by node {producers.get(out, 'graph input')!r} and "
                     f"node {node.name!r}); ONNX graphs must assign each tensor once"
                 )
             producers[out] = node.name
-    everything = available | set(producers)
-    for node in graph.node:
-        for name in node.input:
-            if name not in everything:
-                raise OptcError(f"{path}: node {node.name!r} reads tensor {name!r}, which nothing produces")
+    scope = [local, set(producers), *outer_scope]
+
+    def visible(name: str) -> bool:
+        return any(name in names for names in scope)
+
+    nodes = list(graph.node)  # one wrapper per node: protobuf may hand out a new one on each access
+    reads = [_reads(node) for node in nodes]
+    for node, node_reads in zip(nodes, reads, strict=True):
+        missing = next((name for name in node_reads if not visible(name)), None)
+        if missing is not None:
+            raise OptcError(f"{path}: node {node.name!r} reads tensor {missing!r}, which nothing produces")
     for output in graph.output:
-        if output.name not in everything:
+        if not visible(output.name):
             raise OptcError(f"{path}: graph output {output.name!r} is produced by no node")
-    _check_acyclic(graph, path, available)
-    for node in graph.node:
+    _check_acyclic(nodes, reads, producers, path)
+    for node in nodes:
         for sub in subgraphs(node):
-            _check_graph(sub, path, everything)
+            _check_graph(sub, path, scope)
 
 
-def _check_acyclic(graph: onnx.GraphProto, path: Path, available: set[str]) -> None:
-    """Kahn's algorithm over the nodes; nodes left over sit on a cycle. Subgraph reads of outer names count too."""
-    ready = set(available)
-    pending = list(graph.node)
-    while pending:
-        progressed = [n for n in pending if all(i in ready for i in _reads(n))]
-        if not progressed:
-            names = ", ".join(repr(n.name) for n in pending[:5])
-            raise OptcError(f"{path}: the graph has a cycle through node(s) {names}")
-        for node in progressed:
-            ready.update(node.output)
-        pending = [n for n in pending if n not in progressed]
+def _check_acyclic(nodes: list[onnx.NodeProto], reads: list[set[str]], producers: dict[str, str], path: Path) -> None:
+    """Kahn's algorithm with in-degree counts; nodes never released sit on a cycle. Subgraph reads of names made
+    in this graph count as edges too."""
+    waiting_on: list[int] = []
+    readers: dict[str, list[int]] = {}
+    ready = []
+    for position, node_reads in enumerate(reads):
+        made_here = {name for name in node_reads if name in producers}
+        waiting_on.append(len(made_here))
+        for name in made_here:
+            readers.setdefault(name, []).append(position)
+        if not made_here:
+            ready.append(position)
+    released = 0
+    while ready:
+        position = ready.pop()
+        released += 1
+        for out in nodes[position].output:
+            for reader in readers.get(out, ()):
+                waiting_on[reader] -= 1
+                if waiting_on[reader] == 0:
+                    ready.append(reader)
+    if released < len(nodes):
+        stuck = [node for node, waiting in zip(nodes, waiting_on, strict=True) if waiting > 0]
+        names = ", ".join(repr(n.name) for n in stuck[:5])
+        raise OptcError(f"{path}: the graph has a cycle through node(s) {names}")
 
 
-def _reads(node: onnx.NodeProto) -> list[str]:
-    reads = list(node.input)
-    for sub in subgraphs(node):
-        produced = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
-        produced |= {t.name for t in sub.initializer}
-        reads += [i for n in all_nodes(sub) for i in n.input if i not in produced]
-    return [r for r in reads if r]
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Names ``node`` reads from its graph: its inputs, and whatever its subgraphs (at any depth) read from
+    outside themselves."""
+    return {name for name in node.input if name} | set().union(*(_outer_reads(sub) for sub in subgraphs(node)))
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads that it does not define itself (inputs, initializers or node outputs)."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    defined |= {t.values.name for t in graph.sparse_initializer}
+    defined |= {out for node in graph.node for out in node.output}
+    wanted: set[str] = set()
+    for node in graph.node:
+        wanted |= _reads(node)
+    return wanted - defined
 
 
 def _check_initializer_sizes(model: onnx.ModelProto, path: Path) -> None:

@@ -1,17 +1,14 @@
 """Reading and writing ONNX models safely.
 
-Loading refuses files that are not models and external-data paths that leave the model's folder. Saving is atomic:
-everything is written under a temporary name in the destination folder and renamed into place, so an interrupted or
-failed run never leaves a partial file where a pipeline would pick it up.
+Loading refuses files that are not models and external-data paths that leave the model's folder. Writing goes to a
+path the caller chose (a staging folder: see ``optc.outputs``), with the weights of models too large for one
+protobuf in a data file beside it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +17,13 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
 from optc.errors import OptcError
+from optc.messages import exception_reason
 from optc.model_check import check_model_structure
+from optc.model_facts import subgraphs
+from optc.outputs import write_file
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay clear of it.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 64 * 2**20
-TEMP_PREFIX = ".optc-tmp-"
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,7 @@ class LoadedModel:
     path: Path
     size_bytes: int  # the .onnx file plus any external data it references
     sha256: str
+    external_files: tuple[Path, ...] = ()  # the external-data files it references
 
 
 def load_model(path: Path) -> LoadedModel:
@@ -47,7 +47,7 @@ def load_model(path: Path) -> LoadedModel:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise OptcError(
-            f"{path}: not a readable ONNX model (protobuf parse failed: {_first_line(exc)})",
+            f"{path}: not a readable ONNX model (protobuf parse failed: {exception_reason(exc, limit=300)})",
             hint="is the file truncated or in another format?",
         ) from exc
     _check_is_model(model, path)
@@ -55,11 +55,17 @@ def load_model(path: Path) -> LoadedModel:
     external_files = _external_data_files(model, path.parent, path)
     if external_files:
         try:
-            external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as exc:
-            raise OptcError(f"{path}: could not read its external data ({_first_line(exc)})") from exc
+            _load_external_data(model, path.parent)
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise OptcError(f"{path}: could not read its external data ({exception_reason(exc, limit=300)})") from exc
     size = path.stat().st_size + sum(f.stat().st_size for f in external_files)
-    return LoadedModel(model=model, path=path, size_bytes=size, sha256=_sha256_of(path, external_files))
+    return LoadedModel(
+        model=model,
+        path=path,
+        size_bytes=size,
+        sha256=sha256_of_files([path, *external_files]),
+        external_files=tuple(external_files),
+    )
 
 
 def _check_is_model(model: onnx.ModelProto, path: Path) -> None:
@@ -73,15 +79,40 @@ def _check_is_model(model: onnx.ModelProto, path: Path) -> None:
         raise OptcError(f"{path}: the graph has no nodes")
 
 
+def stored_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every tensor the file stores: initializers and Constant values at any depth, and both halves of every
+    sparse initializer (which onnx's own helpers leave out)."""
+    tensors = list(external_data_helper._get_all_tensors(model))
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for sparse in graph.sparse_initializer:
+            tensors += [sparse.values, sparse.indices]
+        graphs += [sub for node in graph.node for sub in subgraphs(node)]
+    return tensors
+
+
+def _load_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Read every external tensor's bytes into the model (sparse ones too) and mark it stored inline."""
+    for tensor in stored_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            external_data_helper.load_external_data_for_tensor(tensor, str(base_dir))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+
+
 def _external_data_files(model: onnx.ModelProto, base_dir: Path, model_path: Path) -> list[Path]:
     """Validate every external-data location and return the distinct files referenced."""
     base = base_dir.resolve()
     files: dict[Path, None] = {}
-    for tensor in external_data_helper._get_all_tensors(model):
+    for tensor in stored_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        where = f"{model_path}: initializer {tensor.name!r} has external data location {location!r}"
+        locations = [e.value for e in tensor.external_data if e.key == "location"]
+        location = locations[0] if locations else ""
+        where = f"{model_path}: tensor {tensor.name!r} has external data location {location!r}"
+        if len(locations) > 1:
+            raise OptcError(f"{model_path}: tensor {tensor.name!r} names {len(locations)} external data locations")
         if not location:
             raise OptcError(f"{where}, which is empty")
         if os.path.isabs(location) or Path(location).is_absolute():
@@ -95,28 +126,32 @@ def _external_data_files(model: onnx.ModelProto, base_dir: Path, model_path: Pat
             raise OptcError(f"{where}, which escapes the model's folder")
         if not target.is_file():
             raise OptcError(f"{where}, but that file does not exist")
+        if target.stat().st_nlink > 1:
+            raise OptcError(
+                f"{where}, a file with {target.stat().st_nlink} hard links; onnx refuses to read those, since a hard "
+                "link can bring in a file from anywhere",
+                hint="copy the data file instead of linking it",
+            )
         files[target] = None
     return list(files)
 
 
-def _sha256_of(path: Path, extra: list[Path]) -> str:
+def sha256_of_files(paths: list[Path]) -> str:
+    """One digest over the files' bytes in order (a model file, then its external data)."""
     digest = hashlib.sha256()
-    for p in [path, *extra]:
+    for p in paths:
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes held by initializers (including those of subgraphs); cheap, no serialization."""
+    """Bytes held by stored tensors (including those of subgraphs); cheap, no serialization."""
     total = 0
-    for t in external_data_helper._get_all_tensors(model):
+    for t in stored_tensors(model):
         total += len(t.raw_data) or _typed_field_bytes(t)
     return total
 
@@ -136,49 +171,18 @@ def serialized_size(model: onnx.ModelProto) -> int:
     return model.ByteSize()
 
 
-def refuse_overwriting_input(output: Path, input_path: Path) -> None:
-    if Path(output).resolve() == Path(input_path).resolve() or (
-        Path(output).exists() and Path(input_path).exists() and os.path.samefile(output, input_path)
-    ):
-        raise OptcError(
-            f"{output}: the output path is the input model; optc never overwrites its input",
-            hint="choose another path with -o",
-        )
+def write_model(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Write ``model`` to ``path``; returns the files written (external data first, then the model).
 
-
-@contextlib.contextmanager
-def _staging_dir(dest: Path) -> Iterator[Path]:
-    """A temporary folder beside ``dest`` (same filesystem, so renames are atomic), always removed."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=dest.parent))
-    try:
-        yield staging
-    finally:
-        for p in staging.iterdir():
-            p.unlink(missing_ok=True)
-        staging.rmdir()
-
-
-def save_model(model: onnx.ModelProto, dest: Path) -> int:
-    """Write ``model`` to ``dest`` atomically; returns the bytes written (model plus external data).
-
-    Models too large for one protobuf are written with their weights in ``<dest>.data`` beside it.
+    Models too large for one protobuf get their weights in ``<path>.data`` beside it.
     """
-    dest = Path(dest)
-    with _staging_dir(dest) as staging:
-        staged = staging / dest.name
-        if needs_external_data(model):
-            data_name = dest.name + ".data"
-            write_with_external_data(model, staged, data_name)
-            written = [staging / data_name, staged]
-        else:
-            _write_and_sync(staged, model.SerializeToString())
-            written = [staged]
-        total = sum(p.stat().st_size for p in written)
-        for p in written:  # data first, so the model never points at data that is not there yet
-            os.replace(p, dest.parent / p.name)
-    _fsync_dir(dest.parent)
-    return total
+    path = Path(path)
+    if needs_external_data(model):
+        data = path.with_name(path.name + ".data")
+        write_with_external_data(model, path, data.name)
+        return [data, path]
+    write_file(path, model.SerializeToString())
+    return [path]
 
 
 def write_with_external_data(model: onnx.ModelProto, path: Path, location: str) -> None:
@@ -207,7 +211,7 @@ def write_with_external_data(model: onnx.ModelProto, path: Path, location: str) 
             data.write(payload)
         data.flush()
         os.fsync(data.fileno())
-    _write_and_sync(path, skeleton.SerializeToString())
+    write_file(path, skeleton.SerializeToString())
 
 
 def _copy_fields(source, target, skip: str) -> None:
@@ -228,27 +232,3 @@ def _tensor_payload(tensor: onnx.TensorProto) -> bytes | None:
         return None
     payload = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
     return payload if len(payload) >= 1024 else None
-
-
-def write_text_atomic(dest: Path, text: str) -> None:
-    dest = Path(dest)
-    with _staging_dir(dest) as staging:
-        staged = staging / dest.name
-        _write_and_sync(staged, text.encode("utf-8"))
-        os.replace(staged, dest)
-
-
-def _write_and_sync(path: Path, payload: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -11,6 +11,7 @@ import onnx
 from pydantic import BaseModel
 
 from optc.errors import OptcError, PassError
+from optc.messages import exception_reason
 from optc.model_facts import node_count
 from optc.modelio import needs_external_data, serialized_size
 from optc.passes import PassConfig, PassContext, describe, lookup
@@ -60,7 +61,7 @@ def run_passes(
             except OptcError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure inside a pass is that pass's failure
-                raise PassError(label, f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
+                raise PassError(label, f"failed: {type(exc).__name__}: {exception_reason(exc)}") from exc
             wall = time.perf_counter() - started
             verify_model(outcome.model, label, workdir, feed, finite_outputs)
         warnings = list(outcome.warnings)

@@ -7,12 +7,13 @@ The ``passes`` list is a union of every registered pass's config, discriminated 
 from __future__ import annotations
 
 import hashlib
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from optc.errors import OptcError
 from optc.passes import registered_passes
@@ -21,18 +22,42 @@ from optc.target import TARGET_HELP, Target
 PROVIDERS = ("cpu", "cuda")
 
 
+# Bounds on measurement settings: beyond them a run would hang (an infinite time, 1e26 runs), exhaust memory (a
+# batch of a billion) or crash ONNX Runtime (100,000 threads), so they are refused as bad input instead.
+MAX_BATCH_SIZE = 4096
+MAX_WARMUP = 10_000
+MAX_RUNS = 100_000
+MAX_MIN_TIME_S = 3600.0
+THREADS_PER_CORE = 4  # oversubscribing a core more than this only measures the scheduler
+
+
+def max_threads() -> int:
+    return THREADS_PER_CORE * (os.cpu_count() or 1)
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LatencySettings(Strict):
-    batch_size: int = Field(default=1, ge=1, description="Batch size of the timed runs.")
-    warmup: int = Field(default=10, ge=0, description="Untimed runs of each model before timing.")
-    runs: int = Field(default=50, ge=1, description="Minimum timed runs of each model.")
-    min_time_s: float = Field(default=1.0, ge=0, description="Keep timing until this many seconds have passed.")
-    threads: int = Field(
-        default=1, ge=1, description="ONNX Runtime intra-op threads. One thread gives the steadiest figures."
+    batch_size: StrictInt = Field(default=1, ge=1, le=MAX_BATCH_SIZE, description="Batch size of the timed runs.")
+    warmup: StrictInt = Field(default=10, ge=0, le=MAX_WARMUP, description="Untimed runs of each model before timing.")
+    runs: StrictInt = Field(default=50, ge=1, le=MAX_RUNS, description="Minimum timed runs of each model.")
+    min_time_s: float = Field(
+        default=1.0, ge=0, le=MAX_MIN_TIME_S, description="Keep timing until this many seconds have passed."
     )
+    threads: StrictInt = Field(
+        default=1,
+        ge=1,
+        description="ONNX Runtime intra-op threads (at most 4 per core). One thread gives the steadiest figures.",
+    )
+
+    @field_validator("threads")
+    @classmethod
+    def _threads_within_cores(cls, threads: int) -> int:
+        if threads > max_threads():
+            raise ValueError(f"at most {max_threads()} ({THREADS_PER_CORE} per core of this machine), got {threads}")
+        return threads
 
 
 class EvaluateSettings(Strict):
@@ -71,6 +96,14 @@ PassSpec = _pass_union()
 
 class Recipe(Strict):
     version: Literal[1] = Field(description="Recipe format version.")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_a_number(cls, version: object) -> object:
+        if isinstance(version, bool):  # YAML's `true` would otherwise pass as 1
+            raise ValueError(f"must be the number 1, got {version!r}")
+        return version
+
     name: str | None = None
     description: str | None = None
     target: Target = Field(
@@ -86,6 +119,10 @@ class LoadedRecipe(BaseModel):
     source: str  # a path, or "built-in:<name>"
     sha256: str
     base_dir: Path | None  # where relative data paths are resolved; None for built-ins
+
+    def resolve(self, path: Path) -> Path:
+        """A path written in the recipe: relative to the recipe's folder (the working directory for built-ins)."""
+        return path if path.is_absolute() else (self.base_dir or Path.cwd()) / path
 
 
 def builtin_recipe_names() -> list[str]:
@@ -119,6 +156,7 @@ def load_recipe(reference: str | Path) -> LoadedRecipe:
 
 def parse_recipe(text: str, source: str, base_dir: Path | None) -> LoadedRecipe:
     try:
+        _check_yaml_shape(text, source)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = ""
@@ -137,6 +175,30 @@ def parse_recipe(text: str, source: str, base_dir: Path | None) -> LoadedRecipe:
     return LoadedRecipe(
         recipe=recipe, source=source, sha256=hashlib.sha256(text.encode()).hexdigest(), base_dir=base_dir
     )
+
+
+MAX_RECIPE_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32  # a recipe nests four levels; thousands would exhaust Python's recursion in the YAML composer
+MAX_YAML_ALIASES = 64  # aliases of aliases expand exponentially ("billion laughs")
+
+
+def _check_yaml_shape(text: str, source: str) -> None:
+    """Refuse, from the parser's events alone (no recursion), recipes too big, too deep or too alias-heavy."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise OptcError(f"{source}: {len(text):,} bytes is not a recipe (at most {MAX_RECIPE_BYTES:,})")
+    depth = aliases = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise OptcError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep (line {line})")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise OptcError(f"{source}: more than {MAX_YAML_ALIASES} YAML aliases; write the recipe out")
 
 
 def describe_validation_error(exc: ValidationError, raw: dict) -> str:

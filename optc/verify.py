@@ -10,6 +10,8 @@ import onnxruntime as ort
 
 from optc.errors import OptcError, PassError
 from optc.measure.providers import check_options
+from optc.measure.values import run_as_arrays
+from optc.messages import exception_reason
 from optc.modelio import needs_external_data, write_with_external_data
 
 
@@ -38,17 +40,17 @@ def verify_model(
     try:
         onnx.checker.check_model(source if isinstance(source, str) else model)
     except onnx.checker.ValidationError as exc:
-        raise PassError(label, f"the result is not a valid ONNX model: {_short(exc)}") from exc
+        raise PassError(label, f"the result is not a valid ONNX model: {exception_reason(exc)}") from exc
     try:
         session = ort.InferenceSession(source, sess_options=check_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime refuses, the pass produced it
-        raise PassError(label, f"ONNX Runtime cannot load the result: {_short(exc)}") from exc
+        raise PassError(label, f"ONNX Runtime cannot load the result: {exception_reason(exc)}") from exc
     if feed is None:
         return
     try:
-        outputs = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+        outputs = run_as_arrays(session, None, feed)
     except Exception as exc:  # noqa: BLE001
-        raise PassError(label, f"the result fails to run in ONNX Runtime: {_short(exc)}") from exc
+        raise PassError(label, f"the result fails to run in ONNX Runtime: {exception_reason(exc)}") from exc
     broken = [
         o.name
         for o, value in zip(session.get_outputs(), outputs, strict=True)
@@ -58,26 +60,22 @@ def verify_model(
         raise PassError(label, f"the result produces NaN/Inf in output(s) {', '.join(broken)}, the original did not")
 
 
-def finite_output_names(
+def run_reference(
     model: onnx.ModelProto, workdir: Path, feed: dict[str, np.ndarray], model_path: Path
-) -> set[str]:
-    """Names of the input model's outputs that are finite on ``feed``; refuses a model ONNX Runtime cannot run."""
+) -> dict[str, np.ndarray]:
+    """The input model's outputs on ``feed``, by name; refuses a model ONNX Runtime cannot run."""
     try:
         session = ort.InferenceSession(
             session_source(model, workdir, "reference"),
             sess_options=check_options(),
             providers=["CPUExecutionProvider"],
         )
-        outputs = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+        outputs = run_as_arrays(session, None, feed)
     except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime refuses, the input is at fault
-        raise OptcError(f"{model_path}: ONNX Runtime cannot run this model: {_short(exc)}") from exc
-    return {
-        o.name
-        for o, value in zip(session.get_outputs(), outputs, strict=True)
-        if value.dtype.kind != "f" or np.all(np.isfinite(value))
-    }
+        raise OptcError(f"{model_path}: ONNX Runtime cannot run this model: {exception_reason(exc)}") from exc
+    return {o.name: value for o, value in zip(session.get_outputs(), outputs, strict=True)}
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())[:300]
+def finite_outputs(outputs: dict[str, np.ndarray]) -> set[str]:
+    """Names of the outputs that hold only finite values (non-float ones always do)."""
+    return {name for name, value in outputs.items() if value.dtype.kind != "f" or bool(np.all(np.isfinite(value)))}

@@ -16,6 +16,11 @@ CNN = SAMPLES / "digits_cnn.onnx"
 CNN_TEST = SAMPLES / "digits_test.npz"
 
 
+def report_of(model_out: Path, suffix: str = ".json") -> Path:
+    """Where compress writes the report of ``model_out`` by default: ``m.onnx`` → ``m.report.json``."""
+    return model_out.with_name(model_out.name.removesuffix(".onnx") + ".report" + suffix)
+
+
 def make_model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "test", inputs, outputs, list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

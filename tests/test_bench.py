@@ -37,7 +37,7 @@ def test_bench_of_a_model_against_itself_stays_within_its_noise_bound(runner):
         "--runs",
         "40",
         "--min-time",
-        "0",
+        "0.5",  # thousands of rounds at batch 1: one scheduler hiccup cannot sway the median on a shared runner
     )
     assert [(c["batch_size"], c["measured"]) for c in report["cases"]] == [(1, True), (32, True)]
     for case in report["cases"]:

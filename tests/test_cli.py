@@ -14,7 +14,7 @@ import pytest
 from optc.cli import app
 from optc.passes import registry
 from optc.passes.registry import PassOutcome
-from tests.conftest import CNN, CNN_TEST, DYNAMIC_PASS, ROOT, SAMPLES, relu_model
+from tests.conftest import CNN, CNN_TEST, DYNAMIC_PASS, ROOT, SAMPLES, relu_model, report_of
 
 
 def sha(path: Path) -> str:
@@ -32,7 +32,7 @@ def test_builtin_int8_dynamic_on_the_sample_cnn(runner, tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert sha(CNN) == before  # the input is never modified
     assert out.stat().st_size < CNN.stat().st_size * 0.6
-    report = json.loads((out.parent / "report.json").read_text())
+    report = json.loads(report_of(out).read_text())
     assert report["schema_version"] == 1
     assert report["optimized"]["size_bytes"] == out.stat().st_size
     cpu = report["measurements"][0]
@@ -42,7 +42,7 @@ def test_builtin_int8_dynamic_on_the_sample_cnn(runner, tmp_path: Path):
     assert cpu["accuracy"]["original"] > 95 and abs(cpu["accuracy"]["drop"]) < 1.0
     assert [p["type"] for p in report["passes"]] == ["fuse", "quantize"]  # the recipe folds BatchNorm first
     assert report["passes"][1]["details"]["ops_quantized"] == 2
-    assert "# optc report" in (out.parent / "report.md").read_text()
+    assert "# optc report" in report_of(out, ".md").read_text()
     assert "\x1b[" not in result.output  # no colour when stdout is not a terminal
     props = {p.key: p.value for p in onnx.load_model(str(out)).metadata_props}
     assert props["optc.input_sha256"] == before
@@ -56,18 +56,19 @@ def test_json_output_is_one_document_on_stdout(runner, tmp_path: Path, fast_reci
     )
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert payload["exit_code"] == 0 and payload["report_json"].endswith("cnn.json")
+    assert payload["exit_code"] == 0 and payload["written"]["report json"].endswith("cnn.json")
     assert (tmp_path / "r" / "cnn.md").exists()
     assert payload["report"]["measurements"][0]["accuracy"]["metric"] == "top1"
 
 
-def test_failing_gate_exits_1_with_the_report_written(runner, tmp_path: Path, fast_recipe):
+def test_failing_gate_exits_1_with_the_model_and_report_under_rejected_names(runner, tmp_path: Path, fast_recipe):
     recipe = fast_recipe(DYNAMIC_PASS, extra="gates: {max_size_ratio: 0.1}\n")
     out = tmp_path / "m.onnx"
     result = compress(runner, CNN, "-r", recipe, "-o", out, "--data", CNN_TEST, "--min-speedup", "1000")
     assert result.exit_code == 1
-    assert out.exists()
-    report = json.loads((tmp_path / "report.json").read_text())
+    assert not out.exists() and not report_of(out).exists()  # make must not see the target as built
+    assert (tmp_path / "m.rejected.onnx").exists()
+    report = json.loads((tmp_path / "m.rejected.report.json").read_text())
     assert not report["gates_passed"]
     failed = {g["name"] for g in report["gates"] if not g["passed"]}
     assert failed == {"max_size_ratio", "min_speedup[cpu]"}
@@ -77,7 +78,7 @@ def test_failing_gate_exits_1_with_the_report_written(runner, tmp_path: Path, fa
 def test_synthetic_data_is_said_out_loud(runner, tmp_path: Path, fast_recipe):
     result = compress(runner, CNN, "-r", fast_recipe(DYNAMIC_PASS), "-o", tmp_path / "m.onnx")
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads(report_of(tmp_path / "m.onnx").read_text())
     assert report["data"] == "synthetic"
     assert report["measurements"][0]["accuracy"]["metric"] == "top1_agreement"
     assert any("synthetic" in w for w in report["warnings"])
@@ -94,10 +95,10 @@ def test_cuda_without_a_gpu_is_not_measured_and_never_shows_cpu_figures(
         runner, CNN, "-r", fast_recipe(DYNAMIC_PASS), "-o", tmp_path / "m.onnx", "--providers", "cpu,cuda"
     )
     assert result.exit_code == 0, result.output
-    cuda = json.loads((tmp_path / "report.json").read_text())["measurements"][1]
+    cuda = json.loads(report_of(tmp_path / "m.onnx").read_text())["measurements"][1]
     assert cuda["provider"] == "cuda" and not cuda["measured"]
     assert cuda["original"] is None and cuda["speedup"] is None and cuda["accuracy"] is None
-    assert "cuda: not measured" in (tmp_path / "report.md").read_text()
+    assert "cuda: not measured" in report_of(tmp_path / "m.onnx", ".md").read_text()
 
 
 def nothing_written(folder: Path) -> bool:

@@ -14,7 +14,7 @@ from optc.cli import app
 from optc.passes.fuse import driver
 from optc.passes.fuse.graph import GraphIndex, copy_model
 from optc.passes.fuse.transformer import detect_encoder
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, report_of
 from tests.fuse_graphs import ops
 
 CNN, CNN_TEST = SAMPLES / "digits_cnn.onnx", SAMPLES / "digits_test.npz"
@@ -25,7 +25,7 @@ def compress(runner, fast_recipe, tmp_path: Path, model: Path, data: Path, fuse_
     recipe = fast_recipe(f"  - type: fuse\n{fuse_yaml}{extra_pass}")
     out = tmp_path / "out" / "model.onnx"
     result = runner.invoke(app, ["compress", str(model), "-r", str(recipe), "-o", str(out), "--data", str(data)])
-    report = json.loads((out.parent / "report.json").read_text()) if out.exists() else None
+    report = json.loads(report_of(out).read_text()) if out.exists() else None
     return result, out, report
 
 
@@ -96,7 +96,7 @@ def test_bert_int8_recipe_quantizes_the_fused_attention(runner, tmp_path):
     args = ["compress", str(BERT), "-r", "bert-int8", "-o", str(out), "--data", str(BERT_TEST)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads(report_of(out).read_text())
     assert [p["type"] for p in report["passes"]] == ["fuse", "quantize"]
     assert ops(onnx.load_model(str(out)))["QAttention"] == 2
     assert report["measurements"][0]["accuracy"]["drop"] <= 1.0
@@ -147,6 +147,6 @@ def test_fuse_without_data_proves_on_synthetic_inputs(runner, fast_recipe, tmp_p
     out = tmp_path / "m.onnx"
     result = runner.invoke(app, ["compress", str(CNN), "-r", str(recipe), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    details = json.loads((tmp_path / "report.json").read_text())["passes"][0]["details"]
+    details = json.loads(report_of(out).read_text())["passes"][0]["details"]
     assert details["proof_data"] == "synthetic" and details["proof"][0]["ok"]
     assert np.isfinite(details["proof"][0]["max_abs_diff"])

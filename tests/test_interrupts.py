@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from optc.modelio import TEMP_PREFIX
+from optc.outputs import TEMP_PREFIX
 from tests.conftest import DYNAMIC_PASS, ROOT, SAMPLES
 
 # Runs optc with the model writer slowed to a crawl, so a signal reliably lands mid-write.
@@ -25,7 +25,7 @@ def slow_write(path, payload):
             f.flush()
             time.sleep(0.02)
 
-modelio._write_and_sync = slow_write
+modelio.write_file = slow_write
 from optc.cli import main
 sys.argv = ["optc", *sys.argv[1:]]
 main()

@@ -6,10 +6,20 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from optc import modelio
+from optc import modelio, outputs
 from optc.errors import OptcError
-from optc.modelio import TEMP_PREFIX, load_model, refuse_overwriting_input, save_model, write_text_atomic
+from optc.modelio import load_model, write_model
+from optc.outputs import TEMP_PREFIX, staged_outputs
 from tests.conftest import mlp_model
+
+
+def save_model(model: onnx.ModelProto, dest: Path) -> int:
+    """Write ``model`` the way compress does (staged, renamed into place); returns the bytes written."""
+    with staged_outputs() as staging:
+        staging.path_for(dest.with_name(dest.name + ".data"))
+        written = write_model(model, staging.path_for(dest))
+        size = sum(p.stat().st_size for p in written)
+    return size
 
 
 def load_error(path: Path) -> str:
@@ -84,16 +94,6 @@ def test_missing_external_data_file_is_refused(tmp_path: Path):
     assert "does not exist" in load_error(_with_external_location(tmp_path, "weights.bin"))
 
 
-def test_output_equal_to_input_is_refused(mlp_path: Path, tmp_path: Path):
-    with pytest.raises(OptcError, match="never overwrites"):
-        refuse_overwriting_input(mlp_path, mlp_path)
-    link = tmp_path / "alias.onnx"
-    link.symlink_to(mlp_path)
-    with pytest.raises(OptcError):
-        refuse_overwriting_input(link, mlp_path)
-    refuse_overwriting_input(tmp_path / "other.onnx", mlp_path)
-
-
 def test_save_is_complete_and_leaves_no_temporary_files(tmp_path: Path):
     dest = tmp_path / "out" / "m.onnx"
     written = save_model(mlp_model(), dest)
@@ -110,7 +110,7 @@ def test_interrupted_save_keeps_the_previous_file_and_cleans_up(tmp_path: Path, 
         Path(path).write_bytes(payload[: len(payload) // 2])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(modelio, "_write_and_sync", interrupted)
+    monkeypatch.setattr(modelio, "write_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_model(mlp_model(), dest)
     assert dest.read_bytes() == b"previous complete file"
@@ -121,9 +121,9 @@ def test_failed_save_of_a_new_file_leaves_nothing(tmp_path: Path, monkeypatch):
     def failing(path, payload):
         raise OSError("disk full")
 
-    monkeypatch.setattr(modelio, "_write_and_sync", failing)
+    monkeypatch.setattr(outputs, "write_file", failing)
     with pytest.raises(OSError):
-        write_text_atomic(tmp_path / "report.json", "{}")
+        outputs.write_text(tmp_path / "report.json", "{}", [])
     assert list(tmp_path.iterdir()) == []
 
 

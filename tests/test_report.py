@@ -19,8 +19,8 @@ def saved_report(tmp_path_factory):
     args = ["compress", str(CNN), "-r", str(recipe), "-o", str(folder / "m.onnx"), "--data", str(CNN_TEST)]
     result = CliRunner().invoke(app, [*args, "--profile", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["report_html"].endswith("report.html")
-    return folder / "report.json"
+    assert json.loads(result.stdout)["written"]["report html"].endswith("m.report.html")
+    return folder / "m.report.json"
 
 
 def test_schema_is_published_and_validates_the_saved_report(runner, saved_report):

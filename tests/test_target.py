@@ -17,7 +17,7 @@ from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.quantize_defaults import INT8_DEFAULTS
 from optc.passes.registry import PassContext
 from optc.target import TARGETS, CpuFeatures, parse_cpuinfo, resolve_target, target_mismatch
-from tests.conftest import CNN, CNN_TEST, mlp_model
+from tests.conftest import CNN, CNN_TEST, mlp_model, report_of
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -144,7 +144,7 @@ def test_report_names_target_and_measuring_cpu_and_warns_when_they_differ(runner
     assert "latency and accuracy will differ" in report["target"]["warning"]
     assert any("target x86-vnni" in w for w in report["warnings"])
     assert report["environment"]["cpu_isa"]  # the real CPU of this machine, whatever it is
-    assert "target: x86-vnni" in (tmp_path / "report.md").read_text()
+    assert "target: x86-vnni" in report_of(tmp_path / "o.onnx", ".md").read_text()
 
 
 def test_auto_target_is_the_measuring_cpu_and_gives_no_warning(runner, tmp_path, monkeypatch):

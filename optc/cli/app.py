@@ -10,13 +10,14 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 import optc
 from optc.cli.output import OUTPUT, TerminalProgress
 from optc.errors import ExitCode, OptcError
+from optc.messages import exception_reason, printable
 from optc.target import TARGET_HELP, Target
 
 EXIT_CODES_HELP = (
@@ -45,7 +46,7 @@ def handles_errors(command: Callable[..., None]) -> Callable[..., None]:
         except Exception as exc:  # noqa: BLE001 - a bug in optc: say so plainly, without a traceback
             _fail(
                 ExitCode.INTERNAL,
-                f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                f"internal error: {type(exc).__name__}: {exception_reason(exc)}",
                 "this is a bug in optc; please report it with the command you ran",
             )
 
@@ -131,6 +132,20 @@ def compress(
         bool, typer.Option("--profile", help="Also profile both models per op type (ONNX Runtime's profiler).")
     ] = False,
     target: TargetOption = None,
+    on_gate_failure: Annotated[
+        Literal["rejected", "write", "discard"],
+        typer.Option(
+            help="When a gate fails: write the model and reports beside OUTPUT under rejected names "
+            "(model.int8.rejected.onnx), so the target does not look built (default); write them to OUTPUT anyway; "
+            "or write nothing. The exit code is 1 in every case."
+        ),
+    ] = "rejected",
+    allow_unmeasured: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unmeasured", help="Write the model even when none of the providers asked for can measure it."
+        ),
+    ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -175,29 +190,34 @@ def compress(
         seed=seed,
         profile=profile,
         target=target,
+        on_gate_failure=on_gate_failure,
+        allow_unmeasured=allow_unmeasured,
     )
     result = run_compress(request, TerminalProgress(OUTPUT))
-    exit_code = ExitCode.OK if result.report.gates_passed else ExitCode.GATE_FAILED
+    exit_code = ExitCode.GATE_FAILED if result.rejected else ExitCode.OK
+    written = {k: str(v) for k, v in result.written.paths().items() if v.exists()} if result.written else {}
     if json_output:
         OUTPUT.json(
             {
                 "exit_code": int(exit_code),
-                "output": str(result.output_path),
-                "report_json": str(result.report_json),
-                "report_md": str(result.report_md),
-                "report_html": str(result.report_html),
+                "written": written,
+                "rejected": result.rejected,
                 "report": json.loads(result.report.model_dump_json()),
             }
         )
     else:
         OUTPUT.result(report_view(result.report))
-        if not quiet:
-            OUTPUT.stderr.print(
-                f"wrote {result.output_path}, {result.report_json}, {result.report_md}, {result.report_html}"
-            )
-    if exit_code != ExitCode.OK:
-        failed = [g.detail for g in result.report.gates if not g.passed]
-        OUTPUT.error("gate failed: " + "; ".join(failed), "the model and report were written")
+        if written and not quiet and not result.rejected:
+            OUTPUT.stderr.print(printable("wrote " + ", ".join(written.values())))
+    if result.rejected:
+        failed = "; ".join(g.detail for g in result.report.gates if not g.passed)
+        kept = {
+            "rejected": f"the model and its reports were written as {', '.join(written.values())}; {output} was "
+            "not touched",
+            "write": f"the model and its reports were written anyway: {', '.join(written.values())}",
+            "discard": "nothing was written",
+        }[on_gate_failure]
+        OUTPUT.error(f"gate failed: {failed}", kept)
         raise SystemExit(int(exit_code))
 
 
@@ -483,7 +503,7 @@ def report_show(
         optc report show build/report.json --format html -o report.html
     """
     from optc.cli.render import report_view
-    from optc.modelio import write_text_atomic
+    from optc.outputs import InputFile, write_text
     from optc.report.html import render_html
     from optc.report.markdown import render_markdown
     from optc.report.schema import load_report
@@ -506,7 +526,7 @@ def report_show(
     if output is None:
         sys.stdout.write(text)
     else:
-        write_text_atomic(output, text)
+        write_text(output, text, [InputFile("the report being shown", file)])
 
 
 def _providers(value: str) -> list[str]:

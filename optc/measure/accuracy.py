@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from optc.data import Dataset, InputSpec
 from optc.errors import OptcError
+from optc.measure.values import run_as_arrays
 
 EVAL_BATCH = 32
 SQNR_FLOOR_DB = -100.0
@@ -39,11 +40,7 @@ def run_all(
     session: ort.InferenceSession, dataset: Dataset, batch: int, outputs: list[str] | None = None
 ) -> list[np.ndarray]:
     """Every output in ``outputs`` (default: all) over the whole dataset, concatenated on the sample axis."""
-    names = [i.name for i in session.get_inputs()]
-    chunks: list[list[np.ndarray]] = []
-    for feed in dataset.batches(batch):
-        outputs_now = session.run(outputs, {n: feed[n] for n in names})
-        chunks.append(outputs_now)
+    chunks = [run_as_arrays(session, outputs, feed) for feed in dataset.batches(batch)]
     return [
         np.concatenate([c[i] for c in chunks]) if chunks[0][i].ndim else np.stack([c[i] for c in chunks])
         for i in range(len(chunks[0]))

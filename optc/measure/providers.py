@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import onnxruntime as ort
 
+from optc.messages import exception_reason
+
 ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 INSTALL_HINT = {"cuda": "install onnxruntime-gpu instead of onnxruntime, on a machine with an NVIDIA GPU"}
 
@@ -42,16 +44,23 @@ def check_options() -> ort.SessionOptions:
     return options
 
 
+def unavailable_reason(provider: str) -> str | None:
+    """Why ``provider`` cannot be used at all in this onnxruntime build; None when it is built in."""
+    ort_name = ORT_NAMES[provider]
+    if ort_name in ort.get_available_providers():
+        return None
+    hint = INSTALL_HINT.get(provider, "")
+    return f"{ort_name} is not available in this onnxruntime build" + (f" ({hint})" if hint else "")
+
+
 def open_session(
     model: bytes | str, provider: str, threads: int = 1, profile_prefix: str | None = None
 ) -> ort.InferenceSession | Unavailable:
     """A session on ``provider`` ('cpu' or 'cuda'), or the reason it cannot be had."""
     ort_name = ORT_NAMES[provider]
-    if ort_name not in ort.get_available_providers():
-        hint = INSTALL_HINT.get(provider, "")
-        return Unavailable(
-            provider, f"{ort_name} is not available in this onnxruntime build" + (f" ({hint})" if hint else "")
-        )
+    reason = unavailable_reason(provider)
+    if reason is not None:
+        return Unavailable(provider, reason)
     providers = [ort_name] if provider == "cpu" else [ort_name, ORT_NAMES["cpu"]]
     try:
         options = session_options(threads, profile_prefix)
@@ -59,7 +68,7 @@ def open_session(
     except Exception as exc:  # noqa: BLE001 - any ORT failure to start a provider means "not measured"
         if provider == "cpu":
             raise
-        return Unavailable(provider, f"{ort_name} failed to start: {str(exc).splitlines()[0][:200]}")
+        return Unavailable(provider, f"{ort_name} failed to start: {exception_reason(exc)}")
     active = session.get_providers()
     if not active or active[0] != ort_name:
         return Unavailable(provider, f"ONNX Runtime fell back to {active[0] if active else 'nothing'} (no usable GPU?)")

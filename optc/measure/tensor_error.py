@@ -19,6 +19,7 @@ from optc.data import Dataset
 from optc.errors import OptcError
 from optc.measure.accuracy import sqnr_db
 from optc.measure.providers import Unavailable, open_session
+from optc.measure.values import run_as_arrays
 from optc.verify import session_source
 
 
@@ -81,7 +82,7 @@ def compare_tensors(
     skipped: dict[str, str] = {}
     for feed in dataset.batches(batch):
         values = {
-            label: dict(zip(names[label], s.run(None, {i.name: feed[i.name] for i in s.get_inputs()}), strict=True))
+            label: dict(zip(names[label], run_as_arrays(s, None, feed), strict=True))
             for label, s in sessions.items()
         }
         for name in shared:

@@ -26,6 +26,7 @@ from pydantic import Field
 
 from optc.errors import PassError
 from optc.measure.providers import check_options
+from optc.measure.values import run_as_arrays
 from optc.modelio import needs_external_data
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.ort_tools import quiet_root_logger
@@ -207,8 +208,7 @@ def check_against_fp32(
         session = ort.InferenceSession(
             session_source(model, context.workdir, name), check_options(), ["CPUExecutionProvider"]
         )
-        names = [i.name for i in session.get_inputs()]
-        results.append([session.run(None, {n: feed[n] for n in names}) for feed in feeds])
+        results.append([run_as_arrays(session, None, feed) for feed in feeds])
     output_names = [o.name for o in original.graph.output]
     errors: dict[str, float] = {}
     broken = []

@@ -9,6 +9,7 @@ weights are first rewritten to MatMul + Add. Static int8 (activations calibrated
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -111,6 +112,10 @@ class QuantizeConfig(PassConfig):
                     f"(dynamic supports {', '.join(DYNAMIC_OP_TYPES)})"
                 )
         return self
+
+    def data_files(self) -> dict[str, Path]:
+        static_data = self.mode == "static" and self.calibration.data is not None
+        return {"calibration.data": self.calibration.data} if static_data else {}
 
     def dynamic_op_types(self) -> list[str]:
         return list(self.op_types) if self.op_types is not None else ["MatMul", "Gemm"]

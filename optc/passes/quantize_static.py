@@ -29,6 +29,7 @@ from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, s
 from optc.errors import PassError
 from optc.measure.accuracy import evaluate
 from optc.measure.providers import check_options
+from optc.messages import exception_reason
 from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
 from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
@@ -200,7 +201,7 @@ def preprocess(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto, 
                 )
             return onnx.load_model(str(target)), None
         except Exception as exc:  # noqa: BLE001 - any failure falls back; the reason goes into the report
-            failure = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            failure = f"{type(exc).__name__}: {exception_reason(exc)}"
     return onnx.shape_inference.infer_shapes(model), failure
 
 

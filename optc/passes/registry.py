@@ -24,6 +24,14 @@ from optc.target import detect_cpu
 class PassConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    def data_files(self) -> dict[str, Path]:
+        """Data the pass reads, by its field path in the pass's block (``calibration.data``), as written."""
+        return {}
+
+    def promised_drop(self) -> float | None:
+        """The accuracy budget the pass promises to stay within, in points; None when it promises none."""
+        return getattr(self, "accuracy_budget", None)
+
 
 @dataclass
 class PassContext:

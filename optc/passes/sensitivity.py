@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from optc.errors import PassError
 from optc.measure.providers import check_options
+from optc.measure.values import run_as_arrays
 
 Quantize = Callable[[set[str]], onnx.ModelProto]  # excluded node names -> quantized model
 # Ops that only move or clip int8 values: they reuse their input's scale, so they add no error of their own.
@@ -66,8 +67,7 @@ def run_outputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> l
     session = ort.InferenceSession(
         model.SerializeToString(), sess_options=check_options(), providers=["CPUExecutionProvider"]
     )
-    names = [i.name for i in session.get_inputs()]
-    per_feed = [session.run(None, {n: feed[n] for n in names}) for feed in feeds]
+    per_feed = [run_as_arrays(session, None, feed) for feed in feeds]
     return [np.concatenate([outputs[i].reshape(-1) for outputs in per_feed]) for i in range(len(per_feed[0]))]
 
 

@@ -15,6 +15,13 @@ def human_bytes(size: int) -> str:
     return f"{size} B"
 
 
+def speed_change(speedup: float) -> str:
+    """``1.23× faster`` or ``1.11× slower``: a slowdown is never called a speed-up below 1."""
+    if speedup >= 1:
+        return f"{speedup:.2f}× faster"
+    return f"{1 / speedup:.2f}× slower"
+
+
 def is_table(value: object) -> bool:
     """Pass details that are a list of records are shown as tables of their own."""
     return isinstance(value, list) and bool(value) and all(isinstance(row, dict) for row in value)

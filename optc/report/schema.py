@@ -15,6 +15,7 @@ from optc.measure.profile import ProfileComparison
 from optc.pipeline import PassRecord
 
 SCHEMA_VERSION = 1
+MAX_REPORT_BYTES = 256 << 20
 
 
 class ModelInfo(BaseModel):
@@ -63,6 +64,7 @@ class GateResult(BaseModel):
     measured: float | None
     passed: bool
     detail: str
+    source: str | None = None  # where the bound came from: recipe gates, --max-accuracy-drop, passes[i].accuracy_budget
 
 
 class Report(BaseModel):
@@ -101,10 +103,14 @@ def load_report(path: Path) -> Report:
     path = Path(path)
     if not path.is_file():
         raise OptcError(f"{path}: no such report file")
+    if path.stat().st_size > MAX_REPORT_BYTES:
+        raise OptcError(f"{path}: {path.stat().st_size:,} bytes is larger than any report optc writes")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OptcError(f"{path}: not a readable JSON file ({exc})") from exc
+    except RecursionError:
+        raise OptcError(f"{path}: nested too deeply to be a report") from None
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if not isinstance(version, int):
         raise OptcError(f"{path}: no schema_version; is this an optc report.json?")
@@ -119,3 +125,5 @@ def load_report(path: Path) -> Report:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise OptcError(f"{path}: {where}: {first['msg']}", hint="is this an optc report.json?") from exc
+    except RecursionError:
+        raise OptcError(f"{path}: nested too deeply to be a report") from None

@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from optc.data import Dataset, input_specs
 from optc.measure.providers import check_options
+from optc.measure.values import run_as_arrays
 from optc.verify import session_source
 
 PROOF_BATCH = 8
@@ -92,5 +93,4 @@ def _outputs_on(model: onnx.ModelProto, label: str, feeds: list[dict], workdir: 
         providers=["CPUExecutionProvider"],
     )
     names = names or [o.name for o in session.get_outputs()]
-    inputs = [i.name for i in session.get_inputs()]
-    return [session.run(names, {n: feed[n] for n in inputs}) for feed in feeds], names
+    return [run_as_arrays(session, names, feed) for feed in feeds], names

@@ -9,6 +9,7 @@ import onnxruntime as ort
 
 from optc.errors import OptcError, PassError
 from optc.measure.providers import check_options
+from optc.messages import exception_reason
 from optc.model_facts import parameter_count, weight_sparsity
 from optc.passes.exclude import excluded_nodes
 from optc.passes.prune.channel import prune_channels
@@ -120,7 +121,7 @@ def _shapes_and_session(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         ort.InferenceSession(inferred.SerializeToString(), check_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - whatever fails here, the surgery produced it
-        problem = " ".join(str(exc).split())[:300]
+        problem = exception_reason(exc)
         raise PassError(label, f"channel surgery produced an inconsistent graph: {problem}") from exc
     return inferred
 
