@@ -300,4 +300,3 @@ def _stamp_provenance(model: onnx.ModelProto, input_sha256: str, recipe_sha256: 
     model.metadata_props.extend(kept)
     for key, value in stamp.items():
         model.metadata_props.add(key=key, value=value)
-

@@ -30,7 +30,7 @@ def exception_reason(exc: BaseException, limit: int = REASON_LIMIT) -> str:
     text = _ORT_PREFIX.sub("", text)
     if len(text) > limit:
         head = limit // 3
-        text = f"{text[:head]} … {text[-(limit - head):]}"
+        text = f"{text[:head]} … {text[-(limit - head) :]}"
     return printable(text)
 
 

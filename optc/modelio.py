@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
@@ -44,7 +45,7 @@ def load_model(path: Path) -> LoadedModel:
     if path.stat().st_size == 0:
         raise OptcError(f"{path}: the file is empty, not an ONNX model")
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
+        model = onnx.load_model(str(path), format="protobuf", load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise OptcError(
             f"{path}: not a readable ONNX model (protobuf parse failed: {exception_reason(exc, limit=300)})",
@@ -58,6 +59,7 @@ def load_model(path: Path) -> LoadedModel:
             _load_external_data(model, path.parent)
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise OptcError(f"{path}: could not read its external data ({exception_reason(exc, limit=300)})") from exc
+    _densify_sparse_initializers(model)
     size = path.stat().st_size + sum(f.stat().st_size for f in external_files)
     return LoadedModel(
         model=model,
@@ -90,6 +92,23 @@ def stored_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
             tensors += [sparse.values, sparse.indices]
         graphs += [sub for node in graph.node for sub in subgraphs(node)]
     return tensors
+
+
+def _densify_sparse_initializers(model: onnx.ModelProto) -> None:
+    """Store sparse initializers densely: ONNX Runtime's quantizers and converters know only dense ones, and a
+    weight that is mostly zeros compresses anyway once quantized or zipped."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for sparse in graph.sparse_initializer:
+            values = numpy_helper.to_array(sparse.values)
+            indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+            dense = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+            flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), tuple(sparse.dims))
+            dense[flat] = values
+            graph.initializer.append(numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name))
+        del graph.sparse_initializer[:]
+        graphs += [sub for node in graph.node for sub in subgraphs(node)]
 
 
 def _load_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
@@ -144,8 +163,6 @@ def sha256_of_files(paths: list[Path]) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from optc.errors import ExitCode, OptcError
 
 TEMP_PREFIX = ".optc-tmp-"
+PROBE_PREFIX = ".optc-probe-"
 MODEL_SUFFIX = ".onnx"
 REJECTED = ".rejected"
 
@@ -176,7 +177,7 @@ def _nearest_existing_folder(folder: Path, where: str) -> Path:
 def _probe_writable(folder: Path, where: str) -> None:
     """Create and remove a file in ``folder``: the only test that catches read-only mounts, ACLs and quotas alike."""
     try:
-        handle, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+        handle, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:
@@ -234,6 +235,10 @@ def staged_outputs() -> Iterator[Staging]:
         yield staging
         with _interrupts_held() as arrived:
             staging.commit()
+    except OSError as exc:  # a full disk, a vanished folder: the files cannot be written, and none were published
+        raise OptcError(
+            f"could not write {exc.filename or 'the outputs'}: {exc.strerror or exc}; nothing was written"
+        ) from exc
     finally:
         staging.discard()
     if arrived:

@@ -7,7 +7,6 @@ The ``passes`` list is a union of every registered pass's config, discriminated 
 from __future__ import annotations
 
 import hashlib
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -16,23 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from optc.errors import OptcError
+from optc.limits import MAX_BATCH_SIZE, MAX_MIN_TIME_S, MAX_RUNS, MAX_WARMUP, THREADS_PER_CORE, max_threads
 from optc.passes import registered_passes
 from optc.target import TARGET_HELP, Target
 
 PROVIDERS = ("cpu", "cuda")
-
-
-# Bounds on measurement settings: beyond them a run would hang (an infinite time, 1e26 runs), exhaust memory (a
-# batch of a billion) or crash ONNX Runtime (100,000 threads), so they are refused as bad input instead.
-MAX_BATCH_SIZE = 4096
-MAX_WARMUP = 10_000
-MAX_RUNS = 100_000
-MAX_MIN_TIME_S = 3600.0
-THREADS_PER_CORE = 4  # oversubscribing a core more than this only measures the scheduler
-
-
-def max_threads() -> int:
-    return THREADS_PER_CORE * (os.cpu_count() or 1)
 
 
 class Strict(BaseModel):

@@ -66,5 +66,5 @@ def test_unavailable_provider_is_bad_input(runner, monkeypatch):
     from optc.measure import providers
 
     monkeypatch.setattr(providers.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    result = runner.invoke(app, ["compare", str(CNN), str(CNN), "--provider", "cuda"])
+    result = runner.invoke(app, ["compare", str(CNN), str(CNN), "--providers", "cuda"])
     assert result.exit_code == 2 and "onnxruntime-gpu" in result.stderr

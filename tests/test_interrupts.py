@@ -50,7 +50,7 @@ def start_slow_compress(tmp_path: Path, fast_recipe, dest: Path) -> subprocess.P
 def wait_for_staging(folder: Path, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        staging = [p for p in folder.glob(f"{TEMP_PREFIX}*") if any(p.iterdir())]
+        staging = [p for p in folder.glob(f"{TEMP_PREFIX}*") if p.is_dir() and any(p.glob("*"))]
         if staging:
             time.sleep(0.1)  # let a few chunks land
             return

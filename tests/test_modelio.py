@@ -122,7 +122,7 @@ def test_failed_save_of_a_new_file_leaves_nothing(tmp_path: Path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(outputs, "write_file", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(OptcError, match="nothing was written"):
         outputs.write_text(tmp_path / "report.json", "{}", [])
     assert list(tmp_path.iterdir()) == []
 

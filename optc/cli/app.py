@@ -3,27 +3,48 @@ in one place, ``handles_errors``."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
+from typer.core import TyperCommand
 
 import optc
 from optc.cli.output import OUTPUT, TerminalProgress
 from optc.errors import ExitCode, OptcError
+from optc.limits import MAX_BATCH_SIZE, MAX_MIN_TIME_S, MAX_RUNS, MAX_WARMUP, max_threads
 from optc.messages import exception_reason, printable
 from optc.target import TARGET_HELP, Target
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 written and every gate held; 1 written but a gate failed (the report says which); "
-    "2 bad usage or bad input, nothing written; 3 a pass failed, nothing written; 4 internal error."
+    "Exit codes: 0 written and every gate held; 1 a gate failed (the model and report are written under rejected "
+    "names, see --on-gate-failure); 2 bad usage or bad input, nothing written; 3 a pass failed, nothing written; "
+    "4 internal error (a bug in optc), nothing written; 130 interrupted, nothing written."
 )
+READ_ONLY_EXIT_CODES = (
+    "Exit codes: 0 done; 2 bad usage or bad input; 4 internal error (a bug in optc); 130 interrupted."
+)
+
+
+class OptcCommand(TyperCommand):
+    """Usage lines the way shell tools write them: ``optc compress [OPTIONS] MODEL``."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                continue
+            name = (param.metavar or param.name or "").upper() + ("..." if param.nargs != 1 else "")
+            pieces.append(name if param.required else f"[{name}]")
+        return pieces
 
 
 def handles_errors(command: Callable[..., None]) -> Callable[..., None]:
@@ -32,7 +53,8 @@ def handles_errors(command: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(command)
     def run(*args, **kwargs) -> None:
         try:
-            command(*args, **kwargs)
+            with quiet_libraries():
+                command(*args, **kwargs)
         except OptcError as exc:
             _fail(exc.exit_code, exc.message, exc.hint)
         except KeyboardInterrupt:
@@ -51,6 +73,18 @@ def handles_errors(command: Callable[..., None]) -> Callable[..., None]:
             )
 
     return run
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Keep numpy's, onnx's and ONNX Runtime's own warnings off stderr: it carries optc's messages, one per problem,
+    and what matters of a library's complaint reaches the user through them."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # errors only: its C++ warnings are written straight to stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _fail(code: ExitCode, message: str, hint: str | None) -> None:
@@ -74,6 +108,15 @@ report_app = typer.Typer(help="The report.json schema, and saved reports re-rend
 app.add_typer(report_app, name="report")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+DataOption = Annotated[
+    Optional[Path],
+    typer.Option(metavar="DATA", help="Inputs: .npz named after the model inputs (optional 'labels'), or a folder."),
+]
+InputShapeOption = Annotated[
+    Optional[list[str]],
+    typer.Option(metavar="NAME=DIMS", help="Shape for an input with symbolic dims, e.g. input_ids=1x128 (repeatable)."),
+]
+SeedOption = Annotated[int, typer.Option(metavar="N", help="Seed for synthetic inputs.")]
 TargetOption = Annotated[
     Optional[Target],
     typer.Option("--target", help=f"The machine the model is for (wins over the recipe's target). {TARGET_HELP}."),
@@ -96,38 +139,51 @@ def _root(
     OUTPUT.configure(json_mode=False, quiet=False)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(cls=OptcCommand, epilog=EXIT_CODES_HELP)
 @handles_errors
 def compress(
-    model: Annotated[Path, typer.Argument(help="The ONNX model to optimize (never modified).")],
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe file, or a built-in name (optc recipes list).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the optimized model.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The ONNX model to optimize (never modified).")],
+    recipe: Annotated[
+        str,
+        typer.Option("--recipe", "-r", metavar="RECIPE", help="Recipe file, or a built-in name (optc recipes list)."),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Where to write the optimized model.")],
     data: Annotated[
         Optional[Path],
-        typer.Option(help="Evaluation data (.npz named after the inputs, optional 'labels'); wins over the recipe."),
+        typer.Option(
+            metavar="DATA",
+            help="Evaluation data (.npz named after the inputs, optional 'labels'); wins over the recipe.",
+        ),
     ] = None,
     calibration_data: Annotated[
         Optional[Path],
-        typer.Option(help="Calibration data for static quantization (.npz or a folder); wins over the recipe."),
+        typer.Option(
+            metavar="DATA", help="Calibration data for static quantization (.npz or a folder); wins over the recipe."
+        ),
     ] = None,
     providers: Annotated[
-        Optional[str], typer.Option(help="Comma-separated providers to measure on: cpu,cuda (wins over the recipe).")
+        Optional[str],
+        typer.Option(metavar="cpu,cuda", help="Providers to measure on, comma-separated (wins over the recipe)."),
     ] = None,
     max_accuracy_drop: Annotated[
-        Optional[float], typer.Option(help="Gate: largest allowed accuracy drop in points.")
+        Optional[float], typer.Option(metavar="POINTS", help="Gate: largest allowed accuracy drop in points.")
     ] = None,
-    min_speedup: Annotated[Optional[float], typer.Option(help="Gate: smallest allowed p50 speedup.")] = None,
+    min_speedup: Annotated[
+        Optional[float], typer.Option(metavar="RATIO", help="Gate: smallest allowed p50 speedup.")
+    ] = None,
     max_size_ratio: Annotated[
-        Optional[float], typer.Option(help="Gate: largest allowed size ratio new/original.")
+        Optional[float], typer.Option(metavar="RATIO", help="Gate: largest allowed size ratio new/original.")
     ] = None,
-    input_shape: Annotated[
-        Optional[list[str]],
-        typer.Option(help="Shape for an input with symbolic dims, e.g. input_ids=1x128 (repeatable)."),
-    ] = None,
+    input_shape: InputShapeOption = None,
     report: Annotated[
-        Optional[Path], typer.Option(help="Where to write report.json (report.md and report.html go beside it).")
+        Optional[Path],
+        typer.Option(
+            metavar="FILE",
+            help="Where to write the JSON report (.md and .html go beside it); default: named after the output, "
+            "model.int8.report.json.",
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for synthetic inputs.")] = 0,
+    seed: SeedOption = 0,
     profile: Annotated[
         bool, typer.Option("--profile", help="Also profile both models per op type (ONNX Runtime's profiler).")
     ] = False,
@@ -151,11 +207,11 @@ def compress(
 ) -> None:
     """Run a recipe's passes on MODEL, measure the result against the original, write the model and a report.
 
+    \b
     Examples:
-
-        optc compress model.onnx --recipe int8-dynamic -o build/model.int8.onnx
-
-        optc compress model.onnx -r my-recipe.yaml -o out.onnx --data eval.npz --max-accuracy-drop 1 --json
+      optc compress model.onnx --recipe int8-dynamic -o build/model.int8.onnx
+      optc compress model.onnx -r my-recipe.yaml -o out.onnx --data eval.npz \\
+          --max-accuracy-drop 1 --json
     """
     from optc.cli.render import report_view
     from optc.compress import CompressRequest
@@ -221,10 +277,10 @@ def compress(
         raise SystemExit(int(exit_code))
 
 
-@app.command()
+@app.command(cls=OptcCommand, epilog=READ_ONLY_EXIT_CODES)
 @handles_errors
 def inspect(
-    model: Annotated[Path, typer.Argument(help="The ONNX model to describe.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The ONNX model to describe.")],
     nodes: Annotated[bool, typer.Option("--nodes", help="Also list every node's name and op type.")] = False,
     sensitivity: Annotated[
         bool,
@@ -236,22 +292,26 @@ def inspect(
     ] = False,
     calibration_data: Annotated[
         Optional[Path],
-        typer.Option(help="With --sensitivity: calibration data (.npz named after the inputs, or a folder)."),
+        typer.Option(
+            metavar="DATA", help="With --sensitivity: calibration data (.npz named after the inputs, or a folder)."
+        ),
     ] = None,
     target: TargetOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Describe a model: opset, IR version, inputs/outputs, op types, parameters, size, sparsity, quantization.
 
-    Example:
-
-        optc inspect model.onnx --json
+    \b
+    Examples:
+      optc inspect model.onnx --json
+      optc inspect model.onnx --sensitivity --calibration-data calib.npz
     """
     from optc.cli.render import sensitivity_view, summary_view
     from optc.model_facts import summarize
     from optc.modelio import load_model
 
-    OUTPUT.configure(json_output, False)
+    OUTPUT.configure(json_output, quiet)
     loaded = load_model(model)
     summary = summarize(loaded.model, str(model), loaded.size_bytes, with_nodes=nodes)
     table = None
@@ -270,14 +330,14 @@ def inspect(
         OUTPUT.result(sensitivity_view(table))
 
 
-@recipes_app.command("list")
+@recipes_app.command("list", cls=OptcCommand, epilog=READ_ONLY_EXIT_CODES)
 @handles_errors
 def recipes_list(json_output: JsonOption = False) -> None:
     """List the built-in recipes.
 
+    \b
     Example:
-
-        optc recipes list
+      optc recipes list
     """
     from rich.table import Table
 
@@ -296,14 +356,14 @@ def recipes_list(json_output: JsonOption = False) -> None:
     OUTPUT.result(table)
 
 
-@recipes_app.command("show")
+@recipes_app.command("show", cls=OptcCommand, epilog=READ_ONLY_EXIT_CODES)
 @handles_errors
-def recipes_show(name: Annotated[str, typer.Argument(help="A built-in recipe name.")]) -> None:
+def recipes_show(name: Annotated[str, typer.Argument(metavar="NAME", help="A built-in recipe name.")]) -> None:
     """Print a built-in recipe's YAML, to copy and adapt.
 
+    \b
     Example:
-
-        optc recipes show int8-dynamic > my-recipe.yaml
+      optc recipes show int8-dynamic > my-recipe.yaml
     """
     from optc.recipe import builtin_recipe_names, builtin_recipe_text
 
@@ -313,16 +373,16 @@ def recipes_show(name: Annotated[str, typer.Argument(help="A built-in recipe nam
     sys.stdout.write(builtin_recipe_text(name))
 
 
-@recipes_app.command("validate")
+@recipes_app.command("validate", cls=OptcCommand, epilog="Exit codes: 0 valid; 2 invalid or unreadable.")
 @handles_errors
 def recipes_validate(
-    file: Annotated[Path, typer.Argument(help="A recipe YAML file.")], json_output: JsonOption = False
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A recipe YAML file.")], json_output: JsonOption = False
 ) -> None:
     """Check a recipe file; exit 0 if valid, 2 with the problems otherwise.
 
+    \b
     Example:
-
-        optc recipes validate my-recipe.yaml
+      optc recipes validate my-recipe.yaml
     """
     from optc.recipe import load_recipe
 
@@ -336,14 +396,14 @@ def recipes_validate(
         OUTPUT.result(f"{file}: valid ({len(loaded.recipe.passes)} pass(es))")
 
 
-@recipes_app.command("schema")
+@recipes_app.command("schema", cls=OptcCommand, epilog=READ_ONLY_EXIT_CODES)
 @handles_errors
 def recipes_schema() -> None:
     """Print the recipe JSON Schema, for editors that validate YAML.
 
+    \b
     Example:
-
-        optc recipes schema > optc-recipe.schema.json
+      optc recipes schema > optc-recipe.schema.json
     """
     from optc.recipe import recipe_json_schema
 
@@ -355,26 +415,35 @@ def _interrupt_on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-@app.command(epilog="Exit codes: 0 measured; 2 bad usage or input; 4 internal error.")
+@app.command(cls=OptcCommand, epilog="Exit codes: 0 measured; 2 bad usage or input; 4 internal error; 130 interrupted.")
 @handles_errors
 def bench(
-    models: Annotated[list[Path], typer.Argument(help="One or more ONNX models; each is compared to the first.")],
-    providers: Annotated[str, typer.Option(help="Comma-separated providers: cpu,cuda.")] = "cpu",
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes, e.g. 1,8,32.")] = "1",
-    threads: Annotated[str, typer.Option(help="Comma-separated intra-op thread counts, e.g. 1,4.")] = "1",
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs of each model first.")] = 10,
-    runs: Annotated[int, typer.Option(min=1, help="At least this many interleaved rounds.")] = 50,
-    min_time: Annotated[float, typer.Option(min=0, help="And at least this many seconds of timing.")] = 1.0,
-    data: Annotated[Optional[Path], typer.Option(help="Inputs (.npz named after the model inputs).")] = None,
-    input_shape: Annotated[
-        Optional[list[str]], typer.Option(help="Shape for an input with symbolic dims, e.g. input_ids=1x128.")
-    ] = None,
+    models: Annotated[
+        list[Path], typer.Argument(metavar="MODELS", help="One or more ONNX models; each is compared to the first.")
+    ],
+    providers: Annotated[str, typer.Option(metavar="cpu,cuda", help="Providers, comma-separated.")] = "cpu",
+    batch_sizes: Annotated[str, typer.Option(metavar="N,N,...", help="Batch sizes, comma-separated.")] = "1",
+    threads: Annotated[str, typer.Option(metavar="N,N,...", help="Intra-op thread counts, comma-separated.")] = "1",
+    warmup: Annotated[
+        int, typer.Option(metavar="N", min=0, max=MAX_WARMUP, help="Untimed runs of each model first.")
+    ] = 10,
+    runs: Annotated[
+        int, typer.Option(metavar="N", min=1, max=MAX_RUNS, help="At least this many interleaved rounds.")
+    ] = 50,
+    min_time: Annotated[
+        float,
+        typer.Option(metavar="SECONDS", min=0, max=MAX_MIN_TIME_S, help="And at least this many seconds of timing."),
+    ] = 1.0,
+    data: DataOption = None,
+    input_shape: InputShapeOption = None,
     include_copies: Annotated[
         bool, typer.Option("--include-copies", help="CUDA: time host-device copies too (default: device only).")
     ] = False,
     profile: Annotated[bool, typer.Option("--profile", help="Also profile each model per op type.")] = False,
-    max_cv: Annotated[float, typer.Option(min=0, help="Warn when runs scatter more than this (stdev/mean).")] = 0.10,
-    seed: Annotated[int, typer.Option(help="Seed for synthetic inputs.")] = 0,
+    max_cv: Annotated[
+        float, typer.Option(metavar="CV", min=0, help="Warn when runs scatter more than this (stdev/mean).")
+    ] = 0.10,
+    seed: SeedOption = 0,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -383,11 +452,10 @@ def bench(
     With several models their runs are interleaved and each gets its p50 ratio to the first, with the noise bound
     within which a ratio cannot be told from 1.0.
 
+    \b
     Examples:
-
-        optc bench model.onnx --batch-sizes 1,32
-
-        optc bench model.onnx model.int8.onnx --providers cpu,cuda --profile --json
+      optc bench model.onnx --batch-sizes 1,32
+      optc bench model.onnx model.int8.onnx --providers cpu,cuda --profile --json
     """
     from optc.cli.render import bench_view
     from optc.data import parse_input_shapes
@@ -398,8 +466,8 @@ def bench(
     request = BenchRequest(
         models=models,
         providers=_providers(providers),
-        batch_sizes=_positive_ints("--batch-sizes", batch_sizes),
-        threads=_positive_ints("--threads", threads),
+        batch_sizes=_positive_ints("--batch-sizes", batch_sizes, MAX_BATCH_SIZE),
+        threads=_positive_ints("--threads", threads, max_threads()),
         warmup=warmup,
         runs=runs,
         min_time_s=min_time,
@@ -417,35 +485,34 @@ def bench(
         OUTPUT.result(bench_view(result))
 
 
-@app.command(epilog="Exit codes: 0 compared; 2 bad usage or input; 4 internal error.")
+@app.command(cls=OptcCommand, epilog="Exit codes: 0 compared; 2 bad usage or input; 4 internal error; 130 interrupted.")
 @handles_errors
 def compare(
-    original: Annotated[Path, typer.Argument(help="The reference model.")],
-    optimized: Annotated[Path, typer.Argument(help="The model to check against it.")],
-    data: Annotated[
-        Optional[Path], typer.Option(help="Inputs (.npz named after the model inputs, optional 'labels').")
-    ] = None,
-    samples: Annotated[Optional[int], typer.Option(min=1, help="Use at most this many samples.")] = None,
+    original: Annotated[Path, typer.Argument(metavar="ORIGINAL", help="The reference model.")],
+    optimized: Annotated[Path, typer.Argument(metavar="OPTIMIZED", help="The model to check against it.")],
+    data: DataOption = None,
+    samples: Annotated[Optional[int], typer.Option(metavar="N", min=1, help="Use at most this many samples.")] = None,
     per_tensor: Annotated[
         bool, typer.Option("--per-tensor", help="Also the error of every intermediate tensor both graphs share.")
     ] = False,
-    top: Annotated[int, typer.Option(min=1, help="Per-tensor rows shown in the table (JSON has all).")] = 20,
-    provider: Annotated[str, typer.Option(help="Provider to run both models on: cpu or cuda.")] = "cpu",
-    input_shape: Annotated[
-        Optional[list[str]], typer.Option(help="Shape for an input with symbolic dims, e.g. input_ids=1x128.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for synthetic inputs.")] = 0,
+    top: Annotated[
+        int, typer.Option(metavar="N", min=1, help="Per-tensor rows shown in the table (JSON has all).")
+    ] = 20,
+    providers: Annotated[
+        str, typer.Option(metavar="cpu|cuda", help="The provider to run both models on (one).")
+    ] = "cpu",
+    input_shape: InputShapeOption = None,
+    seed: SeedOption = 0,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """How far OPTIMIZED departs from ORIGINAL: per-output cosine, max/mean abs error, SQNR, top-1/top-5 agreement;
     accuracy of both with labels; with --per-tensor, every shared intermediate tensor, worst first.
 
+    \b
     Examples:
-
-        optc compare model.onnx model.int8.onnx --data eval.npz
-
-        optc compare model.onnx model.int8.onnx --data eval.npz --per-tensor --json
+      optc compare model.onnx model.int8.onnx --data eval.npz
+      optc compare model.onnx model.int8.onnx --data eval.npz --per-tensor --json
     """
     from optc.cli.render import compare_view
     from optc.data import parse_input_shapes
@@ -453,9 +520,9 @@ def compare(
     from optc.measure.compare import compare as run_compare
 
     OUTPUT.configure(json_output, quiet)
-    chosen = _providers(provider)
+    chosen = _providers(providers)
     if len(chosen) != 1:
-        raise OptcError(f"--provider {provider!r}: give one provider, cpu or cuda")
+        raise OptcError(f"--providers {providers!r}: compare runs on one provider, cpu or cuda")
     request = CompareRequest(
         original=original,
         optimized=optimized,
@@ -473,34 +540,38 @@ def compare(
         OUTPUT.result(compare_view(result, top))
 
 
-@report_app.command("schema")
+@report_app.command("schema", cls=OptcCommand, epilog=READ_ONLY_EXIT_CODES)
 @handles_errors
 def report_schema() -> None:
     """Print the JSON Schema of report.json.
 
+    \b
     Example:
-
-        optc report schema > optc-report.schema.json
+      optc report schema > optc-report.schema.json
     """
     from optc.report.schema import report_json_schema
 
     print(json.dumps(report_json_schema(), indent=2))
 
 
-@report_app.command("show")
+@report_app.command("show", cls=OptcCommand, epilog=READ_ONLY_EXIT_CODES)
 @handles_errors
 def report_show(
-    file: Annotated[Path, typer.Argument(help="A report.json written by optc compress.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="terminal (tables), markdown, html or json.")] = "terminal",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file, not stdout.")] = None,
+    file: Annotated[Path, typer.Argument(metavar="REPORT", help="A JSON report written by optc compress.")],
+    fmt: Annotated[
+        Literal["terminal", "markdown", "html", "json"],
+        typer.Option("--format", "-f", help="terminal (tables), markdown, html or json."),
+    ] = "terminal",
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Write to this file, not stdout.")
+    ] = None,
 ) -> None:
     """Re-render a saved report.json: as terminal tables, Markdown, HTML or (validated) JSON.
 
+    \b
     Examples:
-
-        optc report show build/report.json
-
-        optc report show build/report.json --format html -o report.html
+      optc report show build/report.json
+      optc report show build/report.json --format html -o report.html
     """
     from optc.cli.render import report_view
     from optc.outputs import InputFile, write_text
@@ -513,8 +584,6 @@ def report_show(
         "html": render_html,
         "json": lambda r: r.model_dump_json(indent=2) + "\n",
     }
-    if fmt not in (*renderers, "terminal"):
-        raise OptcError(f"--format {fmt!r}: expected terminal, markdown, html or json")
     if fmt == "terminal" and output is not None:
         raise OptcError("--output needs --format markdown, html or json")
     OUTPUT.configure(False, False)
@@ -538,13 +607,13 @@ def _providers(value: str) -> list[str]:
     return names
 
 
-def _positive_ints(option: str, value: str) -> list[int]:
+def _positive_ints(option: str, value: str, largest: int) -> list[int]:
     try:
         numbers = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         numbers = []
-    if not numbers or any(n < 1 for n in numbers):
-        raise OptcError(f"{option} {value!r}: expected comma-separated positive integers, e.g. 1,8,32")
+    if not numbers or any(n < 1 or n > largest for n in numbers):
+        raise OptcError(f"{option} {value!r}: expected comma-separated integers from 1 to {largest}, e.g. 1,8,32")
     return numbers
 
 

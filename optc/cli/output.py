@@ -15,6 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from optc.messages import printable
+
 
 @dataclass
 class Output:
@@ -35,9 +37,9 @@ class Output:
         print(json.dumps(payload, indent=2, default=str), flush=True)
 
     def error(self, message: str, hint: str | None) -> None:
-        self.stderr.print(f"[bold red]error:[/] {escape(message)}")
+        self.stderr.print(f"[bold red]error:[/] {escape(printable(message))}")
         if hint:
-            self.stderr.print(f"[dim]hint:[/] {escape(hint)}")
+            self.stderr.print(f"[dim]hint:[/] {escape(printable(hint))}")
 
 
 OUTPUT = Output()
@@ -55,13 +57,13 @@ class TerminalProgress:
         if self.output.quiet or not console.is_terminal:
             yield
             return
-        with console.status(escape(description), spinner="dots"):
+        with console.status(escape(printable(description)), spinner="dots"):
             yield
 
     def done(self, message: str) -> None:
         if not self.output.quiet:
-            self.output.stderr.print(f"[green]✓[/] {escape(message)}")
+            self.output.stderr.print(f"[green]✓[/] {escape(printable(message))}")
 
     def warn(self, message: str) -> None:
         if not self.output.quiet:
-            self.output.stderr.print(f"[yellow]warning:[/] {escape(message)}")
+            self.output.stderr.print(f"[yellow]warning:[/] {escape(printable(message))}")

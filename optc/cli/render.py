@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -11,15 +10,26 @@ from rich.text import Text
 from optc.measure.bench import BenchReport
 from optc.measure.compare import CompareReport
 from optc.measure.profile import OpProfile, ProfileComparison
+from optc.messages import printable
 from optc.model_facts import ModelSummary
-from optc.report.format import cell, human_bytes, is_table, table_columns, where_measured
+from optc.report.format import (
+    cell,
+    compressed_sizes,
+    human_bytes,
+    is_table,
+    speed_change,
+    table_columns,
+    where_measured,
+)
 from optc.report.schema import Report
 
 PROFILE_ROWS = 12
 
 
 def report_view(report: Report) -> Group:
-    summary = Table(title=f"optc: {report.original.path} → {report.optimized.path}", title_justify="left")
+    summary = Table(
+        title=f"optc: {printable(report.original.path)} → {printable(report.optimized.path)}", title_justify="left"
+    )
     summary.add_column("")
     summary.add_column("original", justify="right")
     summary.add_column("optimized", justify="right")
@@ -30,38 +40,46 @@ def report_view(report: Report) -> Group:
         human_bytes(report.optimized.size_bytes),
         f"{report.size_ratio:.3f}×",
     )
+    for before, after in compressed_sizes(report):
+        summary.add_row("gzip size", human_bytes(before), human_bytes(after), f"{after / before:.3f}×")
     summary.add_row("parameters", f"{report.original.parameters:,}", f"{report.optimized.parameters:,}", "")
     summary.add_row("nodes", str(report.original.nodes), str(report.optimized.nodes), "")
-    for m in report.measurements:
-        if not m.measured:
-            summary.add_row(f"{m.provider}", Text(f"not measured — {m.reason}", style="yellow"), "", "")
-            continue
+    for m in report.measured():
         summary.add_row(
-            f"{m.provider} p50 latency (batch {m.batch_size}, {m.threads} thr)",
+            f"{m.provider} p50 latency",
             f"{m.original.p50_ms:.3f} ms",
             f"{m.optimized.p50_ms:.3f} ms",
-            f"{m.speedup:.2f}× faster",
+            speed_change(m.speedup),
         )
         if m.accuracy:
             a = m.accuracy
             style = "red" if a.drop > 1 else ""
             summary.add_row(
-                f"{m.provider} {a.metric} ({a.samples} samples{', synthetic' if a.data == 'synthetic' else ''})",
+                f"{m.provider} {a.metric}",
                 f"{a.original:.2f} %",
                 f"{a.optimized:.2f} %",
                 Text(f"{0.0 - a.drop:+.2f} pts", style=style),
             )
+    notes = [
+        Text(f"{m.provider}: batch {m.batch_size}, {m.threads} thread(s); {_samples(m)}", style="dim")
+        for m in report.measured()
+    ]
+    notes += [
+        Text(printable(f"{m.provider}: not measured — {m.reason}"), style="yellow")
+        for m in report.measurements
+        if not m.measured
+    ]
     where = Table(show_header=False, box=None, padding=(0, 1))
     for label, text in where_measured(report):
-        where.add_row(label, Text(text, style="yellow" if label == "warning" else ""))
-    parts: list = [summary, where]
+        where.add_row(label, Text(printable(text), style="yellow" if label == "warning" else ""))
+    parts: list = [summary, *notes, where]
     passes = Table(title="passes", title_justify="left")
     for column in ("#", "pass", "time", "size", "nodes"):
         passes.add_column(column, justify="right" if column in ("#", "time") else "left")
     for p in report.passes:
         passes.add_row(
             str(p.index),
-            p.label,
+            Text(printable(p.label)),
             f"{p.wall_s:.2f} s",
             f"{human_bytes(p.size_before)} → {human_bytes(p.size_after)}",
             f"{p.nodes_before} → {p.nodes_after}",
@@ -75,7 +93,7 @@ def report_view(report: Report) -> Group:
                 for column in columns:
                     detail.add_column(column)
                 for row in rows:
-                    detail.add_row(*(Text(cell(row.get(c))) for c in columns))
+                    detail.add_row(*(Text(printable(cell(row.get(c)))) for c in columns))
                 parts.append(detail)
     for m in report.measured():
         if m.profile is not None:
@@ -85,13 +103,20 @@ def report_view(report: Report) -> Group:
         gates.add_column("gate")
         gates.add_column("result")
         for g in report.gates:
-            gates.add_row(g.detail, Text("pass", style="green") if g.passed else Text("FAIL", style="bold red"))
+            gates.add_row(
+                Text(printable(g.detail)), Text("pass", style="green") if g.passed else Text("FAIL", style="bold red")
+            )
         parts.append(gates)
     return Group(*parts)
 
 
+def _samples(m) -> str:
+    a = m.accuracy
+    return f"{a.samples} samples" + (" (synthetic)" if a.data == "synthetic" else "") if a else "no accuracy"
+
+
 def summary_view(summary: ModelSummary) -> Group:
-    facts = Table(title=summary.path, title_justify="left", show_header=False)
+    facts = Table(title=printable(summary.path), title_justify="left", show_header=False)
     facts.add_column("")
     facts.add_column("")
     facts.add_row("size", human_bytes(summary.size_bytes))
@@ -109,7 +134,7 @@ def summary_view(summary: ModelSummary) -> Group:
     for kind, values in (("input", summary.inputs), ("output", summary.outputs)):
         for v in values:
             shape = "[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]"
-            io.add_row(kind, Text(v.name), v.dtype, Text(shape))
+            io.add_row(kind, Text(printable(v.name)), v.dtype, Text(printable(shape)))
     ops = Table(title="op types", title_justify="left")
     ops.add_column("op type")
     ops.add_column("count", justify="right")
@@ -120,7 +145,7 @@ def summary_view(summary: ModelSummary) -> Group:
         nodes = Table(title="nodes", title_justify="left")
         nodes.add_column("name (op type)")
         for name in summary.node_names:
-            nodes.add_row(name)
+            nodes.add_row(Text(printable(name)))
         parts.append(nodes)
     return Group(*parts)
 
@@ -137,30 +162,28 @@ def profile_view(title: str, profile: ProfileComparison) -> Table:
 
 
 def bench_view(report: BenchReport) -> Group:
+    """One table per case, narrow enough for an 80-column log; models are numbered, with their paths below."""
+    labels = {index: f"#{index}" for index in range(len(report.models))}
     parts: list = []
     for case in report.cases:
         title = f"{case.provider}, batch {case.batch_size}, {case.threads} thread(s)"
         if not case.measured:
-            parts.append(Text(f"{title}: not measured — {case.reason}", style="yellow"))
+            parts.append(Text(printable(f"{title}: not measured — {case.reason}"), style="yellow"))
             continue
-        table = Table(title=title, title_justify="left")
-        for column in ("#", "model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "cv", "samples/s", "peak mem"):
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+        for column in ("model", "p50 ms", "p90 ms", "p99 ms", "cv", "samples/s", "peak mem", "p50 vs #0"):
             table.add_column(column, justify="left" if column == "model" else "right")
-        table.add_column("p50 vs #0", justify="right")
         for r in case.results:
             s = r.latency
             ratio = ""
             if r.ratio_to_first:
                 q = r.ratio_to_first
-                verdict = "" if q.significant else " (noise)"
-                ratio = f"{q.value:.3f} ± {q.noise_bound:.3f}{verdict}"
+                ratio = f"{q.value:.3f}±{q.noise_bound:.3f}" + ("" if q.significant else " ~")
             table.add_row(
-                str(r.model),
-                Text(Path(report.models[r.model].path).name),
+                labels[r.model],
                 f"{s.p50_ms:.3f}",
                 f"{s.p90_ms:.3f}",
                 f"{s.p99_ms:.3f}",
-                f"{s.mean_ms:.3f}",
                 Text(f"{s.cv:.0%}" if s.cv is not None else "", style="yellow" if r.noisy else ""),
                 f"{r.throughput_per_s:,.0f}",
                 human_bytes(r.peak_memory_bytes) if r.peak_memory_bytes is not None else "unknown",
@@ -168,15 +191,16 @@ def bench_view(report: BenchReport) -> Group:
             )
         parts.append(table)
         parts += [
-            op_profile_view(f"{title}: {report.models[r.model].path} time per op type", r.profile)
+            op_profile_view(f"{title}: {labels[r.model]} time per op type", r.profile)
             for r in case.results
             if r.profile is not None
         ]
+    parts += [Text(printable(f"{labels[i]}  {model.path}")) for i, model in enumerate(report.models)]
     settings = report.settings
     parts.append(
         Text(
             f"{settings.warmup} warm-up runs, then at least {settings.runs} interleaved rounds and "
-            f"{settings.min_time_s:g} s; data: {report.data}",
+            f"{settings.min_time_s:g} s; ~ marks a ratio within its noise bound; data: {printable(report.data)}",
             style="dim",
         )
     )

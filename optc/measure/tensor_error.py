@@ -82,8 +82,7 @@ def compare_tensors(
     skipped: dict[str, str] = {}
     for feed in dataset.batches(batch):
         values = {
-            label: dict(zip(names[label], run_as_arrays(s, None, feed), strict=True))
-            for label, s in sessions.items()
+            label: dict(zip(names[label], run_as_arrays(s, None, feed), strict=True)) for label, s in sessions.items()
         }
         for name in shared:
             if name in skipped:

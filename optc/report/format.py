@@ -35,16 +35,21 @@ def table_columns(rows: list[dict]) -> list[str]:
 
 
 def cell(value: object) -> str:
+    """A value as table text: floats to 4 significant digits, lists and mappings spelled out, never Python reprs."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "; ".join(f"{key}: {cell(item)}" for key, item in value.items())
     if isinstance(value, list):
-        return ", ".join(map(str, value))
+        return ", ".join(cell(item) for item in value)
     return "" if value is None else str(value)
 
 
 def inline_details(details: dict) -> str:
-    """The scalar and list-of-scalar details of a pass, as ``key=value`` pairs."""
-    return ", ".join(f"{k}={cell(v)}" for k, v in details.items() if not is_table(v) and v not in ([], {}, None))
+    """The details of a pass that are not tables of their own, as ``key: value`` pairs."""
+    return "; ".join(f"{k}: {cell(v)}" for k, v in details.items() if not is_table(v) and v not in ([], {}, None))
 
 
 def where_measured(report: Report) -> list[tuple[str, str]]:
@@ -58,3 +63,10 @@ def where_measured(report: Report) -> list[tuple[str, str]]:
         if t.warning:
             rows.append(("warning", t.warning))
     return rows
+
+
+def compressed_sizes(report: Report) -> list[tuple[int, int]]:
+    """(before, after) gzip sizes a pass reported: where unstructured sparsity shows, since the file size does not
+    change. The first pass's "before" and the last pass's "after" span the whole recipe."""
+    found = [p.details for p in report.passes if "gzip_bytes_before" in p.details and "gzip_bytes_after" in p.details]
+    return [(found[0]["gzip_bytes_before"], found[-1]["gzip_bytes_after"])] if found else []

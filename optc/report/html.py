@@ -9,7 +9,17 @@ from __future__ import annotations
 from html import escape
 
 from optc.measure.latency import LatencyStats
-from optc.report.format import cell, human_bytes, inline_details, is_table, table_columns, where_measured
+from optc.messages import printable
+from optc.report.format import (
+    cell,
+    compressed_sizes,
+    human_bytes,
+    inline_details,
+    is_table,
+    speed_change,
+    table_columns,
+    where_measured,
+)
 from optc.report.schema import ProviderMeasurement, Report
 from optc.report.svg import LatencyRow, bar_chart, grouped_bar_chart, latency_chart, line_chart
 
@@ -46,11 +56,12 @@ def render_html(report: Report) -> str:
         _warnings(report),
         _environment(report),
     ]
-    return (
+    page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>optc report: {escape(report.optimized.path)}</title><style>{STYLE}</style></head>"
         "<body>" + "\n".join(s for s in sections if s) + "</body></html>\n"
     )
+    return printable(page)
 
 
 def _card(value: str, label: str, tone: str = "") -> str:
@@ -68,13 +79,13 @@ def _cards(report: Report) -> str:
             "good" if report.size_ratio < 1 else "",
         )
     ]
+    for before, after in compressed_sizes(report):
+        cards.append(_card(f"{after / before:.3f}×", f"gzip size {human_bytes(before)} → {human_bytes(after)}"))
     for m in report.measurements:
         if not m.measured:
             cards.append(_card("not measured", f"{m.provider}: {m.reason}", "warn"))
             continue
-        cards.append(
-            _card(f"{m.speedup:.2f}×", f"{m.provider} p50 speedup (batch {m.batch_size})", _tone(m.speedup >= 1))
-        )
+        cards.append(_card(speed_change(m.speedup), f"{m.provider} p50 (batch {m.batch_size})", _tone(m.speedup >= 1)))
         if m.accuracy:
             a = m.accuracy
             cards.append(

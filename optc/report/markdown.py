@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from optc.report.format import cell, human_bytes, inline_details, is_table, table_columns, where_measured
+from optc.messages import printable
+from optc.report.format import (
+    cell,
+    compressed_sizes,
+    human_bytes,
+    inline_details,
+    is_table,
+    speed_change,
+    table_columns,
+    where_measured,
+)
 from optc.report.schema import Report
 
 
@@ -22,16 +32,17 @@ def render_markdown(report: Report) -> str:
         "|---|---:|---:|---:|",
         f"| size | {human_bytes(report.original.size_bytes)} | {human_bytes(report.optimized.size_bytes)} | "
         f"{report.size_ratio:.3f}× |",
+        *(
+            f"| gzip size | {human_bytes(before)} | {human_bytes(after)} | {after / before:.3f}× |"
+            for before, after in compressed_sizes(report)
+        ),
         f"| parameters | {report.original.parameters:,} | {report.optimized.parameters:,} | |",
         f"| nodes | {report.original.nodes} | {report.optimized.nodes} | |",
     ]
-    for m in report.measurements:
-        if not m.measured:
-            lines.append(f"| {m.provider} | not measured — {m.reason} | | |")
-            continue
+    for m in report.measured():
         lines.append(
             f"| {m.provider} latency p50 (batch {m.batch_size}, {m.threads} thread(s)) | "
-            f"{m.original.p50_ms:.3f} ms | {m.optimized.p50_ms:.3f} ms | {m.speedup:.2f}× faster |"
+            f"{m.original.p50_ms:.3f} ms | {m.optimized.p50_ms:.3f} ms | {speed_change(m.speedup)} |"
         )
         if m.accuracy:
             a = m.accuracy
@@ -39,6 +50,7 @@ def render_markdown(report: Report) -> str:
                 f"| {m.provider} {a.metric} ({a.samples} samples) | {a.original:.2f} % | {a.optimized:.2f} % | "
                 f"{0.0 - a.drop:+.2f} points |"
             )
+    lines += [""] + [f"**{m.provider}: not measured** — {m.reason}" for m in report.measurements if not m.measured]
     lines += ["", "## Gates", ""]
     if report.gates:
         lines += ["| gate | measured | bound | result |", "|---|---:|---:|---|"]
@@ -105,4 +117,4 @@ def render_markdown(report: Report) -> str:
         f"{', '.join(env.providers_available)}.",
         "",
     ]
-    return "\n".join(lines)
+    return printable("\n".join(lines))

@@ -16,6 +16,7 @@ ROW_H = 22
 PAD = 12
 COLORS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756")
 HIGHLIGHT = "#e45756"
+AXIS_HEADROOM = 1.6  # latency axes end this far past the largest p90
 
 
 @dataclass(frozen=True)
@@ -89,24 +90,30 @@ def grouped_bar_chart(kind: str, title: str, categories: list[str], series: dict
 def latency_chart(kind: str, title: str, rows: list[LatencyRow]) -> str:
     """Per row: a line from min to max, a bar from p50 to p90, a tick at p99, a dot at the mean."""
     span = WIDTH - LABEL_W - 40
-    # The axis ends just past the largest p99: one stalled run must not squeeze the rest into a few pixels. Lines of
-    # runs beyond it stop at the edge; the printed max gives their length.
-    edge = max((r.p99 for r in rows), default=0.0) * 1.15
-    x = _scale(edge, span)
+    # The axis is sized to the p50–p90 bars, the figures worth comparing: stalled runs (p99, max, and the mean they
+    # drag) may lie far beyond and would squeeze the bars to slivers. What falls past the edge is drawn at the edge
+    # with an arrow; the printed figures give its value.
+    edge = max((r.p90 for r in rows), default=0.0) * AXIS_HEADROOM
     clip = LABEL_W + span
+    scale = _scale(edge, span)
+
+    def x(value: float) -> float:
+        return min(scale(value), clip)
+
     body, y = [], PAD
     for index, r in enumerate(rows):
         color = COLORS[index % len(COLORS)]
         mid = y + ROW_H
         body += [
             _text(LABEL_W - 6, mid + 4, r.label[:34], "end"),
-            f'<line x1="{x(r.min):.1f}" y1="{mid}" x2="{min(x(r.max), clip):.1f}" y2="{mid}" stroke="{color}"/>',
+            f'<line x1="{x(r.min):.1f}" y1="{mid}" x2="{x(r.max):.1f}" y2="{mid}" stroke="{color}"/>',
             f'<rect x="{x(r.p50):.1f}" y="{mid - 8}" width="{max(x(r.p90) - x(r.p50), 1.5):.1f}" height="16" '
             f'fill="{color}" fill-opacity="0.6" stroke="{color}"/>',
             f'<line x1="{x(r.p50):.1f}" y1="{mid - 10}" x2="{x(r.p50):.1f}" y2="{mid + 10}" stroke="#000" '
             'stroke-width="2"/>',
             f'<line x1="{x(r.p99):.1f}" y1="{mid - 6}" x2="{x(r.p99):.1f}" y2="{mid + 6}" stroke="{color}"/>',
             f'<circle cx="{x(r.mean):.1f}" cy="{mid}" r="3" fill="#fff" stroke="#000"/>',
+            *([_text(clip + 2, mid + 4, "→", size=12, fill=color)] if scale(r.max) > clip else []),
             _text(
                 WIDTH - 4,
                 mid + ROW_H - 2,
@@ -118,7 +125,12 @@ def latency_chart(kind: str, title: str, rows: list[LatencyRow]) -> str:
         ]
         y += 2 * ROW_H + 4
     body.append(
-        _text(LABEL_W, y + 10, "line: min–max · bar: p50–p90 · black tick: p50 · tick: p99 · circle: mean", size=10)
+        _text(
+            LABEL_W,
+            y + 10,
+            "line: min–max · bar: p50–p90 · black tick: p50 · tick: p99 · circle: mean · →: beyond the axis",
+            size=10,
+        )
     )
     return _svg(kind, title, y + 2 * PAD, body)
 
