@@ -118,6 +118,7 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
             calibration_data=request.calibration_data,
             recipe_dir=request.recipe.base_dir,
             sample_inputs=[dataset.first_batch(batch)],
+            batch_size=batch,
             target=target,
         )
         reference = run_reference(model, workdir, context.sample_inputs[0], request.model_path)
@@ -152,7 +153,7 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
 
     gates, sources = effective_gates(recipe, request.gate_overrides)
     size_ratio = serialized_size(optimized) / original.size_bytes
-    gate_results = evaluate_gates(gates, size_ratio, measurements, sources)
+    gate_results = evaluate_gates(gates, size_ratio, measurements, records, sources)
     gates_passed = all(g.passed for g in gate_results)
     report = Report(
         optc_version=optc.__version__,
@@ -256,7 +257,7 @@ def _measure_on(
             return ProviderMeasurement(measured=False, reason=session.reason, **base)
         sessions[label] = session
     with progress.stage(f"{provider}: accuracy on {len(dataset)} samples"):
-        accuracy = evaluate(sessions["original"], sessions["optimized"], dataset, specs, recipe.evaluate.metric)
+        accuracy = evaluate(sessions["original"], sessions["optimized"], dataset, specs, recipe.evaluate.metric, batch)
     with progress.stage(f"{provider}: latency, batch {batch}, {latency.threads} thread(s)"):
         stats = measure_interleaved(
             sessions, dataset.first_batch(batch), latency.warmup, latency.runs, latency.min_time_s

@@ -8,16 +8,15 @@ passes add their own error and the promise is about what gets shipped.
 
 from __future__ import annotations
 
+from optc.pipeline import PassRecord
 from optc.recipe import Gates, Recipe
 from optc.report.schema import GateResult, ProviderMeasurement
-
-GATE_FIELDS = ("max_accuracy_drop", "min_speedup", "max_size_ratio")
 
 
 def effective_gates(recipe: Recipe, overrides: dict[str, float]) -> tuple[Gates, dict[str, str]]:
     """The gates to apply and, for each that is set, where its bound came from."""
     bounds = recipe.gates.model_dump()
-    sources = {name: "recipe gates" for name, value in bounds.items() if value is not None}
+    sources = {name: "recipe gates" for name, value in bounds.items() if value not in (None, False)}
     budgets = [(config.promised_drop(), index) for index, config in enumerate(recipe.passes)]
     promised = [(drop, index) for drop, index in budgets if drop is not None]
     if promised:
@@ -32,10 +31,31 @@ def effective_gates(recipe: Recipe, overrides: dict[str, float]) -> tuple[Gates,
 
 
 def evaluate_gates(
-    gates: Gates, size_ratio: float, measurements: list[ProviderMeasurement], sources: dict[str, str] | None = None
+    gates: Gates,
+    size_ratio: float,
+    measurements: list[ProviderMeasurement],
+    records: list[PassRecord],
+    sources: dict[str, str] | None = None,
 ) -> list[GateResult]:
     sources = sources or {}
     results = []
+    if gates.require_calibration_data:
+        synthetic = [r.label for r in records if r.calibrated_on == "synthetic"]
+        results.append(
+            GateResult(
+                name="require_calibration_data",
+                bound=1,
+                measured=0 if synthetic else 1,
+                passed=not synthetic,
+                detail=(
+                    f"require_calibration_data: {', '.join(synthetic)} calibrated on synthetic inputs, so accuracy "
+                    "on real inputs is unknown (give --calibration-data)"
+                    if synthetic
+                    else "require_calibration_data: every static pass calibrated on the data given"
+                ),
+                source=sources.get("require_calibration_data"),
+            )
+        )
     if gates.max_size_ratio is not None:
         results.append(
             GateResult(
@@ -52,6 +72,17 @@ def evaluate_gates(
         results.extend(
             _per_provider(
                 "min_speedup", gates.min_speedup, measured, lambda m: m.speedup, True, sources.get("min_speedup")
+            )
+        )
+    if gates.min_cosine is not None:
+        results.extend(
+            _per_provider(
+                "min_cosine",
+                gates.min_cosine,
+                measured,
+                lambda m: m.accuracy.min_cosine if m.accuracy else None,
+                True,
+                sources.get("min_cosine"),
             )
         )
     if gates.max_accuracy_drop is not None:
@@ -98,13 +129,14 @@ def _per_provider(name, bound, measured, value_of, at_least: bool, source: str |
         passed = value >= bound if at_least else value <= bound
         relation = "≥" if at_least else "≤"
         origin = f", from {source}" if source else ""
+        shown = f"{value:.4f}" if name == "min_cosine" else f"{value:.3f}"
         results.append(
             GateResult(
                 name=f"{name}[{m.provider}]",
                 bound=bound,
                 measured=value,
                 passed=passed,
-                detail=f"{name} on {m.provider}: {value:.3f} (bound {relation} {bound:g}{origin})",
+                detail=f"{name} on {m.provider}: {shown} (bound {relation} {bound:g}{origin})",
                 source=source,
             )
         )

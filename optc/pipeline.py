@@ -31,6 +31,7 @@ class PassRecord(BaseModel):
     nodes_after: int
     details: dict[str, Any]
     warnings: list[str]
+    calibrated_on: str | None = None  # a path, or "synthetic"; None for passes that do not calibrate
 
 
 def run_passes(
@@ -81,6 +82,7 @@ def run_passes(
             nodes_after=nodes,
             details=outcome.details,
             warnings=warnings,
+            calibrated_on=outcome.calibrated_on,
         )
         records.append(record)
         progress.done(

@@ -69,6 +69,18 @@ class Gates(Strict):
     )
     min_speedup: float | None = Field(default=None, gt=0, description="Smallest allowed p50 speedup (original/new).")
     max_size_ratio: float | None = Field(default=None, gt=0, description="Largest allowed size ratio (new/original).")
+    min_cosine: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="Lowest allowed cosine similarity of any float output to the original's on the evaluation data "
+        "(mean over samples; outputs of fewer than 16 values per sample are compared over all samples together).",
+    )
+    require_calibration_data: bool = Field(
+        default=False,
+        description="Fail when a static quantization pass fitted its ranges on synthetic inputs: its accuracy on "
+        "real inputs is then unknown and often far worse than the synthetic figures say.",
+    )
 
 
 def _pass_union() -> Any:

@@ -76,9 +76,9 @@ def test_top1_with_labels_and_agreement_without():
     reference = session().run(None, {"x": dataset().inputs["x"]})[0]
     labels = reference.argmax(1)
     labels[:10] = (labels[:10] + 1) % 10  # the original gets 30 of 40 right
-    same = evaluate(session(), session(), dataset(labels), specs, "auto")
+    same = evaluate(session(), session(), dataset(labels), specs, "auto", 1)
     assert same.metric == "top1" and same.original == pytest.approx(75.0) and same.drop == 0
-    other = evaluate(session(), session(mlp_model(seed=5)), dataset(), specs, "auto")
+    other = evaluate(session(), session(mlp_model(seed=5)), dataset(), specs, "auto", 1)
     assert other.metric == "top1_agreement" and other.original == 100.0
     assert other.optimized < 60 and other.drop == pytest.approx(100 - other.optimized)
     assert other.outputs[0].cosine < 0.9 and other.outputs[0].max_abs_error > 0
@@ -86,7 +86,7 @@ def test_top1_with_labels_and_agreement_without():
 
 def test_top1_metric_without_labels_is_bad_input():
     with pytest.raises(OptcError, match="needs a 'labels'"):
-        evaluate(session(), session(), dataset(), input_specs(mlp_model()), "top1")
+        evaluate(session(), session(), dataset(), input_specs(mlp_model()), "top1", 1)
 
 
 def measurement(provider="cpu", speedup=2.0, drop=0.5, measured=True):
@@ -106,12 +106,12 @@ def measurement(provider="cpu", speedup=2.0, drop=0.5, measured=True):
 
 def test_gates_pass_fail_and_unmeasured():
     gates = Gates(max_accuracy_drop=1.0, min_speedup=1.5, max_size_ratio=0.5)
-    results = evaluate_gates(gates, 0.4, [measurement(), measurement("cuda", measured=False)])
+    results = evaluate_gates(gates, 0.4, [measurement(), measurement("cuda", measured=False)], [])
     assert all(r.passed for r in results) and len(results) == 3
-    failing = evaluate_gates(gates, 0.6, [measurement(speedup=1.2, drop=2.0)])
+    failing = evaluate_gates(gates, 0.6, [measurement(speedup=1.2, drop=2.0)], [])
     assert [r.passed for r in failing] == [False, False, False]
     assert "1.200" in failing[1].detail and "1.5" in failing[1].detail
-    nothing = evaluate_gates(Gates(min_speedup=1.1), 0.5, [measurement(measured=False)])
+    nothing = evaluate_gates(Gates(min_speedup=1.1), 0.5, [measurement(measured=False)], [])
     assert not nothing[0].passed and "not measured" in nothing[0].detail
 
 
@@ -128,5 +128,5 @@ def test_fidelity_compares_only_the_outputs_both_models_still_have():
             [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", 16]) for o in outputs],
         )
 
-    result = evaluate(session(model(["a", "b"])), session(model(["b"])), dataset(), input_specs(mlp_model()), "auto")
+    result = evaluate(session(model(["a", "b"])), session(model(["b"])), dataset(), input_specs(mlp_model()), "auto", 1)
     assert [o.name for o in result.outputs] == ["b"] and result.outputs[0].cosine == pytest.approx(1.0)

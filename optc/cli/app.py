@@ -174,6 +174,15 @@ def compress(
     max_size_ratio: Annotated[
         Optional[float], typer.Option(metavar="RATIO", help="Gate: largest allowed size ratio new/original.")
     ] = None,
+    min_cosine: Annotated[
+        Optional[float],
+        typer.Option(
+            metavar="COSINE",
+            min=-1,
+            max=1,
+            help="Gate: lowest allowed output cosine to the original (built-in recipes: 0.98; -1 turns it off).",
+        ),
+    ] = None,
     input_shape: InputShapeOption = None,
     report: Annotated[
         Optional[Path],
@@ -227,11 +236,12 @@ def compress(
             ("max_accuracy_drop", max_accuracy_drop),
             ("min_speedup", min_speedup),
             ("max_size_ratio", max_size_ratio),
+            ("min_cosine", min_cosine),
         )
         if value is not None
     }
     for name, value in gates.items():
-        if value < 0 or (name != "max_accuracy_drop" and value == 0):
+        if name != "min_cosine" and (value < 0 or (name != "max_accuracy_drop" and value == 0)):
             raise OptcError(f"--{name.replace('_', '-')} {value}: must be positive")
     request = CompressRequest(
         model_path=model,

@@ -9,16 +9,21 @@ import onnxruntime as ort
 from pydantic import BaseModel
 
 from optc.data import Dataset, InputSpec
-from optc.errors import OptcError
+from optc.errors import OptcError, PassError
 from optc.measure.values import run_as_arrays
 
-EVAL_BATCH = 32
 SQNR_FLOOR_DB = -100.0
+# Below this many values per sample (a wake-word score, a regression value), a per-sample cosine only tests the
+# sign; such outputs are compared as one vector over all samples.
+POOLED_BELOW = 16
 
 
 class OutputFidelity(BaseModel):
     name: str
-    cosine: float  # mean over samples of the cosine similarity between original and optimized outputs
+    # Mean over samples of the cosine similarity between original and optimized outputs; for outputs of fewer than
+    # POOLED_BELOW values per sample, the cosine of all samples' values taken together (``pooled``).
+    cosine: float
+    pooled: bool = False
     max_abs_error: float
     mean_abs_error: float
     top1_agreement: float | None = None  # percent, for classifier-shaped outputs ([batch, classes])
@@ -34,6 +39,12 @@ class AccuracyResult(BaseModel):
     optimized: float  # percent
     drop: float  # percentage points; positive = worse
     outputs: list[OutputFidelity]
+    batch_size: int | None = None  # the batch size both models ran at (the deployment one: dynamic int8 depends on it)
+
+    @property
+    def min_cosine(self) -> float:
+        """The worst output's cosine (non-float outputs count as 1 when they agree exactly)."""
+        return min((o.cosine for o in self.outputs), default=1.0)
 
 
 def run_all(
@@ -53,8 +64,12 @@ def evaluate(
     dataset: Dataset,
     specs: list[InputSpec],
     metric: Literal["auto", "top1", "fidelity"],
+    batch_size: int,
 ) -> AccuracyResult:
-    batch = dataset.feed_batch_size(specs, EVAL_BATCH)
+    """Both models on every sample at ``batch_size`` (the deployment batch: dynamic quantization picks its scales per
+    batch, so fidelity at batch 32 overstates that at batch 1). Refuses an optimized model whose outputs turn
+    non-finite where the original's stay finite: that model is broken whatever its average says."""
+    batch = dataset.feed_batch_size(specs, batch_size)
     # Compare the outputs both models have, by name: a pass may drop outputs (prune method: outputs).
     original_names = {o.name for o in original.get_outputs()}
     names = [o.name for o in optimized.get_outputs() if o.name in original_names]
@@ -62,6 +77,7 @@ def evaluate(
         raise OptcError("the optimized model shares no output name with the original, so nothing can be compared")
     reference = run_all(original, dataset, batch, names)
     candidate = run_all(optimized, dataset, batch, names)
+    _refuse_new_non_finite(names, reference, candidate)
     fidelity = [_fidelity(name, r, c) for name, r, c in zip(names, reference, candidate, strict=True)]
     first, first_ref = fidelity[0], reference[0]
     if metric == "top1" and dataset.labels is None:
@@ -86,6 +102,7 @@ def evaluate(
             optimized=after,
             drop=before - after,
             outputs=fidelity,
+            batch_size=batch,
         )
     if first.top1_agreement is not None:
         value, kind = first.top1_agreement, "top1_agreement"
@@ -99,7 +116,23 @@ def evaluate(
         optimized=value,
         drop=100.0 - value,
         outputs=fidelity,
+        batch_size=batch,
     )
+
+
+def _refuse_new_non_finite(names: list[str], reference: list[np.ndarray], candidate: list[np.ndarray]) -> None:
+    for name, ref, cand in zip(names, reference, candidate, strict=True):
+        if cand.dtype.kind != "f" or ref.shape != cand.shape:
+            continue
+        broken = np.isfinite(ref) & ~np.isfinite(cand)
+        if broken.any():
+            rows = broken.reshape(len(broken), -1).any(axis=1) if broken.ndim else broken.reshape(1)
+            raise PassError(
+                "the optimized model",
+                f"output {name!r} turns NaN/Inf on {int(rows.sum())} of {len(rows)} evaluation samples where the "
+                "original stays finite",
+                hint="the model is broken on real inputs; nothing was written",
+            )
 
 
 def _is_classifier(output: np.ndarray) -> bool:
@@ -113,6 +146,9 @@ def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
 def _fidelity(name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputFidelity:
     ref = reference.astype(np.float64).reshape(len(reference), -1) if reference.ndim else reference.reshape(1, 1)
     cand = candidate.astype(np.float64).reshape(ref.shape)
+    pooled = ref.shape[1] < POOLED_BELOW
+    if pooled:
+        ref, cand = ref.reshape(1, -1), cand.reshape(1, -1)
     diff = np.abs(ref - cand)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     dots = np.sum(ref * cand, axis=1)
@@ -128,6 +164,7 @@ def _fidelity(name: str, reference: np.ndarray, candidate: np.ndarray) -> Output
     return OutputFidelity(
         name=name,
         cosine=float(np.mean(cosines)),
+        pooled=pooled,
         max_abs_error=float(diff.max()) if diff.size else 0.0,
         mean_abs_error=float(diff.mean()) if diff.size else 0.0,
         top1_agreement=agreement,

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from optc.data import input_specs, load_dataset, synthetic_dataset
 from optc.errors import OptcError
-from optc.measure.accuracy import EVAL_BATCH, AccuracyResult, evaluate
+from optc.measure.accuracy import AccuracyResult, evaluate
 from optc.measure.environment import Environment, current_environment
 from optc.measure.interface import check_same_inputs
 from optc.measure.providers import Unavailable, open_session
@@ -35,6 +35,7 @@ class CompareRequest:
     metric: Literal["auto", "top1", "fidelity"] = "auto"
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seed: int = 0
+    batch_size: int = 1  # both models run at this batch size (the deployment one: dynamic int8 depends on it)
 
 
 class CompareReport(BaseModel):
@@ -70,12 +71,14 @@ def compare(request: CompareRequest, progress: Progress) -> CompareReport:
                 raise OptcError(f"{request.provider}: cannot compare on this provider — {session.reason}")
             sessions[label] = session
         with progress.stage(f"outputs on {len(dataset)} samples"):
-            accuracy = evaluate(sessions["original"], sessions["optimized"], dataset, specs, request.metric)
+            accuracy = evaluate(
+                sessions["original"], sessions["optimized"], dataset, specs, request.metric, request.batch_size
+            )
         progress.done(f"{accuracy.metric}: {accuracy.original:.2f} → {accuracy.optimized:.2f}")
         per_tensor = None
         if request.per_tensor:
             with progress.stage("intermediate tensors"):
-                batch = dataset.feed_batch_size(specs, EVAL_BATCH)
+                batch = dataset.feed_batch_size(specs, request.batch_size)
                 per_tensor = compare_tensors(original.model, optimized.model, dataset, batch, request.provider, workdir)
             progress.done(f"compared {len(per_tensor.tensors)} shared tensors")
             if not per_tensor.tensors:

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 PROBE_SAMPLES = 64  # calibration samples the sensitivity ranking compares outputs on
+# Static int8 fixes every scale ahead of time, so outputs do not depend on the batch size: evaluate in large batches.
+STATIC_EVAL_BATCH = 32
 
 
 @dataclass
@@ -117,6 +119,7 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
             **details,
         },
         warnings=batches.warnings,
+        calibrated_on=batches.source,
     )
 
 
@@ -318,7 +321,9 @@ def _drop_of(original: onnx.ModelProto, context: PassContext) -> Callable[[onnx.
 
     reference = session(original, "budget_reference")
     return lambda model: (
-        evaluate(reference, session(model, "budget_candidate"), context.dataset, specs, context.metric).drop
+        evaluate(
+            reference, session(model, "budget_candidate"), context.dataset, specs, context.metric, STATIC_EVAL_BATCH
+        ).drop
     )
 
 

@@ -50,6 +50,8 @@ class PassContext:
     recipe_dir: Path | None = None
     # Inputs used to check each pass's result (the first evaluation batch).
     sample_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    # The batch size the model is measured (and deployed) at; accuracy is evaluated at it.
+    batch_size: int = 1
     # The machine the model is for (a name from optc.target.TARGETS, never "auto"): passes take defaults from it.
     target: str = field(default_factory=lambda: detect_cpu().isa)
 
@@ -63,6 +65,7 @@ class PassOutcome:
     model: onnx.ModelProto
     details: dict[str, Any] = field(default_factory=dict)  # pass-specific facts for the report
     warnings: list[str] = field(default_factory=list)
+    calibrated_on: str | None = None  # the calibration data a pass fitted ranges on: a path, or "synthetic"
 
 
 ConfigT = TypeVar("ConfigT", bound=PassConfig)

@@ -53,6 +53,10 @@ def gzip_size(model: onnx.ModelProto) -> int:
     return len(gzip.compress(model.SerializeToString(), compresslevel=6, mtime=0))
 
 
+# Pruned models are float models, whose outputs do not depend on the batch size: evaluate them in large batches.
+FLOAT_EVAL_BATCH = 32
+
+
 class CandidateMeter:
     """Measures candidates against one original: accuracy on ``dataset``, sizes, and a short latency probe."""
 
@@ -66,7 +70,7 @@ class CandidateMeter:
 
     def __call__(self, sparsity: float, candidate: onnx.ModelProto) -> CurvePoint:
         session = open_session(session_source(candidate, self.workdir, "search_candidate"), "cpu")
-        result = evaluate(self.original, session, self.dataset, self.specs, self.metric)
+        result = evaluate(self.original, session, self.dataset, self.specs, self.metric, FLOAT_EVAL_BATCH)
         stats = measure_interleaved({"candidate": session}, self.feed, PROBE_WARMUP, PROBE_RUNS, PROBE_MIN_TIME_S)
         return CurvePoint(
             sparsity=sparsity,
