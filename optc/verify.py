@@ -9,9 +9,11 @@ import onnx
 import onnxruntime as ort
 
 from optc.errors import OptcError, PassError
+from optc.isolation import RISKY_OP_TYPES, run_isolated
 from optc.measure.providers import check_options
 from optc.measure.values import run_as_arrays
 from optc.messages import exception_reason
+from optc.model_facts import all_nodes
 from optc.modelio import needs_external_data, write_with_external_data
 
 
@@ -41,23 +43,32 @@ def verify_model(
         onnx.checker.check_model(source if isinstance(source, str) else model)
     except onnx.checker.ValidationError as exc:
         raise PassError(label, f"the result is not a valid ONNX model: {exception_reason(exc)}") from exc
+    if any(node.op_type in RISKY_OP_TYPES for node in all_nodes(model.graph)):
+        outputs = run_isolated(label, _load_and_run, source, label, feed)
+    else:
+        outputs = _load_and_run(source, label, feed)
+    broken = [name for name, value in outputs.items() if name in finite_outputs and not _finite(value)]
+    if broken:
+        raise PassError(label, f"the result produces NaN/Inf in output(s) {', '.join(broken)}, the original did not")
+
+
+def _load_and_run(source: bytes | str, label: str, feed: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Open a session on ``source`` and run ``feed`` through it; outputs by name (none without a feed)."""
     try:
         session = ort.InferenceSession(source, sess_options=check_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime refuses, the pass produced it
         raise PassError(label, f"ONNX Runtime cannot load the result: {exception_reason(exc)}") from exc
     if feed is None:
-        return
+        return {}
     try:
         outputs = run_as_arrays(session, None, feed)
     except Exception as exc:  # noqa: BLE001
         raise PassError(label, f"the result fails to run in ONNX Runtime: {exception_reason(exc)}") from exc
-    broken = [
-        o.name
-        for o, value in zip(session.get_outputs(), outputs, strict=True)
-        if o.name in finite_outputs and value.dtype.kind == "f" and not np.all(np.isfinite(value))
-    ]
-    if broken:
-        raise PassError(label, f"the result produces NaN/Inf in output(s) {', '.join(broken)}, the original did not")
+    return {o.name: value for o, value in zip(session.get_outputs(), outputs, strict=True)}
+
+
+def _finite(value: np.ndarray) -> bool:
+    return value.dtype.kind != "f" or bool(np.all(np.isfinite(value)))
 
 
 def run_reference(
@@ -78,4 +89,4 @@ def run_reference(
 
 def finite_outputs(outputs: dict[str, np.ndarray]) -> set[str]:
     """Names of the outputs that hold only finite values (non-float ones always do)."""
-    return {name for name, value in outputs.items() if value.dtype.kind != "f" or bool(np.all(np.isfinite(value)))}
+    return {name for name, value in outputs.items() if _finite(value)}

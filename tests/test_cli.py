@@ -146,12 +146,13 @@ def test_corrupt_model_exits_2(runner, tmp_path: Path, fast_recipe):
     assert "broken.onnx" in result.stderr and "not a readable ONNX model" in result.stderr
 
 
-def test_pass_that_changes_nothing_exits_3(runner, tmp_path: Path, fast_recipe):
+def test_dynamic_int8_with_nothing_to_quantize_says_so_and_points_to_int8(runner, tmp_path: Path, fast_recipe):
     model = tmp_path / "relu.onnx"
     onnx.save_model(relu_model(), str(model))
     result = compress(runner, model, "-r", fast_recipe(DYNAMIC_PASS), "-o", tmp_path / "out" / "m.onnx")
-    assert result.exit_code == 3
-    assert "passes[0] quantize (dynamic): quantized 0" in result.stderr
+    assert result.exit_code == 2
+    assert "no MatMul node with constant weights" in result.stderr and "nothing to quantize" in result.stderr
+    assert "int8 recipe" in result.stderr and "check op_types" not in result.stderr
     assert nothing_written(tmp_path / "out")
 
 

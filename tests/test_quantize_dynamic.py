@@ -51,7 +51,7 @@ def test_excluded_node_stays_in_float(tmp_path: Path):
     ops = op_histogram(outcome.model)
     assert ops.get("MatMulInteger") == 1
     assert "Gemm" not in ops and ops.get("MatMul") == 1  # the excluded Gemm stays float, as MatMul + Add
-    assert outcome.details["excluded_nodes"] == ["fc"]
+    assert {"node": "fc", "op_type": "MatMul", "reason": "exclude"} in outcome.details["kept_in_float"]
 
 
 def test_exclusion_that_matches_nothing_is_an_error(tmp_path: Path):
@@ -61,9 +61,15 @@ def test_exclusion_that_matches_nothing_is_an_error(tmp_path: Path):
         run_quantize(mlp_model(), config(exclude=ExcludeSpec(patterns=["^conv"])), context(tmp_path))
 
 
-def test_quantizing_nothing_is_a_pass_failure(tmp_path: Path):
-    with pytest.raises(PassError, match="quantized 0"):
+def test_a_model_with_nothing_to_quantize_is_refused_as_bad_input(tmp_path: Path):
+    with pytest.raises(OptcError, match="nothing to quantize") as info:
         run_quantize(relu_model(), config(), context(tmp_path))
+    assert not isinstance(info.value, PassError)
+
+
+def test_excluding_every_candidate_is_a_pass_failure(tmp_path: Path):
+    with pytest.raises(PassError, match="stayed in float"):
+        run_quantize(mlp_model(), config(exclude=ExcludeSpec(nodes=["mm1", "fc"])), context(tmp_path))
 
 
 def test_already_quantized_model_is_refused(tmp_path: Path):

@@ -263,9 +263,11 @@ def _db(value: float | None) -> str:
 
 
 def sensitivity_view(rows: list[dict]) -> Table:
-    view = Table(title="int8 sensitivity (output relative error, this node alone quantized)", title_justify="left")
-    for column in ("node", "op_type", "error"):
-        view.add_column(column, justify="right" if column == "error" else "left")
+    view = Table(
+        title="int8 sensitivity (SQNR each node loses between its inputs and its output)", title_justify="left"
+    )
+    for column in ("node", "op_type", "SQNR lost dB", "output SQNR dB"):
+        view.add_column(column, justify="left" if column in ("node", "op_type") else "right")
     for row in rows:
-        view.add_row(Text(row["node"]), row["op_type"], f"{row['error']:.6f}")
+        view.add_row(Text(printable(row["node"])), row["op_type"], f"{row['drop_db']:.2f}", f"{row['sqnr_db']:.2f}")
     return view

@@ -78,7 +78,7 @@ def evaluate(
     reference = run_all(original, dataset, batch, names)
     candidate = run_all(optimized, dataset, batch, names)
     _refuse_new_non_finite(names, reference, candidate)
-    fidelity = [_fidelity(name, r, c) for name, r, c in zip(names, reference, candidate, strict=True)]
+    fidelity = [output_fidelity(name, r, c) for name, r, c in zip(names, reference, candidate, strict=True)]
     first, first_ref = fidelity[0], reference[0]
     if metric == "top1" and dataset.labels is None:
         raise OptcError(f"{dataset.source}: metric top1 needs a 'labels' array in the evaluation data")
@@ -143,7 +143,7 @@ def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
     return 100.0 * float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
-def _fidelity(name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputFidelity:
+def output_fidelity(name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputFidelity:
     ref = reference.astype(np.float64).reshape(len(reference), -1) if reference.ndim else reference.reshape(1, 1)
     cand = candidate.astype(np.float64).reshape(ref.shape)
     pooled = ref.shape[1] < POOLED_BELOW

@@ -79,7 +79,8 @@ def compare(request: CompareRequest, progress: Progress) -> CompareReport:
         if request.per_tensor:
             with progress.stage("intermediate tensors"):
                 batch = dataset.feed_batch_size(specs, request.batch_size)
-                per_tensor = compare_tensors(original.model, optimized.model, dataset, batch, request.provider, workdir)
+                feeds = dataset.batches(batch)
+                per_tensor = compare_tensors(original.model, optimized.model, feeds, request.provider, workdir)
             progress.done(f"compared {len(per_tensor.tensors)} shared tensors")
             if not per_tensor.tensors:
                 warnings.append("the two graphs share no intermediate tensor names: nothing to compare per tensor")

@@ -2,12 +2,16 @@
 
 Both graphs are run with every shared tensor exposed as an extra output. Passes keep the names of the tensors they
 do not rewrite (a quantized Conv still writes the original Conv's output name), so the shared names are the points
-where the two graphs can be compared. Exposing a tensor stops ONNX Runtime from fusing across it, so the figures are
-of a slightly less optimized execution; numerically that is the same graph.
+where the two graphs can be compared. In a QDQ graph what the next layer reads is the dequantized copy of a tensor
+(``x_DequantizeLinear_Output``), and the name itself may be written before a clamp the quantizer folded into the
+quantization (a Conv writing the name of the Relu it absorbed): the dequantized copy is what gets compared. Exposing
+a tensor stops ONNX Runtime from fusing across it, so the figures are of a slightly less optimized execution;
+numerically that is the same graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +19,13 @@ import numpy as np
 import onnx
 from pydantic import BaseModel
 
-from optc.data import Dataset
 from optc.errors import OptcError
 from optc.measure.accuracy import sqnr_db
 from optc.measure.providers import Unavailable, open_session
 from optc.measure.values import run_as_arrays
 from optc.verify import session_source
+
+DEQUANTIZED = "_DequantizeLinear_Output"  # ONNX Runtime's name for a tensor's dequantized copy in QDQ graphs
 
 
 class TensorError(BaseModel):
@@ -67,33 +72,46 @@ class _Accumulator:
 
 
 def compare_tensors(
-    original: onnx.ModelProto, optimized: onnx.ModelProto, dataset: Dataset, batch: int, provider: str, workdir: Path
+    original: onnx.ModelProto,
+    optimized: onnx.ModelProto,
+    feeds: Iterable[dict[str, np.ndarray]],
+    provider: str,
+    workdir: Path,
 ) -> TensorComparison:
+    """Run both models on ``feeds`` with every tensor they share exposed; the error of each, worst first."""
     producers_before, producers_after = _producers(original), _producers(optimized)
-    shared = [name for name in producers_before if name in producers_after]
+    counterpart = {
+        name: f"{name}{DEQUANTIZED}" if f"{name}{DEQUANTIZED}" in producers_after else name
+        for name in producers_before
+        if name in producers_after or f"{name}{DEQUANTIZED}" in producers_after
+    }
+    shared = list(counterpart)
     sessions = {}
-    for label, model in (("original", original), ("optimized", optimized)):
-        session = open_session(session_source(_exposing(model, shared), workdir, f"tensors-{label}"), provider)
+    for label, model, exposed in (
+        ("original", original, shared),
+        ("optimized", optimized, list(counterpart.values())),
+    ):
+        session = open_session(session_source(_exposing(model, exposed), workdir, f"tensors-{label}"), provider)
         if isinstance(session, Unavailable):
             raise OptcError(f"{provider}: cannot compare tensors on this provider — {session.reason}")
         sessions[label] = session
     names = {label: [o.name for o in s.get_outputs()] for label, s in sessions.items()}
     sums: dict[str, _Accumulator] = {name: _Accumulator() for name in shared}
     skipped: dict[str, str] = {}
-    for feed in dataset.batches(batch):
+    for feed in feeds:
         values = {
             label: dict(zip(names[label], run_as_arrays(s, None, feed), strict=True)) for label, s in sessions.items()
         }
         for name in shared:
             if name in skipped:
                 continue
-            reason = _incomparable(values["original"][name], values["optimized"][name])
+            reason = _incomparable(values["original"][name], values["optimized"][counterpart[name]])
             if reason:
                 skipped[name] = reason
                 continue
-            sums[name].add(values["original"][name], values["optimized"][name])
+            sums[name].add(values["original"][name], values["optimized"][counterpart[name]])
     errors = [
-        _error(name, sums[name], producers_before[name], producers_after[name])
+        _error(name, sums[name], producers_before[name], producers_after[counterpart[name]])
         for name in shared
         if name not in skipped
     ]

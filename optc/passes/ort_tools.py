@@ -2,12 +2,15 @@
 
 They read and write model files and log advice through the root logger; these helpers keep both in line with the
 rest of optc: files go to the pass's private work folder, large models with external data, and nothing is printed.
+Some write scratch files into the working directory (symbolic shape inference leaves ``sym_shape_infer_temp.onnx``
+and ``<uuid>.data`` there), so they run ``inside`` the work folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +29,17 @@ def quiet_root_logger() -> Iterator[None]:
         yield
     finally:
         root.setLevel(level)
+
+
+@contextlib.contextmanager
+def inside(folder: Path) -> Iterator[None]:
+    """Run with ``folder`` as the working directory, so a tool's scratch files land there and are removed with it."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def save_for_tool(model: onnx.ModelProto, path: Path) -> bool:

@@ -18,12 +18,17 @@ from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from pydantic import Field, model_validator
 
+from optc.data import input_specs
 from optc.errors import OptcError, PassError
 from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
-from optc.passes.ort_tools import quiet_root_logger, save_for_tool
+from optc.passes.fallback import probe_of
+from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
+from optc.passes.quantize_fallback import meet_fidelity_targets
+from optc.passes.quantize_keep_float import float_sensitive_nodes
+from optc.passes.quantize_prepare import name_unnamed_nodes, normalize_opsets
 from optc.passes.quantize_static import run_static
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
 
@@ -37,8 +42,6 @@ STATIC_ONLY_FIELDS = (
     "weight_symmetric",
     "preprocess",
     "calibration",
-    "keep_float_sensitive",
-    "accuracy_budget",
 )
 
 
@@ -88,14 +91,22 @@ class QuantizeConfig(PassConfig):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     keep_float_sensitive: bool = Field(
         default=True,
-        description="static: keep in float what int8 cannot represent: the chains feeding Log/Sqrt/Pow/Reciprocal "
-        "and Div denominators, and LSTM/GRU/RNN cells with their state readers.",
+        description="Keep in float what int8 cannot represent: the chains feeding Log/Sqrt/Pow/Reciprocal and Div "
+        "denominators, and LSTM/GRU/RNN cells with their state readers.",
+    )
+    min_cosine: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Keep the most damaged nodes in float, as few as possible, until every output's cosine to the "
+        "float model on a probe of 64 samples (calibration data for static, evaluation data for dynamic) is at least "
+        "this.",
     )
     accuracy_budget: float | None = Field(
         default=None,
         ge=0,
-        description="static: largest allowed drop of the recipe's metric (points). The most sensitive nodes are "
-        "kept in float, as few as possible, until the drop fits.",
+        description="Largest allowed drop of the recipe's metric on the evaluation data (points): the most damaged "
+        "nodes are kept in float, as few as possible, until the drop fits. Also a gate on the finished model.",
     )
     exclude: ExcludeSpec = Field(default_factory=ExcludeSpec)
 
@@ -149,44 +160,87 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         # name; splitting them here first keeps each Gemm's name on its MatMul.
         model = gemm_to_matmul(model)
         op_types = [op for op in op_types if op != "Gemm"] + (["MatMul"] if "MatMul" not in op_types else [])
-    before = op_histogram(model)
-    source = context.workdir / "quantize_in.onnx"
-    target = context.workdir / "quantize_out.onnx"
-    large = save_for_tool(model, source)
-    with quiet_root_logger():
-        quantize_dynamic(
-            str(source),
-            str(target),
-            op_types_to_quantize=op_types,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            weight_type=QuantType.QInt8 if config.weight_type == "int8" else QuantType.QUInt8,
-            nodes_to_exclude=sorted(excluded),
-            use_external_data_format=large,
-            extra_options={"MatMulConstBOnly": True},
+    model = name_unnamed_nodes(normalize_opsets(model))
+    weighted = _weighted_nodes(model, op_types)
+    if not weighted:
+        raise OptcError(
+            f"{context.label}: the model has no {'/'.join(op_types)} node with constant weights, so dynamic int8 "
+            "has nothing to quantize",
+            hint="for convolutional networks use the int8 recipe (static int8, with --calibration-data)",
         )
-    result = onnx.load_model(str(target))
-    after = op_histogram(result)
+    kept = {name: {"reason": "exclude"} for name in excluded}
+    if config.keep_float_sensitive:
+        for name, reason in float_sensitive_nodes(model.graph).items():
+            kept.setdefault(name, {"reason": reason})
+    quantize = _dynamic_quantizer(model, config, op_types, context)
+    full = quantize(set(kept))
+    probe = probe_of(context.dataset.batches(context.dataset.feed_batch_size(input_specs(model), context.batch_size)))
+    result, details = meet_fidelity_targets(
+        model,
+        model,
+        quantize,
+        full,
+        kept,
+        probe,
+        lambda node: node.name in weighted,
+        config,
+        context,
+        context.batch_size,
+    )
+    before, after = op_histogram(model), op_histogram(result)
     quantized = sum(after.get(op, 0) - before.get(op, 0) for op in ("MatMulInteger", "ConvInteger", "QAttention"))
-    candidates = sum(before.get(op, 0) for op in op_types)
     if quantized == 0:
         raise PassError(
             context.label,
-            f"quantized 0 of {candidates} {'/'.join(op_types)} nodes, so the model would come out unchanged",
-            hint="dynamic quantization needs constant weights; check op_types and exclude",
+            f"all {len(weighted)} {'/'.join(op_types)} node(s) stayed in float, so the model would come out unchanged",
+            hint="see kept_in_float in the report; check exclude",
         )
+    ops = {n.name: n.op_type for n in model.graph.node}
     return PassOutcome(
         model=result,
         details={
             "ops_quantized": quantized,
-            "candidates": candidates,
+            "candidates": len(weighted),
             "op_types": op_types,
-            "excluded_nodes": sorted(excluded),
             "per_channel": config.per_channel,
             "weight_type": config.weight_type,
             "reduce_range": config.reduce_range,
+            "kept_in_float": [
+                {"node": name, "op_type": ops.get(name, "?"), **facts} for name, facts in sorted(kept.items())
+            ],
+            **details,
         },
     )
+
+
+def _weighted_nodes(model: onnx.ModelProto, op_types: list[str]) -> set[str]:
+    """Names of the ``op_types`` nodes whose weight (second input) is a constant: what dynamic int8 can quantize."""
+    constants = {t.name for t in model.graph.initializer}
+    return {n.name for n in model.graph.node if n.op_type in op_types and len(n.input) > 1 and n.input[1] in constants}
+
+
+def _dynamic_quantizer(model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str], context: PassContext):
+    """A function from the node names to keep in float to the dynamically quantized model."""
+    source = context.workdir / "quantize_in.onnx"
+    target = context.workdir / "quantize_out.onnx"
+    large = save_for_tool(model, source)
+
+    def quantize(kept: set[str]) -> onnx.ModelProto:
+        with quiet_root_logger(), inside(context.workdir):
+            quantize_dynamic(
+                str(source),
+                str(target),
+                op_types_to_quantize=op_types,
+                per_channel=config.per_channel,
+                reduce_range=config.reduce_range,
+                weight_type=QuantType.QInt8 if config.weight_type == "int8" else QuantType.QUInt8,
+                nodes_to_exclude=sorted(kept),
+                use_external_data_format=large,
+                extra_options={"MatMulConstBOnly": True},
+            )
+        return onnx.load_model(str(target))
+
+    return quantize
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -47,6 +47,22 @@ def constants_to_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
     return out, moved
 
 
+def normalize_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """One ``opset_import`` entry per domain, the default one spelled ``""``: models merged with onnx.compose repeat
+    entries, and some exporters write ``ai.onnx``; ONNX Runtime's quantizer then stops with "Failed to find proper
+    ai.onnx domain". Repeated entries keep their highest version."""
+    versions: dict[str, int] = {}
+    for entry in model.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        versions[domain] = max(versions.get(domain, 0), entry.version)
+    if len(versions) == len(model.opset_import) and all(e.domain != "ai.onnx" for e in model.opset_import):
+        return model
+    out = _copy(model)
+    del out.opset_import[:]
+    out.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in versions.items())
+    return out
+
+
 def drop_initializer_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Remove initializers from the graph inputs (IR < 4 style): ONNX Runtime treats those as overridable inputs,
     so the quantizer sees no constant weights and quantizes nothing."""

@@ -22,37 +22,57 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
 from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, synthetic_dataset
 from optc.errors import PassError
-from optc.measure.accuracy import evaluate
-from optc.measure.providers import check_options
 from optc.messages import exception_reason
 from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
 from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
-from optc.passes.ort_tools import quiet_root_logger, save_for_tool
+from optc.passes.fallback import probe_of, rank_by_damage
+from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
+from optc.passes.quantize_fallback import meet_fidelity_targets
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_prepare import (
     PER_CHANNEL_OPSET,
     constants_to_initializers,
     drop_initializer_inputs,
     name_unnamed_nodes,
+    normalize_opsets,
     subgraph_nodes,
     upgrade_opset,
 )
 from optc.passes.registry import PassContext, PassOutcome
-from optc.passes.sensitivity import PASS_THROUGH_OPS, fit_budget, rank_nodes
-from optc.verify import session_source
 
 if TYPE_CHECKING:
     from optc.passes.quantize import QuantizeConfig
 
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-PROBE_SAMPLES = 64  # calibration samples the sensitivity ranking compares outputs on
+# Ops that only move or clip int8 values: they reuse their input's scale, so they add no error of their own.
+PASS_THROUGH_OPS = frozenset(
+    {
+        "Relu",
+        "Clip",
+        "MaxPool",
+        "Reshape",
+        "Transpose",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Gather",
+        "Slice",
+        "Split",
+        "Resize",
+        "Pad",
+        "Expand",
+        "Tile",
+        "DepthToSpace",
+        "SpaceToDepth",
+    }
+)
 # Static int8 fixes every scale ahead of time, so outputs do not depend on the batch size: evaluate in large batches.
 STATIC_EVAL_BATCH = 32
 
@@ -77,21 +97,19 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
     batches = calibration_batches(prepared.model, config, context)
     quantize, calibration = calibrated_quantizer(prepared, config, context, batches)
     kept = {name: {"reason": reason} for name, reason in prepared.kept_in_float.items()}
-    details: dict = {}
-    if config.accuracy_budget is None:
-        result = quantize(set(kept))
-    else:
-        ranking = rank_nodes(
-            quantize, prepared.model, _sensitivity_candidates(quantize(set(kept)), kept), _probe(batches)
-        )
-        fit = fit_budget(quantize, ranking, set(kept), _drop_of(model, context), config.accuracy_budget, context.label)
-        errors = {s.node: s.error for s in ranking}
-        for name in fit.kept:
-            kept[name] = {"reason": f"accuracy_budget {config.accuracy_budget:g}", "error": round(errors[name], 6)}
-        result = fit.model
-        details["accuracy_drop"] = round(fit.drop, 4)
-        details["budget_search"] = fit.tried
-        details["sensitivity"] = [s.as_row() | {"kept_in_float": s.node in fit.kept} for s in ranking]
+    full = quantize(set(kept))
+    result, details = meet_fidelity_targets(
+        prepared.model,
+        model,
+        quantize,
+        full,
+        kept,
+        probe_of(batches.open()),
+        _ranked_candidate(full),
+        config,
+        context,
+        STATIC_EVAL_BATCH,
+    )
     quantized = quantized_op_counts(result)
     if not quantized:
         raise PassError(context.label, _nothing_quantized(model, config, kept))
@@ -144,17 +162,23 @@ def sensitivity_of_nodes(model: onnx.ModelProto, calibration_data: Path | None, 
 
 
 def measure_sensitivity(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> list[dict]:
-    """The sensitivity table alone: every candidate node, most sensitive first."""
+    """The sensitivity table alone: every quantized node, the most damaging first."""
     prepared = prepare(model, config, context)
     batches = calibration_batches(prepared.model, config, context)
     quantize, _ = calibrated_quantizer(prepared, config, context, batches)
     kept = set(prepared.kept_in_float)
-    ranking = rank_nodes(quantize, prepared.model, _sensitivity_candidates(quantize(kept), kept), _probe(batches))
-    return [s.as_row() for s in ranking]
+    full = quantize(kept)
+    candidate = _ranked_candidate(full)
+    probe = probe_of(batches.open())
+    ranking = rank_by_damage(
+        prepared.model, full, probe, context.workdir, lambda n: n.name not in kept and candidate(n)
+    )
+    return [d.as_row() for d in ranking]
 
 
 def prepare(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> Prepared:
     notes = []
+    model = normalize_opsets(model)
     model, moved = constants_to_initializers(model)
     if moved:
         notes.append(f"{moved} Constant node(s) turned into initializers")
@@ -198,7 +222,7 @@ def preprocess(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto, 
     failure = None
     for skip_symbolic_shape in (False, True):
         try:
-            with quiet_root_logger():
+            with quiet_root_logger(), inside(workdir):
                 quant_pre_process(
                     str(source), str(target), skip_symbolic_shape=skip_symbolic_shape, save_as_external_data=large
                 )
@@ -245,7 +269,7 @@ def calibrated_quantizer(prepared: Prepared, config: QuantizeConfig, context: Pa
     large = save_for_tool(prepared.model, source)
 
     def quantize(excluded: set[str]) -> onnx.ModelProto:
-        with quiet_root_logger():
+        with quiet_root_logger(), inside(context.workdir):
             quantize_static(
                 str(source),
                 str(target),
@@ -296,35 +320,11 @@ def quantized_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return found
 
 
-def _sensitivity_candidates(quantized: onnx.ModelProto, kept: set[str] | dict) -> list[onnx.NodeProto]:
-    """Nodes quantized in the full int8 model that compute something (not merely pass int8 values through)."""
-    return [n for n in quantized_nodes(quantized) if n.name not in kept and n.op_type not in PASS_THROUGH_OPS]
-
-
-def _probe(batches: CalibrationBatches) -> list[dict[str, np.ndarray]]:
-    probe, samples = [], 0
-    for feed in batches.open():
-        probe.append(feed)
-        samples += len(next(iter(feed.values())))
-        if samples >= PROBE_SAMPLES:
-            break
-    return probe
-
-
-def _drop_of(original: onnx.ModelProto, context: PassContext) -> Callable[[onnx.ModelProto], float]:
-    """The recipe's metric drop of a candidate model against ``original`` on the evaluation data."""
-    specs = input_specs(original)
-
-    def session(model: onnx.ModelProto, name: str) -> ort.InferenceSession:
-        source = session_source(model, context.workdir, name)
-        return ort.InferenceSession(source, sess_options=check_options(), providers=["CPUExecutionProvider"])
-
-    reference = session(original, "budget_reference")
-    return lambda model: (
-        evaluate(
-            reference, session(model, "budget_candidate"), context.dataset, specs, context.metric, STATIC_EVAL_BATCH
-        ).drop
-    )
+def _ranked_candidate(quantized: onnx.ModelProto) -> Callable[[onnx.NodeProto], bool]:
+    """Nodes the full int8 model quantized and that compute something (not merely pass int8 values through):
+    keeping one of those in float can win back accuracy."""
+    names = {n.name for n in quantized_nodes(quantized) if n.op_type not in PASS_THROUGH_OPS}
+    return lambda node: node.name in names
 
 
 def _surviving(spec: ExcludeSpec, graph: onnx.GraphProto) -> ExcludeSpec:

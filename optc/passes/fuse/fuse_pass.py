@@ -72,7 +72,7 @@ def run_fuse(model: onnx.ModelProto, config: FuseConfig, context: PassContext) -
     warnings: list[str] = []
     if config.transformer:
         model, fused_ops, details["transformer"] = fuse_transformer(
-            model, config.transformer, config.num_heads, config.hidden_size, context.label
+            model, config.transformer, config.num_heads, config.hidden_size, context.label, context.workdir
         )
         fusions += [{"fusion": f"transformer: {op}", "applied": n} for op, n in fused_ops.items()]
         if not fused_ops.get("Attention"):

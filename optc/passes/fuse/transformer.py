@@ -12,13 +12,15 @@ optc (dynamic quantization in particular) can work on it:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 from onnxruntime.transformers.optimizer import optimize_model
 
 from optc.errors import OptcError, PassError
 from optc.passes.fuse.graph import GraphIndex, attribute, copy_model
-from optc.passes.ort_tools import quiet_root_logger
+from optc.passes.ort_tools import inside, quiet_root_logger
 
 CONTRIB_DOMAIN = "com.microsoft"
 HEAD_SPLIT_PERM = [0, 2, 1, 3]  # [batch, seq, heads, head_dim] -> [batch, heads, seq, head_dim]
@@ -45,7 +47,12 @@ def detect_encoder(model: onnx.ModelProto) -> tuple[int, int] | None:
 
 
 def fuse_transformer(
-    model: onnx.ModelProto, model_type: str, num_heads: int | None, hidden_size: int | None, label: str
+    model: onnx.ModelProto,
+    model_type: str,
+    num_heads: int | None,
+    hidden_size: int | None,
+    label: str,
+    workdir: Path,
 ) -> tuple[onnx.ModelProto, dict[str, int], dict]:
     """The fused model, the count of each fused op type, and the settings used (model type, heads, hidden size)."""
     detected = False
@@ -61,7 +68,9 @@ def fuse_transformer(
         num_heads, hidden_size = num_heads or found[0], hidden_size or found[1]
     if model_type == "gpt2" and not (num_heads and hidden_size):
         raise OptcError(f"{label}: transformer: gpt2 needs num_heads and hidden_size")
-    with quiet_root_logger():  # the optimizer logs producer mismatches and per-fusion chatter as warnings
+    # The optimizer logs producer mismatches and per-fusion chatter as warnings, and shape inference writes scratch
+    # files into the working directory.
+    with quiet_root_logger(), inside(workdir):
         # opt_level 0: only the Python fusions; ONNX Runtime's own graph optimizations are the separate ort_level.
         optimizer = optimize_model(  # it edits the ModelProto it is given: hand it a copy
             copy_model(model),
@@ -77,7 +86,8 @@ def fuse_transformer(
     ):
         result.opset_import.append(onnx.helper.make_opsetid(CONTRIB_DOMAIN, 1))
     try:
-        result = SymbolicShapeInference.infer_shapes(result, auto_merge=True)
+        with inside(workdir):
+            result = SymbolicShapeInference.infer_shapes(result, auto_merge=True)
     except Exception as exc:  # noqa: BLE001 - without types the model still runs, but cannot be quantized
         raise PassError(label, f"typing the fused model failed: {type(exc).__name__}: {exc}") from exc
     settings = {"model_type": model_type, "num_heads": num_heads, "hidden_size": hidden_size, "detected": detected}

@@ -1,0 +1,191 @@
+"""Keeping in float the nodes a conversion hurts most, as few as possible, until the result is good enough.
+
+One pass ranks the nodes: the float model and the fully converted one run over a probe of the data with every tensor
+they share exposed, and each node is charged with the signal-to-noise ratio it lost between its inputs and its output
+(as NNCF's ranker and ONNX Runtime's ``qdq_loss_debug`` do). Re-converting node by node, as optc once did, costs one
+conversion per node; this costs one run of each model. Then nodes are kept in float in that order, 1, 2, 4, ... at a
+time and finally bisected, until ``acceptable`` holds — a handful of conversions however large the model.
+
+Int8 (static and dynamic) and fp16 share this: each passes a ``convert(kept) -> model`` and an ``acceptable`` check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from optc.errors import PassError
+from optc.measure.accuracy import output_fidelity
+from optc.measure.providers import check_options
+from optc.measure.tensor_error import compare_tensors
+from optc.measure.values import run_as_arrays
+from optc.verify import session_source
+
+Convert = Callable[[set[str]], onnx.ModelProto]  # node names kept in float -> converted model
+Acceptable = Callable[[onnx.ModelProto], tuple[bool, dict]]  # model -> (good enough, facts for the report)
+IDENTICAL_DB = 100.0  # what an exact tensor counts as (graph inputs, weights, tensors the conversion left alone)
+FOLLOW_STEPS = 2
+PROBE_SAMPLES = 64  # samples a fallback search checks its candidates on, and ranks the nodes on
+
+
+@dataclass(frozen=True)
+class NodeDamage:
+    node: str
+    op_type: str
+    drop_db: float  # SQNR lost between the node's worst input and its output
+    sqnr_db: float  # of its output
+
+    def as_row(self) -> dict:
+        return {
+            "node": self.node,
+            "op_type": self.op_type,
+            "drop_db": round(self.drop_db, 2),
+            "sqnr_db": round(self.sqnr_db, 2),
+        }
+
+
+@dataclass
+class Fallback:
+    model: onnx.ModelProto
+    kept: list[str]  # nodes kept in float, most damaging first
+    tried: list[dict] = field(default_factory=list)  # each configuration checked: {"kept_in_float": k, "ok": ...}
+
+
+def rank_by_damage(
+    float_model: onnx.ModelProto,
+    converted: onnx.ModelProto,
+    feeds: Iterable[dict[str, np.ndarray]],
+    workdir: Path,
+    candidate: Callable[[onnx.NodeProto], bool] = lambda node: True,
+) -> list[NodeDamage]:
+    """Nodes of ``float_model`` that ``candidate`` admits, most damaging first."""
+    comparison = compare_tensors(float_model, converted, feeds, "cpu", workdir)
+    sqnr = {t.name: IDENTICAL_DB if t.sqnr_db is None else min(t.sqnr_db, IDENTICAL_DB) for t in comparison.tensors}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in float_model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    ranking = []
+    for node in float_model.graph.node:
+        after = _output_sqnr(node, sqnr, consumers)
+        if after is None or not candidate(node):
+            continue
+        before = min((sqnr.get(name, IDENTICAL_DB) for name in node.input if name), default=IDENTICAL_DB)
+        ranking.append(NodeDamage(node.name, node.op_type, before - after, after))
+    return sorted(ranking, key=lambda d: -d.drop_db)
+
+
+def _output_sqnr(node: onnx.NodeProto, sqnr: dict[str, float], consumers: dict) -> float | None:
+    """SQNR of the node's output, or of the first compared tensor down a chain of sole readers (a conversion may
+    fold the next op into this one, as int8 folds a Relu into its Conv), at most ``FOLLOW_STEPS`` nodes on."""
+    for _ in range(FOLLOW_STEPS + 1):
+        found = [sqnr[name] for name in node.output if name in sqnr]
+        if found:
+            return min(found)
+        readers = [r for name in node.output if name for r in consumers.get(name, [])]
+        if len(readers) != 1:
+            return None
+        node = readers[0]
+    return None
+
+
+def keep_in_float_until(
+    convert: Convert,
+    first: onnx.ModelProto,
+    ranking: list[NodeDamage],
+    acceptable: Acceptable,
+    always_kept: set[str],
+    label: str,
+    limit: int,
+) -> Fallback:
+    """The fewest leading nodes of ``ranking`` (at most ``limit``) to keep in float for ``acceptable`` to hold.
+
+    ``first`` is the conversion with only ``always_kept`` in float, already made by the caller.
+    """
+    ok, facts = acceptable(first)
+    tried = [{"kept_in_float": 0, "ok": ok, **facts}]
+    if ok or not ranking:
+        return Fallback(first, [], tried)
+    names = [d.node for d in ranking[:limit]]
+
+    def attempt(count: int) -> tuple[bool, onnx.ModelProto]:
+        model = convert(always_kept | set(names[:count]))
+        good, found = acceptable(model)
+        tried.append({"kept_in_float": count, "ok": good, **found})
+        return good, model
+
+    bad, good, best = 0, None, None
+    count = 1
+    while good is None:
+        passed, model = attempt(count)
+        if passed:
+            good, best = count, model
+        elif count >= len(names):
+            raise PassError(
+                label,
+                f"still not good enough with the {len(names)} most damaged node(s) kept in float "
+                f"({', '.join(f'{k}: {v}' for k, v in tried[-1].items() if k not in ('ok', 'kept_in_float'))})",
+                hint="the model may not suit this conversion; loosen the target or exclude more op types",
+            )
+        else:
+            bad, count = count, min(2 * count, len(names))
+    while good - bad > 1:
+        middle = (bad + good) // 2
+        passed, model = attempt(middle)
+        if passed:
+            good, best = middle, model
+        else:
+            bad = middle
+    return Fallback(best, names[:good], tried)
+
+
+def run_outputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], workdir: Path) -> dict[str, np.ndarray]:
+    """Every output of ``model`` over ``feeds``, by name, samples stacked on the first axis."""
+    session = ort.InferenceSession(
+        session_source(model, workdir, "fallback_probe"),
+        sess_options=check_options(),
+        providers=["CPUExecutionProvider"],
+    )
+    names = [o.name for o in session.get_outputs()]
+    per_feed = [run_as_arrays(session, None, feed) for feed in feeds]
+    return {
+        name: np.concatenate([run[i].reshape(len(run[i]) if run[i].ndim else 1, -1) for run in per_feed])
+        for i, name in enumerate(names)
+    }
+
+
+def output_agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict:
+    """How close ``candidate``'s float outputs are to ``reference``'s: the worst cosine (pooled for tiny outputs, as
+    the report measures it), the worst relative L2 error and the output it belongs to."""
+    cosines, errors = [], {}
+    for name, ref in reference.items():
+        cand = candidate[name]
+        if ref.dtype.kind != "f":
+            continue
+        if not np.all(np.isfinite(cand[np.isfinite(ref)])):
+            return {"min_cosine": 0.0, "max_relative_error": float("inf"), "worst_output": name}
+        cosines.append(output_fidelity(name, ref, cand).cosine)
+        ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
+        errors[name] = float(np.linalg.norm(cand64 - ref64) / max(np.linalg.norm(ref64), 1e-12))
+    worst = max(errors, key=errors.get, default=None)
+    return {
+        "min_cosine": round(min(cosines, default=1.0), 6),
+        "max_relative_error": round(errors[worst], 6) if worst else 0.0,
+        "worst_output": worst,
+    }
+
+
+def probe_of(feeds, samples: int = PROBE_SAMPLES) -> list[dict[str, np.ndarray]]:
+    """The first ``samples`` samples of ``feeds``, as feeds."""
+    probe, count = [], 0
+    for feed in feeds:
+        probe.append(feed)
+        count += len(next(iter(feed.values()))) if feed else 1
+        if count >= samples:
+            break
+    return probe

@@ -1,0 +1,86 @@
+"""The int8 passes' fidelity targets: keep the most damaged nodes in float until the quantized model is close enough.
+
+Two targets, either or both: ``min_cosine`` (every output's cosine to the float model on a probe of the data) and
+``accuracy_budget`` (the recipe's metric drop on the evaluation data). The nodes are ranked in one pass
+(``fallback.rank_by_damage``) and kept in float in that order, as few as the targets allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from optc.data import input_specs
+from optc.measure.accuracy import evaluate
+from optc.measure.providers import check_options
+from optc.passes.fallback import Convert, keep_in_float_until, output_agreement, rank_by_damage, run_outputs
+from optc.passes.registry import PassContext
+from optc.verify import session_source
+
+if TYPE_CHECKING:
+    from optc.passes.quantize import QuantizeConfig
+
+SENSITIVITY_ROWS = 50  # of the ranking, in the report
+
+
+def meet_fidelity_targets(
+    float_model: onnx.ModelProto,
+    original: onnx.ModelProto,
+    convert: Convert,
+    first: onnx.ModelProto,
+    kept: dict[str, dict],
+    probe: list[dict[str, np.ndarray]],
+    candidate: Callable[[onnx.NodeProto], bool],
+    config: QuantizeConfig,
+    context: PassContext,
+    eval_batch: int,
+) -> tuple[onnx.ModelProto, dict]:
+    """The quantized model meeting ``config``'s targets, and the report's details of the search; ``kept`` (node →
+    facts) gains the nodes kept in float for them. ``first`` is ``convert`` of what ``kept`` holds already."""
+    if config.min_cosine is None and config.accuracy_budget is None:
+        return first, {}
+    workdir = context.workdir
+    reference = run_outputs(float_model, probe, workdir)
+    drop_of = _drop_of(original, context, eval_batch) if config.accuracy_budget is not None else None
+
+    def acceptable(model: onnx.ModelProto) -> tuple[bool, dict]:
+        facts = output_agreement(reference, run_outputs(model, probe, workdir))
+        ok = config.min_cosine is None or facts["min_cosine"] >= config.min_cosine
+        if drop_of is not None:
+            facts["accuracy_drop"] = round(drop_of(model), 4)
+            ok = ok and facts["accuracy_drop"] <= config.accuracy_budget
+        return ok, facts
+
+    ranking = rank_by_damage(float_model, first, probe, workdir, lambda n: n.name not in kept and candidate(n))
+    fallback = keep_in_float_until(convert, first, ranking, acceptable, set(kept), context.label, len(ranking))
+    targets = ", ".join(
+        f"{name} {value:g}"
+        for name, value in (("min_cosine", config.min_cosine), ("accuracy_budget", config.accuracy_budget))
+        if value is not None
+    )
+    damage = {d.node: d for d in ranking}
+    for name in fallback.kept:
+        kept[name] = {"reason": f"fidelity target ({targets})", "drop_db": round(damage[name].drop_db, 2)}
+    return fallback.model, {
+        "fidelity_targets": targets,
+        "fidelity_search": fallback.tried,
+        "sensitivity": [d.as_row() | {"kept_in_float": d.node in fallback.kept} for d in ranking[:SENSITIVITY_ROWS]],
+    }
+
+
+def _drop_of(original: onnx.ModelProto, context: PassContext, batch: int) -> Callable[[onnx.ModelProto], float]:
+    """The recipe's metric drop of a candidate model against ``original`` on the evaluation data."""
+    specs = input_specs(original)
+
+    def session(model: onnx.ModelProto, name: str) -> ort.InferenceSession:
+        source = session_source(model, context.workdir, name)
+        return ort.InferenceSession(source, sess_options=check_options(), providers=["CPUExecutionProvider"])
+
+    reference = session(original, "budget_reference")
+    return lambda model: (
+        evaluate(reference, session(model, "budget_candidate"), context.dataset, specs, context.metric, batch).drop
+    )
