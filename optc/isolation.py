@@ -20,6 +20,10 @@ T = TypeVar("T")
 RISKY_OP_TYPES = frozenset({"LSTM", "GRU", "RNN", "Loop", "Scan", "If"})
 
 
+class NativeCrash(PassError):
+    """ONNX Runtime (or another native library) died of a signal while running a pass's result."""
+
+
 def _child(fn: Callable[..., T], args: tuple, connection) -> None:
     try:
         connection.send(("ok", fn(*args)))
@@ -42,7 +46,7 @@ def run_isolated(label: str, fn: Callable[..., T], *args) -> T:
         child.join()
         code = child.exitcode or 0
         name = signal.Signals(-code).name if code < 0 else f"exit code {code}"
-        raise PassError(
+        raise NativeCrash(
             label, f"ONNX Runtime crashed ({name}) running the result", hint="exclude the op types it cannot handle"
         ) from None
     finally:

@@ -19,6 +19,7 @@ The conversion is ONNX Runtime's ``float16.convert_float_to_float16``; optc adds
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -29,7 +30,7 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 from pydantic import Field
 
 from optc.data import input_specs
-from optc.isolation import RISKY_OP_TYPES, run_isolated
+from optc.isolation import RISKY_OP_TYPES, NativeCrash, run_isolated
 from optc.measure.providers import check_options
 from optc.model_facts import all_nodes
 from optc.modelio import needs_external_data
@@ -102,20 +103,29 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
             )
         return tidy_casts(converted)[0]
 
-    first = convert(set(kept))
     risky = any(node.op_type in RISKY_OP_TYPES for node in all_nodes(source.graph))
     probe = probe_of(
         context.dataset.batches(context.dataset.feed_batch_size(input_specs(model), context.batch_size)), PROBE_SAMPLES
     )
     reference = run_outputs(model, probe, context.workdir)
 
-    def acceptable(candidate: onnx.ModelProto) -> tuple[bool, dict]:
+    def outputs_of(candidate: onnx.ModelProto) -> dict[str, np.ndarray]:
         if risky:
-            outputs = run_isolated(context.label, run_outputs, candidate, probe, context.workdir)
-        else:
-            outputs = run_outputs(candidate, probe, context.workdir)
-        facts = output_agreement(reference, outputs)
+            return run_isolated(context.label, run_outputs, candidate, probe, context.workdir)
+        return run_outputs(candidate, probe, context.workdir)
+
+    def acceptable(candidate: onnx.ModelProto) -> tuple[bool, dict]:
+        facts = output_agreement(reference, outputs_of(candidate))
         return facts["max_relative_error"] <= config.tolerance, facts
+
+    if risky:
+        always = set(kept)
+        for op_type in crashing_op_types(source, blocked_ops, lambda names: convert(always | names), outputs_of):
+            blocked_ops.add(op_type)
+            for node in source.graph.node:
+                if node.op_type == op_type:
+                    kept.setdefault(node.name, "ONNX Runtime crashes running it in fp16 in this graph")
+    first = convert(set(kept))
 
     ranking = rank_by_damage(source, first, probe, context.workdir, lambda node: node.name not in kept)
     limit = max(MIN_FALLBACK_NODES, len(source.graph.node) // 4)
@@ -137,6 +147,33 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
             ],
         },
     )
+
+
+def crashing_op_types(
+    source: onnx.ModelProto, blocked: set[str], convert: Callable[[set[str]], onnx.ModelProto], run: Callable
+) -> list[str]:
+    """Op types whose conversion to fp16 makes ONNX Runtime crash on this graph (none when the full conversion
+    runs). Found by converting one op type at a time, each run in a child process: a few seconds per op type, paid
+    only by graphs that crash, where the alternative is no model at all."""
+    if not _crashes(run, convert(set())):
+        return []
+    present = sorted({n.op_type for n in source.graph.node} - blocked)
+    found = []
+    for op_type in present:
+        others = {n.name for n in source.graph.node if n.op_type != op_type}
+        if _crashes(run, convert(others)):
+            found.append(op_type)
+    return found
+
+
+def _crashes(run: Callable, model: onnx.ModelProto) -> bool:
+    try:
+        run(model)
+    except NativeCrash:
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is found and reported by the regular checks
+        return False
+    return False
 
 
 def fold_in_fp32(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:

@@ -170,7 +170,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         )
     kept = {name: {"reason": "exclude"} for name in excluded}
     if config.keep_float_sensitive:
-        for name, reason in float_sensitive_nodes(model.graph).items():
+        for name, reason in float_sensitive_nodes(model.graph, outputs=False).items():
             kept.setdefault(name, {"reason": reason})
     quantize = _dynamic_quantizer(model, config, op_types, context)
     full = quantize(set(kept))

@@ -5,6 +5,9 @@ fatal where a value's small magnitude matters: the argument of ``Log``/``Sqrt``/
 denominator (power spectra → log-mel turn into -inf or huge values). So the chain that produces such an input is kept
 in float, back to and including the nearest weighted op. Recurrent cells (``LSTM``/``GRU``/``RNN``) carry state across
 time steps, where quantization error compounds; they and the nodes reading their state outputs stay in float.
+With ``outputs`` (static int8, where a quantized node's output is itself rounded to int8), squashing activations
+that write a graph output (Sigmoid, Softmax, ...) stay in float too: 256 levels across a probability's range turn a
+wake-word score of 1e-4 into 0 or 2e-4.
 """
 
 from __future__ import annotations
@@ -13,16 +16,22 @@ import onnx
 
 SMALL_MAGNITUDE_OPS = {"Log": (0,), "Sqrt": (0,), "Pow": (0,), "Reciprocal": (0,), "Div": (1,)}
 RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
+SQUASHING_OPS = {"Sigmoid", "Softmax", "LogSoftmax", "Tanh", "HardSigmoid", "Softplus"}
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 # Walking up from a sensitive input stops after this many producers: far-away layers are not what rounds to zero.
 MAX_CHAIN = 6
 
 
-def float_sensitive_nodes(graph: onnx.GraphProto) -> dict[str, str]:
+def float_sensitive_nodes(graph: onnx.GraphProto, outputs: bool) -> dict[str, str]:
     """Node name → why it stays in float."""
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name for t in graph.initializer}
     reasons: dict[str, str] = {}
+    if outputs:
+        for output in graph.output:
+            node = producers.get(output.name)
+            if node is not None and node.op_type in SQUASHING_OPS:
+                reasons[node.name] = f"writes graph output {output.name!r}, a score int8 would round to 256 levels"
     for node in graph.node:
         for index in SMALL_MAGNITUDE_OPS.get(node.op_type, ()):
             if index >= len(node.input):

@@ -209,7 +209,7 @@ def prepare(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext
     spec = _surviving(config.exclude, model.graph)
     kept = {name: "exclude" for name in excluded_nodes(model.graph, spec, context.label)}
     if config.keep_float_sensitive:
-        for name, reason in float_sensitive_nodes(model.graph).items():
+        for name, reason in float_sensitive_nodes(model.graph, outputs=True).items():
             kept.setdefault(name, reason)
     return Prepared(model=model, kept_in_float=kept, per_channel=per_channel, notes=notes)
 
