@@ -239,9 +239,13 @@ def _evaluation_data(request, specs, model, warnings: list[str], progress: Progr
     if path is not None:
         return load_dataset(path, specs, evaluate_settings.samples, role=role)
     dataset = synthetic_dataset(model, specs, request.seed, request.input_shapes)
-    message = "no evaluation data given: accuracy is fidelity to the original on seeded synthetic inputs"
-    progress.warn(message)
-    warnings.append(message)
+    messages = ["no evaluation data given: accuracy is fidelity to the original on seeded synthetic inputs"]
+    if dataset.assumed:
+        sized = ", ".join(f"{name}={size}" for name, size in dataset.assumed.items())
+        messages.append(f"symbolic dims of the synthetic inputs set by default: {sized} (choose with --input-shape)")
+    for message in messages:
+        progress.warn(message)
+        warnings.append(message)
     return dataset
 
 

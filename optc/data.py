@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,8 @@ from optc.model_facts import graph_inputs
 
 LABELS_KEY = "labels"
 SYNTHETIC_SAMPLES = 32
+# Size of a symbolic non-batch dim (a sequence length, an image side) when neither data nor --input-shape gives one.
+DEFAULT_SYMBOLIC_DIM = 32
 MAX_SYNTHETIC_ELEMENTS = 1 << 28  # per sample of one input: a gigabyte of float32
 SYNTHETIC_INT_HIGH = 10  # integer inputs that feed no lookup table are drawn from [0, 10)
 
@@ -59,6 +61,7 @@ class Dataset:
     labels: np.ndarray | None
     source: str  # a path, or "synthetic"
     per_sample: bool = False  # arrays carry one extra leading axis; each sample is fed as-is
+    assumed: dict[str, int] = field(default_factory=dict)  # symbolic dims sized by default (synthetic data only)
 
     @property
     def synthetic(self) -> bool:
@@ -228,37 +231,80 @@ def synthetic_dataset(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     samples: int = SYNTHETIC_SAMPLES,
 ) -> Dataset:
-    """Seeded random inputs: floats ~ N(0, 1), token ids within the embedding table, masks all ones."""
+    """Seeded random inputs: floats ~ N(0, 1), token ids within the embedding table, masks all ones, scalars 1.
+
+    Symbolic dims take their size from ``input_shapes`` (one input's shape binds the dim's name for every input
+    using it), else a default (``symbolic_sizes``), recorded in ``Dataset.assumed`` so the caller can say so.
+    """
     input_shapes = input_shapes or {}
     unknown = [n for n in input_shapes if n not in {s.name for s in specs}]
     if unknown:
         raise OptcError(f"--input-shape names {', '.join(map(repr, unknown))}, which the model has no input for")
+    sizes, assumed = symbolic_sizes(specs, input_shapes)
     rng = np.random.default_rng(seed)
     vocab = _lookup_table_sizes(model)
-    # A model with a fixed batch dim cannot take stacked samples: then every sample is a whole batch.
+    # A model with a fixed batch dim, or a scalar input, cannot take stacked samples: then every sample is a whole
+    # feed.
     per_sample = any(not s.batch_is_symbolic for s in specs)
     inputs = {}
     for spec in specs:
-        sample_shape = _sample_shape(spec, input_shapes.get(spec.name))
+        sample_shape = _sample_shape(spec, input_shapes.get(spec.name), sizes)
         shape = (samples, *sample_shape)
-        if per_sample:
+        if per_sample and spec.shape:
             batch = input_shapes[spec.name][0] if spec.name in input_shapes else spec.shape[0]
             shape = (samples, batch if isinstance(batch, int) and batch > 0 else 1, *sample_shape)
-        if spec.dtype.kind == "f":
-            array = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype.kind == "b":
-            array = rng.integers(0, 2, shape).astype(bool)
-        elif "mask" in spec.name.lower():
-            array = np.ones(shape, dtype=spec.dtype)
-        elif "type" in spec.name.lower() and "token" in spec.name.lower():
-            array = np.zeros(shape, dtype=spec.dtype)
-        else:
-            array = rng.integers(0, vocab.get(spec.name, SYNTHETIC_INT_HIGH), shape).astype(spec.dtype)
-        inputs[spec.name] = array
-    return Dataset(inputs=inputs, labels=None, source="synthetic", per_sample=per_sample)
+        inputs[spec.name] = _synthetic_values(spec, shape, rng, vocab)
+    return Dataset(inputs=inputs, labels=None, source="synthetic", per_sample=per_sample, assumed=assumed)
 
 
-def _sample_shape(spec: InputSpec, given: tuple[int, ...] | None) -> tuple[int, ...]:
+def _synthetic_values(spec: InputSpec, shape: tuple[int, ...], rng, vocab: dict[str, int]) -> np.ndarray:
+    name = spec.name.lower()
+    if not spec.shape:  # a scalar setting (a sample rate, a threshold): 1 is valid more often than noise
+        return np.ones(shape, dtype=spec.dtype)
+    if spec.dtype.kind == "f":
+        return rng.standard_normal(shape).astype(spec.dtype)
+    if spec.dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    if "mask" in name:
+        return np.ones(shape, dtype=spec.dtype)
+    if "type" in name and "token" in name:
+        return np.zeros(shape, dtype=spec.dtype)
+    if "position" in name:  # position ids count along the last axis
+        return np.broadcast_to(np.arange(shape[-1], dtype=spec.dtype), shape).copy()
+    return rng.integers(0, vocab.get(spec.name, SYNTHETIC_INT_HIGH), shape).astype(spec.dtype)
+
+
+def symbolic_sizes(
+    specs: list[InputSpec], input_shapes: dict[str, tuple[int, ...]]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Sizes for the named symbolic dims of non-batch axes, and those of them that were assumed, not given.
+
+    A dim named like a cache length (``past_sequence_length``) and one named like a total (``total_sequence_length``)
+    are kept consistent, as decoders with a KV cache require: total = past + sequence.
+    """
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        given = input_shapes.get(spec.name)
+        if given is not None and len(given) == len(spec.shape):
+            for dim, value in zip(spec.shape, given, strict=True):
+                if isinstance(dim, str):
+                    sizes.setdefault(dim, value)
+    names = {dim for spec in specs for dim in spec.shape[1:] if isinstance(dim, str)} - set(sizes)
+    assumed = {name: DEFAULT_SYMBOLIC_DIM for name in sorted(names) if "total" not in name.lower()}
+    totals = [name for name in names if "total" in name.lower()]
+    for name in totals:
+        parts = [v for k, v in {**sizes, **assumed}.items() if "past" in k.lower() or _is_sequence(k)]
+        assumed[name] = sum(parts) if parts else DEFAULT_SYMBOLIC_DIM
+    sizes.update(assumed)
+    return sizes, assumed
+
+
+def _is_sequence(name: str) -> bool:
+    lowered = name.lower()
+    return "total" not in lowered and "past" not in lowered and ("seq" in lowered or "len" in lowered)
+
+
+def _sample_shape(spec: InputSpec, given: tuple[int, ...] | None, sizes: dict[str, int]) -> tuple[int, ...]:
     """Shape of one sample along the batch axis (the first dim is the batch and is filled by stacking)."""
     if given is not None:
         if len(given) != len(spec.shape):
@@ -268,15 +314,13 @@ def _sample_shape(spec: InputSpec, given: tuple[int, ...] | None) -> tuple[int, 
             )
         return given[1:]
     if not spec.shape:
-        raise OptcError(f"model input {spec.name!r} is a scalar; optc needs a batch axis to build inputs")
+        return ()
     dims = []
     for dim in spec.shape[1:]:
-        if not isinstance(dim, int) or dim <= 0:
-            raise OptcError(
-                f"model input {spec.name!r} has shape {list(spec.shape)} with a symbolic dim {dim!r}",
-                hint=f"set it with --input-shape {spec.name}=1x..., or give evaluation data",
-            )
-        dims.append(dim)
+        if isinstance(dim, int) and dim > 0:
+            dims.append(dim)
+        else:
+            dims.append(sizes.get(dim, DEFAULT_SYMBOLIC_DIM) if isinstance(dim, str) else DEFAULT_SYMBOLIC_DIM)
     return tuple(dims)
 
 

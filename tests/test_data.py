@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from optc.data import input_specs, load_dataset, parse_input_shapes, synthetic_dataset
+from optc.data import (
+    DEFAULT_SYMBOLIC_DIM,
+    InputSpec,
+    input_specs,
+    load_dataset,
+    parse_input_shapes,
+    symbolic_sizes,
+    synthetic_dataset,
+)
 from optc.errors import OptcError
 from tests.conftest import SAMPLES, make_model, mlp_model
 
@@ -77,9 +85,9 @@ def test_folder_of_npz_files_is_concatenated(tmp_path: Path):
 def test_synthetic_inputs_are_seeded_and_token_ids_stay_in_the_table():
     model = token_model()
     specs = input_specs(model)
-    with pytest.raises(OptcError, match="symbolic dim 'seq'") as info:
-        synthetic_dataset(model, specs, seed=0)
-    assert "--input-shape ids=" in info.value.hint
+    defaulted = synthetic_dataset(model, specs, seed=0)
+    assert defaulted.assumed == {"seq": DEFAULT_SYMBOLIC_DIM}  # said out loud by compress
+    assert defaulted.inputs["ids"].shape[1] == defaulted.inputs["attention_mask"].shape[1] == DEFAULT_SYMBOLIC_DIM
     shapes = parse_input_shapes(["ids=1x8", "attention_mask=1x8"])
     a = synthetic_dataset(model, specs, seed=3, input_shapes=shapes)
     b = synthetic_dataset(model, specs, seed=3, input_shapes=shapes)
@@ -94,3 +102,36 @@ def test_synthetic_inputs_are_seeded_and_token_ids_stay_in_the_table():
 def test_bad_input_shape_flag(bad):
     with pytest.raises(OptcError, match="NAME=DIM"):
         parse_input_shapes([bad])
+
+
+def decoder_specs() -> list[InputSpec]:
+    f32, i64 = np.dtype(np.float32), np.dtype(np.int64)
+    return [
+        InputSpec("input_ids", i64, ("batch", "sequence_length")),
+        InputSpec("attention_mask", i64, ("batch", "total_sequence_length")),
+        InputSpec("position_ids", i64, ("batch", "sequence_length")),
+        InputSpec("past_key_values.0.key", f32, ("batch", 2, "past_sequence_length", 8)),
+    ]
+
+
+def test_decoder_dims_stay_consistent_given_or_assumed():
+    sizes, assumed = symbolic_sizes(decoder_specs(), {})
+    assert sizes["total_sequence_length"] == sizes["past_sequence_length"] + sizes["sequence_length"]
+    assert set(assumed) == {"sequence_length", "past_sequence_length", "total_sequence_length"}
+    sizes, assumed = symbolic_sizes(decoder_specs(), {"input_ids": (1, 1), "past_key_values.0.key": (1, 2, 128, 8)})
+    assert (sizes["sequence_length"], sizes["past_sequence_length"], sizes["total_sequence_length"]) == (1, 128, 129)
+    assert set(assumed) == {"total_sequence_length"}
+
+
+def test_scalar_inputs_get_one_value_per_sample():
+    model = make_model(
+        [helper.make_node("Mul", ["x", "rate"], ["y"])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+            helper.make_tensor_value_info("rate", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    data = synthetic_dataset(model, input_specs(model), seed=0)
+    feed = next(data.batches(1))
+    assert feed["rate"].shape == () and feed["x"].shape == (1, 4)
