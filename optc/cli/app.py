@@ -81,7 +81,7 @@ def quiet_libraries() -> Iterator[None]:
     and what matters of a library's complaint reaches the user through them."""
     import onnxruntime
 
-    onnxruntime.set_default_logger_severity(3)  # errors only: its C++ warnings are written straight to stderr
+    onnxruntime.set_default_logger_severity(4)  # fatal only: its C++ warnings and errors go straight to stderr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield

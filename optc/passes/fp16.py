@@ -118,13 +118,12 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
         facts = output_agreement(reference, outputs_of(candidate))
         return facts["max_relative_error"] <= config.tolerance, facts
 
-    if risky:
-        always = set(kept)
-        for op_type in crashing_op_types(source, blocked_ops, lambda names: convert(always | names), outputs_of):
-            blocked_ops.add(op_type)
-            for node in source.graph.node:
-                if node.op_type == op_type:
-                    kept.setdefault(node.name, "ONNX Runtime crashes running it in fp16 in this graph")
+    always = set(kept)
+    for op_type in failing_op_types(source, blocked_ops, lambda names: convert(always | names), outputs_of):
+        blocked_ops.add(op_type)
+        for node in source.graph.node:
+            if node.op_type == op_type:
+                kept.setdefault(node.name, "ONNX Runtime fails or crashes running it in fp16 in this graph")
     first = convert(set(kept))
 
     ranking = rank_by_damage(source, first, probe, context.workdir, lambda node: node.name not in kept)
@@ -149,30 +148,30 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
     )
 
 
-def crashing_op_types(
+def failing_op_types(
     source: onnx.ModelProto, blocked: set[str], convert: Callable[[set[str]], onnx.ModelProto], run: Callable
 ) -> list[str]:
-    """Op types whose conversion to fp16 makes ONNX Runtime crash on this graph (none when the full conversion
-    runs). Found by converting one op type at a time, each run in a child process: a few seconds per op type, paid
-    only by graphs that crash, where the alternative is no model at all."""
-    if not _crashes(run, convert(set())):
+    """Op types whose conversion to fp16 makes ONNX Runtime fail or crash on this graph (none when the full
+    conversion runs). Found by converting one op type at a time: a second per op type, paid only by graphs that
+    fail, where the alternative is no model at all."""
+    if not _fails(run, convert(set())):
         return []
     present = sorted({n.op_type for n in source.graph.node} - blocked)
     found = []
     for op_type in present:
         others = {n.name for n in source.graph.node if n.op_type != op_type}
-        if _crashes(run, convert(others)):
+        if _fails(run, convert(others)):
             found.append(op_type)
     return found
 
 
-def _crashes(run: Callable, model: onnx.ModelProto) -> bool:
+def _fails(run: Callable, model: onnx.ModelProto) -> bool:
     try:
         run(model)
     except NativeCrash:
         return True
-    except Exception:  # noqa: BLE001 - any other failure is found and reported by the regular checks
-        return False
+    except Exception:  # noqa: BLE001 - ONNX Runtime refusing to load or run the conversion is what is looked for
+        return True
     return False
 
 

@@ -25,7 +25,7 @@ import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
 from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, synthetic_dataset
-from optc.errors import PassError
+from optc.errors import OptcError, PassError
 from optc.messages import exception_reason
 from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
 from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
@@ -93,6 +93,12 @@ class CalibrationBatches:
 
 
 def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
+    if not any(node.domain in ("", "ai.onnx") for node in model.graph.node):
+        domains = ", ".join(sorted({node.domain for node in model.graph.node}))
+        raise OptcError(
+            f"{context.label}: the model has only {domains} operators, none of which int8 can quantize",
+            hint="there is nothing for this recipe to do on this model",
+        )
     prepared = prepare(model, config, context)
     batches = calibration_batches(prepared.model, config, context)
     quantize, calibration = calibrated_quantizer(prepared, config, context, batches)
