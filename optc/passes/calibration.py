@@ -13,7 +13,7 @@ import contextlib
 import io
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -32,6 +32,7 @@ FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 # Histogram sizes ONNX Runtime's own calibrators use for these methods.
 ENTROPY_BINS = 128
 PERCENTILE_BINS = 2048
+MIN_RANGE = 1e-6
 
 
 class CalibrationConfig(BaseModel):
@@ -82,9 +83,10 @@ class MinMaxCollector:
 
     def update(self, batch: dict[str, np.ndarray]) -> None:
         for name, array in batch.items():
+            array = finite_values(array)
             if array.size == 0:
                 continue
-            low, high = float(np.nanmin(array)), float(np.nanmax(array))
+            low, high = float(array.min()), float(array.max())
             if name not in self.state:
                 self.state[name] = (low, high)
                 continue
@@ -117,7 +119,8 @@ class HistogramRangeCollector:
 
     def update(self, batch: dict[str, np.ndarray]) -> None:
         with _silenced_stdout():  # the collector prints progress on stdout, which belongs to --json
-            self.collector.collect({name: array.astype(np.float32, copy=False) for name, array in batch.items()})
+            finite = {name: finite_values(array).astype(np.float32, copy=False) for name, array in batch.items()}
+            self.collector.collect({name: array for name, array in finite.items() if array.size})
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         with _silenced_stdout():
@@ -130,13 +133,15 @@ class Calibration:
     ranges: dict[str, tuple[float, float]]
     samples: int
     batches: int
+    unranged: list[str] = field(default_factory=list)  # tensors asked about that never held a finite float value
 
 
 def tensors_to_calibrate(model: onnx.ModelProto, op_types: set[str] | None) -> list[str]:
     """Float activations read or written by the nodes the quantizer may touch (all nodes when ``op_types`` is None).
 
-    These are exactly the tensors ONNX Runtime's quantizer looks up ranges for; the model must carry shape
-    information (value_info) for intermediate tensors, as quantization pre-processing leaves it.
+    These are the tensors ONNX Runtime's quantizer looks up ranges for. Tensors whose type shape inference could not
+    tell (a ConstantOfShape output, say) are included too: their values show their type, and a float tensor the
+    quantizer asks about without a range stops it with "Quantization parameters are not specified".
     """
     graph = model.graph
     types = {v.name: v.type for v in itertools.chain(graph.value_info, graph.output, graph.input)}
@@ -147,13 +152,13 @@ def tensors_to_calibrate(model: onnx.ModelProto, op_types: set[str] | None) -> l
             continue
         for name in itertools.chain(node.input, node.output):
             value_type = types.get(name)
-            if (
-                name
-                and name not in initializers
-                and value_type is not None
+            untyped = value_type is None or not value_type.tensor_type.elem_type
+            floating = (
+                value_type is not None
                 and value_type.HasField("tensor_type")
                 and value_type.tensor_type.elem_type in FLOAT_TYPES
-            ):
+            )
+            if name and name not in initializers and (floating or untyped):
                 chosen[name] = None
     return list(chosen)
 
@@ -188,21 +193,42 @@ def calibrate(
     )
     input_names = [i.name for i in session.get_inputs()]
     samples = count = 0
+    floating: set[str] = set()
     for feed in batches:
         values = session.run(tensors, {name: feed[name] for name in input_names}) if tensors else []
-        collector.update(dict(zip(tensors, values, strict=True)))
+        floats = {n: v for n, v in zip(tensors, values, strict=True) if v.dtype.kind == "f"}
+        floating.update(floats)
+        collector.update(floats)
         samples += len(next(iter(feed.values()))) if feed else 0
         count += 1
-    return Calibration(ranges=collector.ranges(), samples=samples, batches=count)
+    ranges = collector.ranges()
+    unranged = [t for t in tensors if t in floating and t not in ranges]
+    return Calibration(ranges=ranges, samples=samples, batches=count, unranged=unranged)
+
+
+def finite_values(array: np.ndarray) -> np.ndarray:
+    """The finite values of ``array`` (flattened when any are not): a log-mel of silence holds -inf, which as a
+    range endpoint would make every scale infinite."""
+    finite = np.isfinite(array)
+    return array if finite.all() else array[finite]
+
+
+def usable_range(low: float, high: float) -> tuple[float, float]:
+    """A range ONNX Runtime can compute a scale from: containing zero (as it requires) and not empty (a constant
+    tensor, whose zero width fails its "scale issue" assertion)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    if high - low < MIN_RANGE:
+        high = low + MIN_RANGE
+    return low, high
 
 
 def write_calibration_cache(ranges: dict[str, tuple[float, float]], path: Path) -> None:
     """Save ranges where ``quantize_static(calibration_cache_path=...)`` reads them (labelled MinMax: the quantizer
     only reads the range, whatever method produced it)."""
-    data = {
-        name: TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
-        for name, (low, high) in ranges.items()
-    }
+    data = {}
+    for name, (low, high) in ranges.items():
+        low, high = usable_range(low, high)
+        data[name] = TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
 
 

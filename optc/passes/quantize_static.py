@@ -103,6 +103,10 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
     batches = calibration_batches(prepared.model, config, context)
     quantize, calibration = calibrated_quantizer(prepared, config, context, batches)
     kept = {name: {"reason": reason} for name, reason in prepared.kept_in_float.items()}
+    unranged = set(calibration.unranged)
+    for node in prepared.model.graph.node:
+        if unranged & {*node.input, *node.output}:
+            kept.setdefault(node.name, {"reason": "touches a tensor with no finite value on the calibration data"})
     full = quantize(set(kept))
     result, details = meet_fidelity_targets(
         prepared.model,
