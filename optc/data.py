@@ -73,7 +73,7 @@ class Dataset:
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         if self.per_sample:
             for i in range(len(self)):
-                yield {name: array[i] for name, array in self.inputs.items()}
+                yield {name: np.asarray(array[i]) for name, array in self.inputs.items()}
             return
         for start in range(0, len(self), batch_size):
             yield {name: array[start : start + batch_size] for name, array in self.inputs.items()}
@@ -101,7 +101,7 @@ class Dataset:
     def first_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of exactly ``batch_size`` samples (repeating samples if there are fewer), for timing."""
         if self.per_sample:
-            return {name: array[0] for name, array in self.inputs.items()}
+            return {name: np.asarray(array[0]) for name, array in self.inputs.items()}
         reps = -(-batch_size // len(self))
         return {name: np.concatenate([array] * reps)[:batch_size] for name, array in self.inputs.items()}
 
@@ -361,6 +361,6 @@ def stream_batches(
             if take == 0:
                 return
             batch = {s.name: _conform(readers[s.name].read(take), s, readers[s.name].where, start) for s in specs}
-            yield {name: array[0] for name, array in batch.items()} if per_sample else batch
+            yield {name: np.asarray(array[0]) for name, array in batch.items()} if per_sample else batch
             if remaining is not None:
                 remaining -= take

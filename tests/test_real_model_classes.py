@@ -1,0 +1,268 @@
+"""Each class of failure the real-model corpus showed, distilled into a tiny graph: valid models accepted, native
+crashes contained, nothing degraded handed over with exit 0, and nothing written outside the output paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optc.cli.app import app
+from optc.data import Dataset
+from optc.errors import OptcError, PassError
+from optc.isolation import NativeCrash, run_isolated
+from optc.passes.fp16 import Fp16Config, run_fp16
+from optc.passes.quantize import QuantizeConfig, run_quantize
+from optc.passes.registry import PassContext
+from tests.conftest import CNN, CNN_TEST, SAMPLES, make_model, mlp_model, report_of
+
+RNG = np.random.default_rng(0)
+
+
+def context(tmp_path: Path, inputs: dict, target: str = "x86-vnni") -> PassContext:
+    return PassContext(
+        label="passes[0]",
+        workdir=tmp_path,
+        seed=0,
+        dataset=Dataset(inputs=inputs, labels=None, source="test"),
+        sample_inputs=[{k: v[:4] for k, v in inputs.items()}],
+        target=target,
+    )
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def vector_model(nodes, inits=(), width: int = 16) -> onnx.ModelProto:
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in dict(inits).items()],
+    )
+
+
+# --------------------------------------------------------------------------------------------- fp16
+
+
+def test_fp16_keeps_the_node_that_loses_precision_instead_of_refusing(tmp_path):
+    """x·1000.3 − x·1000: fp16 stores 1000.3 as 1000.5, so the difference comes out 0.5·x, not 0.3·x (67 % off)."""
+    model = vector_model(
+        [
+            helper.make_node("Mul", ["x", "k1"], ["a"], name="scale_a"),
+            helper.make_node("Mul", ["x", "k2"], ["b"], name="scale_b"),
+            helper.make_node("Sub", ["a", "b"], ["y"], name="difference"),
+        ],
+        {"k1": np.full(16, 1000.3), "k2": np.full(16, 1000.0)},
+    )
+    x = {"x": RNG.standard_normal((32, 16)).astype(np.float32)}
+    outcome = run_fp16(model, Fp16Config(type="fp16"), context(tmp_path, x))
+    search = outcome.details["fallback_search"]
+    assert search[0]["max_relative_error"] > 0.1 and any(t["ok"] for t in search)
+    kept = {row["node"] for row in outcome.details["kept_in_float"] if "tolerance" in row["reason"]}
+    assert "scale_a" in kept and outcome.details["output_error"] <= 0.01
+
+
+def test_fp16_refuses_an_already_quantized_model(tmp_path):
+    quantized = run_quantize(
+        mlp_model(),
+        QuantizeConfig(type="quantize", mode="dynamic"),
+        context(tmp_path, {"x": RNG.standard_normal((8, 16)).astype(np.float32)}),
+    ).model
+    with pytest.raises(OptcError, match="already quantized") as info:
+        run_fp16(quantized, Fp16Config(type="fp16"), context(tmp_path, {"x": np.ones((4, 16), np.float32)}))
+    assert not isinstance(info.value, PassError)  # bad input, exit 2, as int8 does
+
+
+def _segfault() -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_native_crash_in_an_isolated_step_becomes_a_message():
+    with pytest.raises(NativeCrash, match="crashed \\(SIGSEGV\\)"):
+        run_isolated("passes[0] fp16", _segfault)
+    with pytest.raises(ZeroDivisionError):
+        run_isolated("passes[0] fp16", lambda: 1 / 0)
+    assert run_isolated("passes[0] fp16", lambda: np.arange(3)).tolist() == [0, 1, 2]
+
+
+def test_fp16_of_a_recurrent_model_keeps_the_cell_in_fp32(tmp_path):
+    hidden, width = 8, 16
+    weights = {
+        "W": RNG.standard_normal((1, 4 * hidden, width)) * 0.1,
+        "R": RNG.standard_normal((1, 4 * hidden, hidden)) * 0.1,
+    }
+    model = make_model(
+        [helper.make_node("LSTM", ["x", "W", "R"], ["", "y"], hidden_size=hidden, name="lstm")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "n", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", hidden])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()],
+    )
+    x = {"x": RNG.standard_normal((5, 4, width)).astype(np.float32)}
+    ctx = context(tmp_path, x)
+    ctx.dataset.per_sample = False
+    outcome = run_fp16(model, Fp16Config(type="fp16"), ctx)
+    kept = {row["node"]: row["reason"] for row in outcome.details["kept_in_float"]}
+    assert kept["lstm"] == "unsafe in fp16"
+
+
+# --------------------------------------------------------------------------------------------- int8
+
+
+def test_models_with_only_ai_onnx_ml_operators_are_refused_plainly(tmp_path):
+    tree = make_model(
+        [helper.make_node("Normalizer", ["x"], ["y"], domain="ai.onnx.ml", norm="L2")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    tree.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
+    x = {"x": RNG.standard_normal((8, 4)).astype(np.float32)}
+    for mode, message in (("static", "none of which int8 can quantize"), ("dynamic", "nothing to quantize")):
+        with pytest.raises(OptcError, match=message) as info:
+            run_quantize(tree, QuantizeConfig(type="quantize", mode=mode), context(tmp_path, x))
+        assert not isinstance(info.value, PassError)
+
+
+def test_repeated_and_spelled_out_opset_entries_do_not_stop_the_quantizer(tmp_path):
+    model = mlp_model()
+    del model.opset_import[:]
+    model.opset_import.extend([helper.make_opsetid("ai.onnx", 17), helper.make_opsetid("ai.onnx", 17)])
+    x = {"x": RNG.standard_normal((8, 16)).astype(np.float32)}
+    outcome = run_quantize(model, QuantizeConfig(type="quantize", mode="dynamic"), context(tmp_path, x))
+    assert outcome.details["ops_quantized"] == 2
+
+
+def mel_front_end() -> onnx.ModelProto:
+    """power spectrum → mel filterbank MatMul → Log: the filterbank output's small values are what Log reads."""
+    return make_model(
+        [
+            helper.make_node("Mul", ["x", "x"], ["power"], name="power"),
+            helper.make_node("MatMul", ["power", "mel"], ["mel_power"], name="filterbank"),
+            helper.make_node("Add", ["mel_power", "eps"], ["safe"], name="floor"),
+            helper.make_node("Log", ["safe"], ["y"], name="log"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [
+            numpy_helper.from_array(np.abs(RNG.standard_normal((64, 16))).astype(np.float32) * 0.05, "mel"),
+            numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+        ],
+    )
+
+
+def test_dynamic_int8_keeps_a_filterbank_feeding_log_in_float(tmp_path):
+    x = {"x": (RNG.standard_normal((16, 64)) * np.logspace(-3, 0, 16)[:, None]).astype(np.float32)}
+    with pytest.raises(PassError, match="stayed in float") as info:
+        run_quantize(mel_front_end(), QuantizeConfig(type="quantize", mode="dynamic"), context(tmp_path, x))
+    assert "1 MatMul" in info.value.message  # the only candidate feeds the Log, so it stays float
+
+
+def test_static_int8_keeps_a_sigmoid_score_output_in_float(tmp_path):
+    model = vector_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+            helper.make_node("Sigmoid", ["h"], ["y"], name="score"),
+        ],
+        {"W": RNG.standard_normal((16, 16)) * 0.2},
+    )
+    x = {"x": RNG.standard_normal((32, 16)).astype(np.float32)}
+    outcome = run_quantize(model, QuantizeConfig(type="quantize", mode="static"), context(tmp_path, x))
+    kept = {row["node"]: row["reason"] for row in outcome.details["kept_in_float"]}
+    assert "graph output" in kept["score"] and outcome.details["ops_quantized"] >= 1
+
+
+def test_min_cosine_keeps_the_fewest_damaged_nodes_in_float(tmp_path):
+    """Percentile 80 clips the CNN's activations (cosine ~0.96); a target of 0.98 is met with some nodes in float."""
+    config = QuantizeConfig(
+        type="quantize", mode="static", min_cosine=0.98, calibration={"method": "percentile", "percentile": 80}
+    )
+    calib = dict(np.load(SAMPLES / "digits_calib.npz"))
+    ctx = context(tmp_path, calib)
+    ctx.calibration_data = SAMPLES / "digits_calib.npz"
+    outcome = run_quantize(onnx.load_model(str(CNN)), config, ctx)
+    search = outcome.details["fidelity_search"]
+    assert not search[0]["ok"] and len(search) <= 6  # a handful of conversions, not one per node
+    fewest = min(t["kept_in_float"] for t in search if t["ok"])
+    kept = [row for row in outcome.details["kept_in_float"] if "fidelity target" in row["reason"]]
+    assert 0 < len(kept) == fewest < 5 and outcome.details["ops_quantized"] > 0
+
+
+def test_calibration_ranges_ignore_infinities_and_widen_constants():
+    from optc.passes.calibration import MinMaxCollector, usable_range
+
+    collector = MinMaxCollector(moving_average=False, averaging_constant=0.01)
+    collector.update({"logmel": np.array([-np.inf, -3.0, 2.0], np.float32), "silence": np.full(4, -np.inf)})
+    assert collector.ranges() == {"logmel": (-3.0, 2.0)}  # a tensor never finite has no range at all
+    low, high = usable_range(5.0, 5.0)
+    assert low == 0.0 and high == 5.0
+    low, high = usable_range(0.0, 0.0)
+    assert high > low
+
+
+# --------------------------------------------------------------------------------------- end to end
+
+
+def test_builtin_int8_without_calibration_data_is_flagged_not_shipped(runner, tmp_path):
+    out = tmp_path / "cnn.int8.onnx"
+    result = runner.invoke(app, ["compress", str(CNN), "-r", "int8", "-o", str(out), "--data", str(CNN_TEST)])
+    assert result.exit_code == 1
+    assert "require_calibration_data" in result.stderr and "calibrated on synthetic inputs" in result.stderr
+    assert not out.exists() and (tmp_path / "cnn.int8.rejected.onnx").exists()
+
+
+def test_fidelity_is_measured_at_the_deployment_batch_and_pooled_for_tiny_outputs(runner, tmp_path):
+    model = save(
+        vector_model(
+            [
+                helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+                helper.make_node("ReduceMean", ["h"], ["y"], keepdims=1, name="score"),
+            ],
+            {"W": RNG.standard_normal((16, 16))},
+        ),
+        tmp_path / "score.onnx",
+    )
+    model_proto = onnx.load_model(str(model))
+    model_proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1
+    save(model_proto, model)
+    out = tmp_path / "o.onnx"
+    result = runner.invoke(
+        app, ["compress", str(model), "-r", "int8-dynamic", "-o", str(out), "--on-gate-failure", "write"]
+    )
+    assert result.exit_code in (0, 1), result.output
+    accuracy = json.loads(report_of(out).read_text())["measurements"][0]["accuracy"]
+    assert accuracy["batch_size"] == 1
+    assert accuracy["outputs"][0]["pooled"] is True  # one value per sample: compared over all samples together
+
+
+def test_ort_tools_leave_nothing_in_the_working_directory(runner, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    args = ["compress", str(CNN), "-r", "int8", "-o", str(tmp_path / "out" / "m.onnx"), "--data", str(CNN_TEST)]
+    result = runner.invoke(app, [*args, "--calibration-data", str(SAMPLES / "digits_calib.npz")])
+    assert result.exit_code == 0, result.output
+    assert list(cwd.iterdir()) == []  # no sym_shape_infer_temp.onnx, no <uuid>.data
+
+
+def test_a_scalar_input_is_fed_not_refused(runner, tmp_path):
+    model = make_model(
+        [helper.make_node("Mul", ["x", "gain"], ["g"]), helper.make_node("MatMul", ["g", "W"], ["y"], name="mm")],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16]),
+            helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
+        [numpy_helper.from_array(RNG.standard_normal((16, 8)).astype(np.float32), "W")],
+    )
+    path = save(model, tmp_path / "scalar.onnx")
+    result = runner.invoke(app, ["compress", str(path), "-r", "int8-dynamic", "-o", str(tmp_path / "o.onnx")])
+    assert result.exit_code == 0, result.output
