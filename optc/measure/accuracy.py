@@ -106,8 +106,8 @@ def evaluate(
         )
     if first.top1_agreement is not None:
         value, kind = first.top1_agreement, "top1_agreement"
-    else:
-        value, kind = 100.0 * first.cosine, "cosine"
+    else:  # the worst output: a model's first output may be a pass-through of its inputs
+        value, kind = 100.0 * min(o.cosine for o in fidelity), "cosine"
     return AccuracyResult(
         metric=kind,
         samples=len(first_ref),

@@ -40,10 +40,24 @@ def detect_encoder(model: onnx.ModelProto) -> tuple[int, int] | None:
         if node.op_type != "Transpose" or list(attribute(node, "perm", [])) != HEAD_SPLIT_PERM:
             continue
         reshape = index.producers.get(node.input[0])
-        target = index.const(reshape.input[1]) if reshape is not None and reshape.op_type == "Reshape" else None
-        if target is not None and target.shape == (4,) and target[2] > 0 and target[3] > 0:
-            return int(target[2]), int(target[2] * target[3])
+        if reshape is None or reshape.op_type != "Reshape":
+            continue
+        heads, head_dim = _head_split(reshape, index)
+        if heads and head_dim:
+            return heads, heads * head_dim
     return None
+
+
+def _head_split(reshape: onnx.NodeProto, index: GraphIndex) -> tuple[int | None, int | None]:
+    """(heads, head_dim) of a Reshape to [.., .., heads, head_dim]: from a constant target, or — where exporters
+    compute the target from Shape/Gather/Concat chains — from the shape inference gives its output."""
+    target = index.const(reshape.input[1])
+    if target is not None and target.shape == (4,) and target[2] > 0 and target[3] > 0:
+        return int(target[2]), int(target[3])
+    shape = index.shape(reshape.output[0])
+    if shape is not None and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        return int(shape[2]), int(shape[3])
+    return None, None
 
 
 def fuse_transformer(
