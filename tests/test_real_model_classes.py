@@ -266,3 +266,39 @@ def test_a_scalar_input_is_fed_not_refused(runner, tmp_path):
     path = save(model, tmp_path / "scalar.onnx")
     result = runner.invoke(app, ["compress", str(path), "-r", "int8-dynamic", "-o", str(tmp_path / "o.onnx")])
     assert result.exit_code == 0, result.output
+
+
+def test_encoder_detection_reads_head_splits_computed_from_shapes():
+    """PyTorch exports build the head-split target as Concat(batch, seq, heads, head_dim) from Shape/Gather."""
+    from optc.passes.fuse.transformer import detect_encoder
+
+    def const(name: str, value) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, np.int64)))
+
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], axis=-1),
+        helper.make_node("Shape", ["ln"], ["shape"]),
+        const("zero", 0),
+        const("one", 1),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"]),
+        helper.make_node("Gather", ["shape", "one"], ["seq"]),
+        helper.make_node("Unsqueeze", ["batch", "axis0"], ["batch1"]),
+        helper.make_node("Unsqueeze", ["seq", "axis0"], ["seq1"]),
+        const("heads", [2]),
+        const("head_dim", [4]),
+        helper.make_node("Concat", ["batch1", "seq1", "heads", "head_dim"], ["target"], axis=0),
+        helper.make_node("Reshape", ["ln", "target"], ["split"]),
+        helper.make_node("Transpose", ["split"], ["heads_first"], perm=[0, 2, 1, 3]),
+        helper.make_node("Softmax", ["heads_first"], ["y"], axis=-1),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, "seq", 4])],
+        [
+            numpy_helper.from_array(np.ones(8, np.float32), "gamma"),
+            numpy_helper.from_array(np.zeros(8, np.float32), "beta"),
+            numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        ],
+    )
+    assert detect_encoder(model) == (2, 8)
