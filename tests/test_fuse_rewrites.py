@@ -14,7 +14,9 @@ from optc.passes.fuse.rewrites.drop_unused import drop_unused
 from optc.passes.fuse.rewrites.fold_batchnorm import fold_batchnorm
 from optc.passes.fuse.rewrites.fold_constants import fold_constants
 from optc.passes.fuse.rewrites.fold_scale_bias import fold_scale_bias
+from optc.passes.fuse.rewrites.fold_shape_dims import fold_shape_dims
 from optc.passes.fuse.rewrites.matmul_add_to_gemm import matmul_add_to_gemm
+from optc.passes.fuse.rewrites.merge_duplicates import merge_duplicates
 from optc.passes.fuse.rewrites.merge_reshapes import merge_reshapes
 from optc.passes.fuse.rewrites.merge_transposes import merge_transposes
 from tests.conftest import SAMPLES, make_model
@@ -230,9 +232,70 @@ def test_drop_unused_removes_dead_nodes_and_initializers_but_not_inputs():
     assert [i.name for i in fused.graph.input] == ["x", "unused_input"]
 
 
+def head_split(batch_sized_output: bool = True) -> onnx.ModelProto:
+    """x[batch, seq, 8] → Reshape to [batch, seq, 2, 4] with the target computed from Shape(x), as PyTorch exports."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"]),
+        helper.make_node("Gather", ["shape", "one"], ["seq"]),
+        helper.make_node("Gather", ["shape", "two"], ["hidden"]),
+        helper.make_node("Unsqueeze", ["batch", "axis"], ["batch1"]),
+        helper.make_node("Unsqueeze", ["seq", "axis"], ["seq1"]),
+        helper.make_node("Concat", ["batch1", "seq1", "heads", "head_dim"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["split"], name="split"),
+        helper.make_node("Mul", ["split", "hidden_f"], ["y"]),
+        helper.make_node("Cast", ["hidden"], ["hidden_f"], to=TensorProto.FLOAT),
+    ]
+    nodes = nodes[:-2] + [nodes[-1], nodes[-2]]
+    consts = {"zero": 0, "one": 1, "two": 2, "axis": [0], "heads": [2], "head_dim": [4]}
+    return make_model(
+        nodes,
+        [tensor("x", ["batch", "seq", 8])],
+        [tensor("y", ["batch", "seq", 2, 4])],
+        [init(k, np.asarray(v, np.int64)) for k, v in consts.items()],
+    )
+
+
+def test_fold_shape_dims_turns_known_dims_into_constants_and_leaves_symbolic_ones():
+    model = head_split()
+    fused, applied = fold_shape_dims(model)
+    assert applied == 1  # Gather(Shape(x), 2) is 8; dims 0 and 1 are batch and seq, unknown
+    assert ops(fused)["Gather"] == 2
+    assert_same_outputs(model, fused, {"x": rand(3, 5, 8)})
+
+
+def test_constant_reshape_targets_copy_symbolic_dims_and_let_the_shape_chain_fall_away():
+    model = head_split()
+    fused, counts = simplify(model)
+    assert counts["constant_reshape_targets"] == 1
+    split = next(n for n in fused.graph.node if n.op_type == "Reshape")
+    target = next(t for t in fused.graph.initializer if t.name == split.input[1])
+    assert onnx.numpy_helper.to_array(target).tolist() == [0, 0, 2, 4]
+    assert "Shape" not in ops(fused) and "Concat" not in ops(fused)
+    for batch, seq in ((1, 7), (3, 2)):  # any sizes: the constant target copies them
+        assert_same_outputs(model, fused, {"x": rand(batch, seq, 8)})
+
+
+def test_merge_duplicates_computes_repeated_nodes_once_and_keeps_outputs():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="relu_a"),
+        helper.make_node("Relu", ["x"], ["b"], name="relu_b"),
+        helper.make_node("Add", ["a", "b"], ["y"]),
+        helper.make_node("Relu", ["x"], ["z"], name="relu_out"),  # a graph output: stays
+    ]
+    model = make_model(nodes, [tensor("x", [2, 3])], [tensor("y", [2, 3]), tensor("z", [2, 3])])
+    fused, applied = merge_duplicates(model)
+    assert applied == 1 and ops(fused)["Relu"] == 2
+    assert next(n for n in fused.graph.node if n.op_type == "Add").input[:] == ["a", "a"]
+    assert_same_outputs(model, fused, {"x": rand(2, 3)})
+
+
 def test_every_rewrite_is_registered_in_run_order():
     assert list(rewrites()) == [
         "fold_constants",
+        "fold_shape_dims",
+        "merge_duplicates",
+        "constant_reshape_targets",
         "drop_identity",
         "drop_noops",
         "merge_transposes",

@@ -12,9 +12,11 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from optc.model_facts import all_nodes, subgraphs
 from optc.modelio import needs_external_data
+from optc.passes.ort_tools import quiet_root_logger
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -100,11 +102,9 @@ class GraphIndex:
             self._types = {}
             known = list(self.graph.input) + list(self.graph.output) + list(self.graph.value_info)
             if not needs_external_data(self.model):  # shape inference serializes the model in one piece
-                try:
-                    inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
-                    known += list(inferred.graph.value_info) + list(inferred.graph.output)
-                except Exception:  # noqa: BLE001 - shapes are an aid; without them shape-based rewrites just skip
-                    pass
+                inferred = _infer_shapes(self.model)
+                if inferred is not None:
+                    known = list(inferred.graph.value_info) + list(inferred.graph.output) + known
             for value in known:
                 if value.type.HasField("tensor_type") and value.name not in self._types:
                     self._types[value.name] = value.type
@@ -163,6 +163,21 @@ class GraphIndex:
         self.producers[output] = producer
         self.graph.node.remove(node)
         return True
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """The model with shapes inferred: ONNX Runtime's symbolic inference first, whose dim names stay consistent
+    through the graph (every tensor's batch dim is ``batch_size``, not a fresh ``unk__7`` per op), so dims can be
+    matched by name; else onnx's own. None when neither works: shapes are an aid, and rewrites that need them skip."""
+    try:
+        with quiet_root_logger():
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # noqa: BLE001 - it fails on ops it does not know; onnx's inference may still manage
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):

@@ -2,6 +2,9 @@
 
 from optc.passes.fuse.rewrites import (  # noqa: I001, F401  (each registers on import; order matters)
     fold_constants,
+    fold_shape_dims,
+    merge_duplicates,
+    constant_reshape_targets,
     drop_identity,
     drop_noops,
     merge_transposes,
