@@ -121,7 +121,14 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
             batch_size=batch,
             target=target,
         )
-        reference = run_reference(model, workdir, context.sample_inputs[0], request.model_path)
+        try:
+            reference = run_reference(model, workdir, context.sample_inputs[0], request.model_path)
+        except OptcError as exc:
+            if dataset.assumed:  # the guessed sizes may be what the model cannot take
+                sized = ", ".join(f"{name}={size}" for name, size in dataset.assumed.items())
+                hint = f"synthetic inputs used {sized}; set them with --input-shape"
+                raise OptcError(exc.message, hint=hint) from exc
+            raise
         dataset.check_labels_fit(reference)
         optimized, records = run_passes(model, list(recipe.passes), context, progress, finite_outputs(reference))
         del model

@@ -11,7 +11,7 @@ The conversion is ONNX Runtime's ``float16.convert_float_to_float16``; optc adds
   fp32→fp16→fp32 round trips are removed (``tidy_casts``).
 - The result is run against the fp32 model on up to 32 evaluation samples; while an output turns NaN/Inf or drifts
   beyond ``tolerance`` (relative L2 error ``||fp16 - fp32|| / ||fp32||`` per output, default 1 %), the nodes that
-  lost the most precision are kept in fp32 (``fallback``), as few as possible; only if a quarter of the graph in
+  lost the most precision are kept in fp32 (``fallback``), as few as possible; only if half the graph in
   fp32 does not do it is the pass refused.
 - Recurrent cells and control flow (LSTM, GRU, RNN, Loop, Scan, If) stay in fp32, and models holding them are run
   in a child process, where a crash of ONNX Runtime becomes a message instead of killing optc.
@@ -127,7 +127,7 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
     first = convert(set(kept))
 
     ranking = rank_by_damage(source, first, probe, context.workdir, lambda node: node.name not in kept)
-    limit = max(MIN_FALLBACK_NODES, len(source.graph.node) // 4)
+    limit = max(MIN_FALLBACK_NODES, len(source.graph.node) // 2)
     fallback = keep_in_float_until(convert, first, ranking, acceptable, set(kept), context.label, limit)
     for name in fallback.kept:
         kept[name] = f"output error above tolerance {config.tolerance:g} without it"
