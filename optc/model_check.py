@@ -14,7 +14,7 @@ import onnx
 from onnx import external_data_helper
 
 from optc.errors import OptcError
-from optc.model_facts import all_nodes, subgraphs
+from optc.model_facts import all_nodes, node_reads, subgraphs
 
 # Domains whose ops ONNX Runtime implements; any other domain needs a custom-op library optc cannot load.
 KNOWN_DOMAINS = {
@@ -101,9 +101,9 @@ def _check_graph(graph: onnx.GraphProto, path: Path, outer_scope: list[set[str]]
         return any(name in names for names in scope)
 
     nodes = list(graph.node)  # one wrapper per node: protobuf may hand out a new one on each access
-    reads = [_reads(node) for node in nodes]
-    for node, node_reads in zip(nodes, reads, strict=True):
-        missing = next((name for name in node_reads if not visible(name)), None)
+    reads = [node_reads(node) for node in nodes]
+    for node, names in zip(nodes, reads, strict=True):
+        missing = next((name for name in names if not visible(name)), None)
         if missing is not None:
             raise OptcError(f"{path}: node {node.name!r} reads tensor {missing!r}, which nothing produces")
     for output in graph.output:
@@ -121,8 +121,8 @@ def _check_acyclic(nodes: list[onnx.NodeProto], reads: list[set[str]], producers
     waiting_on: list[int] = []
     readers: dict[str, list[int]] = {}
     ready = []
-    for position, node_reads in enumerate(reads):
-        made_here = {name for name in node_reads if name in producers}
+    for position, names in enumerate(reads):
+        made_here = {name for name in names if name in producers}
         waiting_on.append(len(made_here))
         for name in made_here:
             readers.setdefault(name, []).append(position)
@@ -141,23 +141,6 @@ def _check_acyclic(nodes: list[onnx.NodeProto], reads: list[set[str]], producers
         stuck = [node for node, waiting in zip(nodes, waiting_on, strict=True) if waiting > 0]
         names = ", ".join(repr(n.name) for n in stuck[:5])
         raise OptcError(f"{path}: the graph has a cycle through node(s) {names}")
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """Names ``node`` reads from its graph: its inputs, and whatever its subgraphs (at any depth) read from
-    outside themselves."""
-    return {name for name in node.input if name} | set().union(*(_outer_reads(sub) for sub in subgraphs(node)))
-
-
-def _outer_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names a subgraph reads that it does not define itself (inputs, initializers or node outputs)."""
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    defined |= {t.values.name for t in graph.sparse_initializer}
-    defined |= {out for node in graph.node for out in node.output}
-    wanted: set[str] = set()
-    for node in graph.node:
-        wanted |= _reads(node)
-    return wanted - defined
 
 
 def _check_initializer_sizes(model: onnx.ModelProto, path: Path) -> None:

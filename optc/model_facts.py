@@ -85,6 +85,23 @@ def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
             yield from all_nodes(body)
 
 
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    """Names ``node`` reads from its graph: its inputs, and whatever its subgraphs (at any depth) read from outside
+    themselves — what orders it after their producers."""
+    return {name for name in node.input if name} | set().union(*(_outer_reads(sub) for sub in subgraphs(node)))
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads that it does not define itself (inputs, initializers or node outputs)."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    defined |= {t.values.name for t in graph.sparse_initializer}
+    defined |= {out for node in graph.node for out in node.output}
+    wanted: set[str] = set()
+    for node in graph.node:
+        wanted |= node_reads(node)
+    return wanted - defined
+
+
 def node_count(model: onnx.ModelProto) -> int:
     return sum(1 for _ in all_nodes(model.graph))
 

@@ -302,3 +302,41 @@ def test_encoder_detection_reads_head_splits_computed_from_shapes():
         ],
     )
     assert detect_encoder(model) == (2, 8)
+
+
+def test_fp16_of_an_if_whose_branch_reads_an_outer_tensor(tmp_path):
+    """The openWakeWord pattern: If(score ≥ t) runs a verifier MLP, else passes the outer score through."""
+    verifier = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Sigmoid", ["h"], ["verified"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("verified", TensorProto.FLOAT, ["n", 16])],
+    )
+    passthrough = helper.make_graph(
+        [helper.make_node("Identity", ["score"], ["kept"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, ["n", 16])],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "W_head"], ["logits"], name="head"),
+        helper.make_node("Sigmoid", ["logits"], ["score"], name="score"),
+        helper.make_node("ReduceMax", ["score"], ["top"], keepdims=0, name="top"),
+        helper.make_node("Greater", ["top", "threshold"], ["confident"], name="gate"),
+        helper.make_node("If", ["confident"], ["y"], then_branch=verifier, else_branch=passthrough, name="verify"),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [
+            numpy_helper.from_array(RNG.standard_normal((16, 16)).astype(np.float32) * 0.3, "W"),
+            numpy_helper.from_array(RNG.standard_normal((16, 16)).astype(np.float32) * 0.3, "W_head"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "threshold"),
+        ],
+    )
+    x = {"x": RNG.standard_normal((8, 16)).astype(np.float32)}
+    outcome = run_fp16(model, Fp16Config(type="fp16"), context(tmp_path, x))
+    assert outcome.details["output_error"] <= 0.01
+    weights = {t.name: t.data_type for t in outcome.model.graph.initializer}
+    assert weights["W_head"] == TensorProto.FLOAT16  # outside the If, the model is fp16

@@ -19,6 +19,7 @@ The conversion is ONNX Runtime's ``float16.convert_float_to_float16``; optc adds
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Literal
 
@@ -32,7 +33,7 @@ from pydantic import Field
 from optc.data import input_specs
 from optc.isolation import RISKY_OP_TYPES, NativeCrash, run_isolated
 from optc.measure.providers import check_options
-from optc.model_facts import all_nodes
+from optc.model_facts import all_nodes, node_reads, subgraphs
 from optc.modelio import needs_external_data
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import keep_in_float_until, output_agreement, probe_of, rank_by_damage, run_outputs
@@ -91,17 +92,19 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
     patterns = ExcludeSpec(patterns=config.exclude.patterns)
     kept.update({n: "exclude" for n in excluded_nodes(source.graph, patterns, context.label) if n not in kept})
 
+    bodies = {node.name: copy.deepcopy(list(node.attribute)) for node in source.graph.node if subgraphs(node)}
+
     def convert(block: set[str]) -> onnx.ModelProto:
         with quiet_root_logger(), inside(context.workdir):
             converted = convert_float_to_float16(
-                source,
+                copy.deepcopy(source),  # it edits the subgraphs of the model it is given
                 keep_io_types=config.keep_io_types,
                 # Its shape inference serializes the model in one piece, which protobuf cannot do past 2 GB.
                 disable_shape_infer=needs_external_data(source),
                 op_block_list=sorted(blocked_ops),
                 node_block_list=sorted(block),
             )
-        return tidy_casts(converted)[0]
+        return tidy_casts(restore_control_flow(converted, bodies))[0]
 
     risky = any(node.op_type in RISKY_OP_TYPES for node in all_nodes(source.graph))
     probe = probe_of(
@@ -146,6 +149,46 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
             ],
         },
     )
+
+
+def restore_control_flow(converted: onnx.ModelProto, bodies: dict[str, list]) -> onnx.ModelProto:
+    """Put back the fp32 bodies of If/Loop/Scan nodes (which stay fp32), and give them fp32 copies of the outer
+    tensors they read that the conversion turned fp16.
+
+    ONNX Runtime's converter rewrites subgraph outputs to fp16 even for a blocked node, so the branches of an If stop
+    agreeing with each other and with the If; keeping control flow whole in fp32 is the reliable way through.
+    """
+    if not bodies:
+        return converted
+    types = _elem_types(converted)
+    graph = converted.graph
+    for position in reversed(range(len(graph.node))):
+        node = graph.node[position]
+        if node.name not in bodies:
+            continue
+        del node.attribute[:]
+        node.attribute.extend(copy.deepcopy(bodies[node.name]))
+        for name in sorted(node_reads(node) - set(node.input)):
+            if types.get(name) != TensorProto.FLOAT16:
+                continue
+            copy_name = f"{name}_fp32_for_{node.name}"
+            graph.node.insert(position, onnx.helper.make_node("Cast", [name], [copy_name], to=TensorProto.FLOAT))
+            for body in subgraphs(node):
+                _rename_reads(body, name, copy_name)
+    return converted
+
+
+def _rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name == old:
+                node.input[index] = new
+        for body in subgraphs(node):
+            _rename_reads(body, old, new)
+    for output in graph.output:
+        if output.name == old:  # a body passing the outer tensor straight through
+            graph.node.append(onnx.helper.make_node("Identity", [new], [f"{old}_passed"]))
+            output.name = f"{old}_passed"
 
 
 def failing_op_types(
@@ -240,7 +283,7 @@ def tidy_casts(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             for node in graph.node:
                 for i, name in enumerate(node.input):
                     node.input[i] = renames.get(name, name)
-        consumed = {name for n in graph.node for name in n.input} | protected
+        consumed = {name for n in graph.node for name in node_reads(n)} | protected
         live = [n for n in graph.node if n.op_type != "Cast" or n.output[0] in consumed]
         if len(live) != len(graph.node):
             changed = True
@@ -258,7 +301,7 @@ def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     pending = list(graph.node)
     ordered: list[onnx.NodeProto] = []
     while pending:
-        ready = [n for n in pending if all(name in available for name in n.input)]
+        ready = [n for n in pending if node_reads(n) <= available]
         if not ready:  # inputs from outer scopes or cycles: keep the remaining order as it was
             ordered.extend(pending)
             break

@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-from optc.model_facts import all_nodes, subgraphs
+from optc.model_facts import all_nodes, node_reads, subgraphs
 from optc.modelio import needs_external_data
 from optc.passes.ort_tools import quiet_root_logger
 
@@ -28,12 +28,6 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 def _subgraph_nodes(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
     for graph in subgraphs(node):
         yield from all_nodes(graph)
-
-
-def reads(node: onnx.NodeProto) -> set[str]:
-    """Names ``node`` reads, including those its If/Loop bodies read from the enclosing graph."""
-    used = itertools.chain(node.input, (i for inner in _subgraph_nodes(node) for i in inner.input))
-    return {name for name in used if name}
 
 
 def has_subgraph(node: onnx.NodeProto) -> bool:
@@ -52,7 +46,7 @@ class GraphIndex:
         for node in self.graph.node:
             for name in node.output:
                 self.producers[name] = node
-            for name in reads(node):
+            for name in node_reads(node):
                 self.consumers.setdefault(name, []).append(node)
         self.graph_inputs = {i.name for i in self.graph.input}
         self.graph_outputs = {o.name for o in self.graph.output}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import onnx
 
+from optc.model_facts import node_reads
 from optc.passes.fuse.driver import rewrite
-from optc.passes.fuse.graph import GraphIndex, copy_model, reads
+from optc.passes.fuse.graph import GraphIndex, copy_model
 
 
 @rewrite("drop_unused", "nodes nothing reads and unused initializers removed")
@@ -24,7 +25,7 @@ def drop_unused(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         node = graph.node[position]
         if any(name in live_names for name in node.output):
             live_nodes.add(position)
-            live_names.update(reads(node))
+            live_names.update(node_reads(node))
     dead = [node for position, node in enumerate(graph.node) if position not in live_nodes]
     for node in dead:
         graph.node.remove(node)
