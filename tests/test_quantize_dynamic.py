@@ -9,7 +9,8 @@ from optc.data import Dataset
 from optc.errors import OptcError, PassError
 from optc.model_facts import op_histogram
 from optc.passes.exclude import ExcludeSpec
-from optc.passes.quantize import QuantizeConfig, gemm_to_matmul, run_quantize
+from optc.passes.quantize import QuantizeConfig, run_quantize
+from optc.passes.quantize_prepare import gemm_to_matmul
 from optc.passes.registry import PassContext
 from tests.conftest import mlp_model, relu_model
 

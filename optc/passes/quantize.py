@@ -12,9 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from pydantic import Field, model_validator
 
@@ -28,13 +26,15 @@ from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import meet_fidelity_targets
 from optc.passes.quantize_keep_float import float_sensitive_nodes
-from optc.passes.quantize_prepare import name_unnamed_nodes, normalize_opsets
+from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.quantize_static import run_static
+from optc.passes.quantize_weights import WeightOnlyConfig, run_weight_only
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
 
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
 
 
+WEIGHT_ONLY_FIELDS = {"type", "mode", "weights", "exclude", "min_cosine", "accuracy_budget"}
 STATIC_ONLY_FIELDS = (
     "format",
     "activation_type",
@@ -47,9 +47,13 @@ STATIC_ONLY_FIELDS = (
 
 class QuantizeConfig(PassConfig):
     type: Literal["quantize"]
-    mode: Literal["dynamic", "static"] = Field(
+    mode: Literal["dynamic", "static", "weight_only"] = Field(
         description="dynamic: int8 weights, activations quantized at run time (no data needed). static: activations "
-        "quantized with ranges calibrated on data ahead of time (fastest on CPU, needs calibration data)."
+        "quantized with ranges calibrated on data ahead of time (fastest on CPU, needs calibration data). "
+        "weight_only: MatMul weights in 4 or 8 bits, blockwise (LLMs; settings under `weights`)."
+    )
+    weights: WeightOnlyConfig | None = Field(
+        default=None, description="weight_only: bits, block size, algorithm, format (see the README)."
     )
     format: Literal["qdq", "qoperator"] = Field(
         default="qdq",
@@ -112,6 +116,12 @@ class QuantizeConfig(PassConfig):
 
     @model_validator(mode="after")
     def _fields_of_one_mode(self) -> QuantizeConfig:
+        if self.mode != "weight_only" and "weights" in self.model_fields_set:
+            raise ValueError("weights only applies to mode: weight_only")
+        if self.mode == "weight_only":
+            misplaced = [name for name in self.model_fields_set if name not in WEIGHT_ONLY_FIELDS]
+            if misplaced:
+                raise ValueError(f"{', '.join(sorted(misplaced))} do not apply to mode: weight_only")
         if self.mode == "dynamic":
             misplaced = [name for name in STATIC_ONLY_FIELDS if name in self.model_fields_set]
             if misplaced:
@@ -125,8 +135,11 @@ class QuantizeConfig(PassConfig):
         return self
 
     def data_files(self) -> dict[str, Path]:
-        static_data = self.mode == "static" and self.calibration.data is not None
-        return {"calibration.data": self.calibration.data} if static_data else {}
+        if self.mode == "static" and self.calibration.data is not None:
+            return {"calibration.data": self.calibration.data}
+        if self.mode == "weight_only" and self.weights and self.weights.calibration.data is not None:
+            return {"weights.calibration.data": self.weights.calibration.data}
+        return {}
 
     def dynamic_op_types(self) -> list[str]:
         return list(self.op_types) if self.op_types is not None else ["MatMul", "Gemm"]
@@ -146,6 +159,10 @@ def refuse_quantized(model: onnx.ModelProto, label: str) -> None:
 @register(QuantizeConfig)
 def run_quantize(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
     refuse_quantized(model, context.label)
+    if config.mode == "weight_only":
+        outcome = run_weight_only(model, config, context)
+        outcome.details["target"] = context.target
+        return outcome
     config, target = with_target_defaults(config, context.target)
     outcome = run_static(model, config, context) if config.mode == "static" else run_dynamic(model, config, context)
     outcome.details["target"] = target
@@ -241,51 +258,3 @@ def _dynamic_quantizer(model: onnx.ModelProto, config: QuantizeConfig, op_types:
         return onnx.load_model(str(target))
 
     return quantize
-
-
-def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Rewrite ``Gemm(A, B, C)`` with constant B (alpha = beta = 1, transA = 0) to ``MatMul(A, B') + C``.
-
-    The MatMul keeps the Gemm's name, so exclusions by name still apply to it.
-    """
-    model_out = onnx.ModelProto()
-    model_out.CopyFrom(model)
-    graph = model_out.graph
-    initializers = {t.name: t for t in graph.initializer}
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    new_nodes: list[onnx.NodeProto] = []
-    for node in graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        rewritable = (
-            node.op_type == "Gemm"
-            and node.input[1] in initializers
-            and attrs.get("alpha", 1.0) == 1.0
-            and attrs.get("beta", 1.0) == 1.0
-            and attrs.get("transA", 0) == 0
-            and (len(node.input) < 3 or not node.input[2] or node.input[2] in initializers)
-        )
-        if not rewritable:
-            new_nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(initializers[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = np.ascontiguousarray(weight.T)
-        weight_name = node.input[1]
-        if attrs.get("transB", 0):
-            weight_name = f"{node.input[1]}_matmul_{node.name or len(new_nodes)}"
-            graph.initializer.append(numpy_helper.from_array(weight, weight_name))
-            if consumers[node.input[1]] == 1:
-                graph.initializer.remove(initializers[node.input[1]])
-        has_bias = len(node.input) >= 3 and node.input[2]
-        matmul_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
-        new_nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [matmul_out], name=node.name))
-        if has_bias:
-            new_nodes.append(
-                helper.make_node("Add", [matmul_out, node.input[2]], [node.output[0]], name=f"{node.name}_bias")
-            )
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    return model_out

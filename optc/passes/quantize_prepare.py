@@ -116,3 +116,51 @@ def subgraph_nodes(model: onnx.ModelProto, op_types: set[str] | None) -> int:
         return total
 
     return count(model.graph, False)
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite ``Gemm(A, B, C)`` with constant B (alpha = beta = 1, transA = 0) to ``MatMul(A, B') + C``.
+
+    The MatMul keeps the Gemm's name, so exclusions by name still apply to it.
+    """
+    model_out = onnx.ModelProto()
+    model_out.CopyFrom(model)
+    graph = model_out.graph
+    initializers = {t.name: t for t in graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rewritable = (
+            node.op_type == "Gemm"
+            and node.input[1] in initializers
+            and attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+            and attrs.get("transA", 0) == 0
+            and (len(node.input) < 3 or not node.input[2] or node.input[2] in initializers)
+        )
+        if not rewritable:
+            new_nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = np.ascontiguousarray(weight.T)
+        weight_name = node.input[1]
+        if attrs.get("transB", 0):
+            weight_name = f"{node.input[1]}_matmul_{node.name or len(new_nodes)}"
+            graph.initializer.append(numpy_helper.from_array(weight, weight_name))
+            if consumers[node.input[1]] == 1:
+                graph.initializer.remove(initializers[node.input[1]])
+        has_bias = len(node.input) >= 3 and node.input[2]
+        matmul_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        new_nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [matmul_out], name=node.name))
+        if has_bias:
+            new_nodes.append(
+                helper.make_node("Add", [matmul_out, node.input[2]], [node.output[0]], name=f"{node.name}_bias")
+            )
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    return model_out

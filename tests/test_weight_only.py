@@ -1,0 +1,201 @@
+"""Weight-only quantization: blockwise 4/8-bit arithmetic, MatMulNBits and QDQ outputs, 8-bit first/last layers,
+HQQ, AWQ, embeddings, and the int4 recipes end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from pydantic import ValidationError
+
+from optc.cli.app import app
+from optc.data import Dataset
+from optc.errors import OptcError
+from optc.passes.blockwise import hqq, matmulnbits_tensors, rtn
+from optc.passes.quantize import QuantizeConfig, run_quantize
+from optc.passes.registry import PassContext
+from tests.conftest import SAMPLES, make_model, report_of
+
+RNG = np.random.default_rng(0)
+WIDTH = 64
+
+
+def heavy_tailed(*shape) -> np.ndarray:
+    return (RNG.standard_t(5, shape) * 0.05).astype(np.float32)
+
+
+def mlp_chain(layers: int = 3, width: int = WIDTH) -> onnx.ModelProto:
+    """x → MatMul → Relu → MatMul → Relu → ... → y: every weight [width, width], quantizable."""
+    nodes, inits, current = [], [], "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [current, f"W{i}"], [f"h{i}"], name=f"layer{i}"))
+        inits.append(numpy_helper.from_array(heavy_tailed(width, width), f"W{i}"))
+        current = f"h{i}"
+        if i < layers - 1:
+            nodes.append(helper.make_node("Relu", [current], [f"r{i}"], name=f"relu{i}"))
+            current = f"r{i}"
+    nodes[-1].output[0] = "y"
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+        inits,
+    )
+
+
+def context(tmp_path: Path, inputs: dict, target: str = "x86-avx2") -> PassContext:
+    return PassContext(
+        label="passes[0] quantize (weight_only)",
+        workdir=tmp_path,
+        seed=0,
+        dataset=Dataset(inputs=inputs, labels=None, source="test"),
+        sample_inputs=[{k: v[:4] for k, v in inputs.items()}],
+        target=target,
+    )
+
+
+def weight_only(**weights) -> QuantizeConfig:
+    return QuantizeConfig(type="quantize", mode="weight_only", weights=weights)
+
+
+def outputs(model: onnx.ModelProto, feed: dict) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+X = {"x": RNG.standard_normal((32, WIDTH)).astype(np.float32)}
+
+
+@pytest.mark.parametrize(("k", "symmetric"), [(64, False), (64, True), (72, False), (300, False)])
+def test_rtn_writes_the_bytes_onnx_runtimes_quantizer_writes(k, symmetric):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    weight = heavy_tailed(k, 24)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    reference = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=symmetric)
+    reference.process()
+    theirs = {t.name.rsplit("_", 1)[-1]: numpy_helper.to_array(t) for t in reference.model.model.graph.initializer}
+    packed, scales, zero = matmulnbits_tensors(rtn(weight, 4, 32, symmetric))
+    assert np.array_equal(theirs["Q4"].reshape(packed.shape), packed)
+    assert np.array_equal(theirs["scales"].reshape(scales.shape), scales)
+    assert zero is None if symmetric else np.array_equal(theirs["points"].reshape(zero.shape), zero)
+
+
+def test_hqq_error_is_no_worse_than_rtn():
+    weight = heavy_tailed(256, 64)
+    plain = np.abs(rtn(weight, 4, 64, symmetric=False).dequantized() - weight).mean()
+    fitted = np.abs(hqq(weight, 4, 64).dequantized() - weight).mean()
+    assert fitted <= plain * 1.001
+
+
+def test_matmulnbits_with_the_targets_accuracy_level_and_8_bit_first_and_last_layers(tmp_path):
+    model = mlp_chain(layers=4)
+    outcome = run_quantize(model, weight_only(), context(tmp_path, X))
+    nodes = {n.name: n for n in outcome.model.graph.node if n.op_type == "MatMulNBits"}
+    bits = {name: next(a.i for a in n.attribute if a.name == "bits") for name, n in nodes.items()}
+    assert bits == {"layer0": 8, "layer1": 4, "layer2": 4, "layer3": 8}
+    assert {next(a.i for a in n.attribute if a.name == "accuracy_level") for n in nodes.values()} == {4}
+    reasons = {row["node"]: row["reason"] for row in outcome.details["eight_bit_layers"]}
+    assert "first" in reasons["layer0"] and "last" in reasons["layer3"]
+    assert cosine(outputs(model, X), outputs(outcome.model, X)) > 0.98  # 4-bit random weights; int8 activations
+    assert outcome.model.ByteSize() < 0.45 * model.ByteSize()
+
+
+def test_cuda_target_leaves_accuracy_level_unset_and_eight_bit_can_be_turned_off(tmp_path):
+    outcome = run_quantize(mlp_chain(), weight_only(eight_bit="none"), context(tmp_path, X, target="cuda"))
+    nodes = [n for n in outcome.model.graph.node if n.op_type == "MatMulNBits"]
+    assert all(not any(a.name == "accuracy_level" for a in n.attribute) for n in nodes)
+    assert outcome.details["four_bit_layers"] == 3 and outcome.details["eight_bit_layers"] == []
+
+
+def test_qdq_format_is_standard_onnx_opset_21_and_runs(tmp_path):
+    model = mlp_chain()
+    outcome = run_quantize(model, weight_only(format="qdq", symmetric=True), context(tmp_path, X))
+    onnx.checker.check_model(outcome.model)
+    assert next(o.version for o in outcome.model.opset_import if o.domain in ("", "ai.onnx")) == 21
+    dequantize = [n for n in outcome.model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dequantize) == 3 and all(n.domain == "" for n in outcome.model.graph.node)
+    codes = {t.name: t.data_type for t in outcome.model.graph.initializer}
+    assert TensorProto.INT4 in codes.values()
+    assert cosine(outputs(model, X), outputs(outcome.model, X)) > 0.99
+
+
+def test_awq_scales_inputs_with_outlier_channels_and_beats_rtn(tmp_path):
+    """A few input channels 30x larger than the rest, as in LLMs: scaling them first keeps their precision."""
+    model = mlp_chain(layers=3)
+    x = RNG.standard_normal((64, WIDTH)).astype(np.float32)
+    x[:, :3] *= 30
+    data = {"x": x}
+    reference = outputs(model, data)
+    errors = {}
+    for algorithm in ("rtn", "awq"):
+        outcome = run_quantize(model, weight_only(algorithm=algorithm, eight_bit="none"), context(tmp_path, data))
+        errors[algorithm] = float(np.linalg.norm(outputs(outcome.model, data) - reference))
+        if algorithm == "awq":
+            assert outcome.details["awq_scaled_inputs"] >= 1
+            assert any(n.op_type == "Mul" and n.name.endswith("_awq") for n in outcome.model.graph.node)
+    assert errors["awq"] < errors["rtn"]
+
+
+def test_embedding_tables_become_gather_block_quantized(tmp_path):
+    table = heavy_tailed(100, WIDTH)
+    model = make_model(
+        [
+            helper.make_node("Gather", ["embedding", "ids"], ["e"], name="embed"),
+            helper.make_node("MatMul", ["e", "W"], ["y"], name="proj"),
+        ],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, WIDTH])],
+        [numpy_helper.from_array(table, "embedding"), numpy_helper.from_array(heavy_tailed(WIDTH, WIDTH), "W")],
+    )
+    ids = {"ids": RNG.integers(0, 100, (4, 8)).astype(np.int64)}
+    outcome = run_quantize(model, weight_only(embeddings=True), context(tmp_path, ids))
+    assert "GatherBlockQuantized" in {n.op_type for n in outcome.model.graph.node}
+    assert "embedding" not in {t.name for t in outcome.model.graph.initializer}
+    assert cosine(outputs(model, ids), outputs(outcome.model, ids)) > 0.98
+
+
+def test_weight_only_settings_are_validated():
+    with pytest.raises(ValidationError, match="power of two"):
+        weight_only(block_size=48)
+    with pytest.raises(ValidationError, match="weights only applies to mode: weight_only"):
+        QuantizeConfig(type="quantize", mode="dynamic", weights={"bits": 4})
+    with pytest.raises(ValidationError, match="do not apply to mode: weight_only"):
+        QuantizeConfig(type="quantize", mode="weight_only", activation_type="uint8")
+
+
+def test_an_unknown_eight_bit_layer_and_a_model_without_matmuls_are_refused(tmp_path):
+    with pytest.raises(OptcError, match="no quantizable MatMul named 'nope'"):
+        run_quantize(mlp_chain(), weight_only(eight_bit=["nope"]), context(tmp_path, X))
+    relu = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    with pytest.raises(OptcError, match="nothing to do"):
+        run_quantize(relu, weight_only(), context(tmp_path, {"x": np.ones((4, 4), np.float32)}))
+
+
+def test_int4_recipe_on_the_sample_encoder(runner, tmp_path):
+    out = tmp_path / "bert.int4.onnx"
+    args = ["compress", str(SAMPLES / "tiny_bert.onnx"), "-r", "int4", "-o", str(out)]
+    result = runner.invoke(app, [*args, "--data", str(SAMPLES / "tiny_bert_data.npz")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_of(out).read_text())
+    details = report["passes"][0]["details"]
+    assert details["four_bit_layers"] > 0 and details["format"] == "matmulnbits"
+    assert report["size_ratio"] < 0.9
+    assert "MatMulNBits" in {n.op_type for n in onnx.load_model(str(out)).graph.node}
