@@ -21,6 +21,7 @@ from optc.data_files import check_data_path
 from optc.errors import OptcError
 from optc.gates import effective_gates, evaluate_gates
 from optc.measure.accuracy import evaluate
+from optc.measure.decoder import decoder_io, measure_decoder
 from optc.measure.environment import current_environment
 from optc.measure.latency import measure_interleaved
 from optc.measure.profile import compare_profiles, profile_op_types
@@ -269,10 +270,17 @@ def _measure_on(
         sessions[label] = session
     with progress.stage(f"{provider}: accuracy on {len(dataset)} samples"):
         accuracy = evaluate(sessions["original"], sessions["optimized"], dataset, specs, recipe.evaluate.metric, batch)
-    with progress.stage(f"{provider}: latency, batch {batch}, {latency.threads} thread(s)"):
-        stats = measure_interleaved(
-            sessions, dataset.first_batch(batch), latency.warmup, latency.runs, latency.min_time_s
-        )
+    io = decoder_io(specs, [o.name for o in sessions["original"].get_outputs()])
+    decoder = None
+    if io is not None:
+        with progress.stage(f"{provider}: decoder prefill and decode step, {latency.threads} thread(s)"):
+            decoder = measure_decoder(io, specs, sessions, dataset, latency.warmup, latency.runs, latency.min_time_s)
+        stats = {"original": decoder.decode.original, "optimized": decoder.decode.optimized}
+    else:
+        with progress.stage(f"{provider}: latency, batch {batch}, {latency.threads} thread(s)"):
+            stats = measure_interleaved(
+                sessions, dataset.first_batch(batch), latency.warmup, latency.runs, latency.min_time_s
+            )
     speedup = stats["original"].p50_ms / stats["optimized"].p50_ms
     before, after = stats["original"].p50_ms, stats["optimized"].p50_ms
     progress.done(
@@ -285,6 +293,7 @@ def _measure_on(
         optimized=stats["optimized"],
         speedup=speedup,
         accuracy=accuracy,
+        decoder=decoder,
         **base,
     )
 

@@ -116,7 +116,9 @@ def load_dataset(path: Path, specs: list[InputSpec], samples: int | None = None,
     declared = 0
     for source, readers in data_sources(Path(path), role):
         labels_reader = readers.pop(LABELS_KEY, None)
-        _check_against_specs({name: reader.empty for name, reader in readers.items()}, specs, source)
+        derived = _derivable(specs, set(readers))
+        given_specs = [s for s in specs if s not in derived]
+        _check_against_specs({name: reader.empty for name, reader in readers.items()}, given_specs, source)
         declared += sum(r.nbytes for r in readers.values()) + (labels_reader.nbytes if labels_reader else 0)
         if declared > budget:
             raise OptcError(
@@ -130,7 +132,7 @@ def load_dataset(path: Path, specs: list[InputSpec], samples: int | None = None,
             parts.setdefault(LABELS_KEY, []).append(_check_labels(labels_reader.read(labels_reader.rows), source))
         if len(set(rows.values())) != 1:
             raise OptcError(f"{source}: arrays disagree on the number of samples: {rows}")
-        for spec in specs:
+        for spec in given_specs:
             reader = readers[spec.name]
             parts.setdefault(spec.name, []).append(_conform(reader.read(reader.rows), spec, reader.where, 0))
     labels_parts = parts.pop(LABELS_KEY, None)
@@ -139,6 +141,7 @@ def load_dataset(path: Path, specs: list[InputSpec], samples: int | None = None,
     except ValueError as exc:
         raise OptcError(f"{role} {path}: the files' arrays cannot be stacked ({exc})") from exc
     labels = np.concatenate(labels_parts) if labels_parts else None
+    inputs.update(_derived_inputs(derived, inputs))
     if inputs and len(next(iter(inputs.values()))) == 0:
         raise OptcError(f"{role} {path}: the data holds no samples")
     per_sample = any(inputs[s.name].ndim == len(s.shape) + 1 for s in specs)
@@ -146,6 +149,29 @@ def load_dataset(path: Path, specs: list[InputSpec], samples: int | None = None,
         inputs = {n: a[:samples] for n, a in inputs.items()}
         labels = labels[:samples] if labels is not None else None
     return Dataset(inputs=inputs, labels=labels, source=str(path), per_sample=per_sample)
+
+
+def _derivable(specs: list[InputSpec], given: set[str]) -> list[InputSpec]:
+    """Decoder inputs a data file may leave out because they follow from ``input_ids``: the attention mask (all
+    ones), position ids (0, 1, ...) and an empty KV cache — token sequences alone are evaluation data for an LLM."""
+    if "input_ids" not in given or not any("past" in s.name.lower() for s in specs):
+        return []
+    derivable = {"attention_mask", "position_ids"}
+    return [s for s in specs if s.name not in given and (s.name in derivable or "past" in s.name.lower())]
+
+
+def _derived_inputs(specs: list[InputSpec], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    ids = inputs.get("input_ids")
+    derived = {}
+    for spec in specs:
+        if spec.name == "attention_mask":
+            derived[spec.name] = np.ones(ids.shape, spec.dtype)
+        elif spec.name == "position_ids":
+            derived[spec.name] = np.broadcast_to(np.arange(ids.shape[-1], dtype=spec.dtype), ids.shape).copy()
+        else:  # an empty cache: [samples, heads, 0, head_dim]
+            dims = [d if isinstance(d, int) and d > 0 else 0 for d in spec.shape[1:]]
+            derived[spec.name] = np.zeros((len(ids), *dims), spec.dtype)
+    return derived
 
 
 def _check_against_specs(arrays: dict[str, np.ndarray], specs: list[InputSpec], path: Path) -> None:
@@ -279,8 +305,9 @@ def symbolic_sizes(
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Sizes for the named symbolic dims of non-batch axes, and those of them that were assumed, not given.
 
-    A dim named like a cache length (``past_sequence_length``) and one named like a total (``total_sequence_length``)
-    are kept consistent, as decoders with a KV cache require: total = past + sequence.
+    A dim named like a cache length (``past_sequence_length``) defaults to 0 — an empty cache, so the evaluation runs
+    are prefills, which give logits at every position — and one named like a total (``total_sequence_length``) is
+    kept consistent with it, as decoders with a KV cache require: total = past + sequence.
     """
     sizes: dict[str, int] = {}
     for spec in specs:
@@ -290,7 +317,11 @@ def symbolic_sizes(
                 if isinstance(dim, str):
                     sizes.setdefault(dim, value)
     names = {dim for spec in specs for dim in spec.shape[1:] if isinstance(dim, str)} - set(sizes)
-    assumed = {name: DEFAULT_SYMBOLIC_DIM for name in sorted(names) if "total" not in name.lower()}
+    assumed = {
+        name: 0 if "past" in name.lower() else DEFAULT_SYMBOLIC_DIM
+        for name in sorted(names)
+        if "total" not in name.lower()
+    }
     totals = [name for name in names if "total" in name.lower()]
     for name in totals:
         parts = [v for k, v in {**sizes, **assumed}.items() if "past" in k.lower() or _is_sequence(k)]

@@ -116,6 +116,7 @@ def decoder_specs() -> list[InputSpec]:
 
 def test_decoder_dims_stay_consistent_given_or_assumed():
     sizes, assumed = symbolic_sizes(decoder_specs(), {})
+    assert sizes["past_sequence_length"] == 0  # an empty cache: evaluation runs are prefills
     assert sizes["total_sequence_length"] == sizes["past_sequence_length"] + sizes["sequence_length"]
     assert set(assumed) == {"sequence_length", "past_sequence_length", "total_sequence_length"}
     sizes, assumed = symbolic_sizes(decoder_specs(), {"input_ids": (1, 1), "past_key_values.0.key": (1, 2, 128, 8)})

@@ -17,6 +17,7 @@ from optc.report.format import (
     compressed_sizes,
     human_bytes,
     is_table,
+    latency_rows,
     speed_change,
     table_columns,
     where_measured,
@@ -45,12 +46,22 @@ def report_view(report: Report) -> Group:
     summary.add_row("parameters", f"{report.original.parameters:,}", f"{report.optimized.parameters:,}", "")
     summary.add_row("nodes", str(report.original.nodes), str(report.optimized.nodes), "")
     for m in report.measured():
-        summary.add_row(
-            f"{m.provider} p50 latency",
-            f"{m.original.p50_ms:.3f} ms",
-            f"{m.optimized.p50_ms:.3f} ms",
-            speed_change(m.speedup),
-        )
+        for line in latency_rows(m):
+            summary.add_row(
+                f"{m.provider} {line.label}",
+                f"{line.original.p50_ms:.3f} ms",
+                f"{line.optimized.p50_ms:.3f} ms",
+                speed_change(line.speedup),
+            )
+        if m.decoder is not None:
+            summary.add_row(f"{m.provider} next-token top-1", "100.00 %", f"{m.decoder.next_token_agreement:.2f} %", "")
+            if m.decoder.perplexity_original is not None:
+                summary.add_row(
+                    f"{m.provider} perplexity",
+                    f"{m.decoder.perplexity_original:.3f}",
+                    f"{m.decoder.perplexity_optimized:.3f}",
+                    "",
+                )
         if m.accuracy:
             a = m.accuracy
             style = "red" if a.drop > 1 else ""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from optc.report.schema import Report
+    from optc.measure.latency import LatencyStats
+    from optc.report.schema import ProviderMeasurement, Report
 
 
 def human_bytes(size: int) -> str:
@@ -70,3 +71,22 @@ def compressed_sizes(report: Report) -> list[tuple[int, int]]:
     change. The first pass's "before" and the last pass's "after" span the whole recipe."""
     found = [p.details for p in report.passes if "gzip_bytes_before" in p.details and "gzip_bytes_after" in p.details]
     return [(found[0]["gzip_bytes_before"], found[-1]["gzip_bytes_after"])] if found else []
+
+
+class LatencyLine(NamedTuple):
+    key: str  # "" for the one row of a plain model, the phase for a decoder
+    label: str
+    original: LatencyStats
+    optimized: LatencyStats
+    speedup: float
+
+
+def latency_rows(m: ProviderMeasurement) -> list[LatencyLine]:
+    """A provider's latency lines: one, or for a decoder the prefill and the decode step."""
+    if m.decoder is None:
+        return [LatencyLine("", "p50 latency", m.original, m.optimized, m.speedup)]
+    phases = (
+        ("prefill", f"prefill {m.decoder.prefill.tokens} tokens", m.decoder.prefill),
+        ("decode", f"decode step, cache {m.decoder.decode.tokens}", m.decoder.decode),
+    )
+    return [LatencyLine(key, label, p.original, p.optimized, p.speedup) for key, label, p in phases]

@@ -16,6 +16,7 @@ from optc.report.format import (
     human_bytes,
     inline_details,
     is_table,
+    latency_rows,
     speed_change,
     table_columns,
     where_measured,
@@ -85,7 +86,16 @@ def _cards(report: Report) -> str:
         if not m.measured:
             cards.append(_card("not measured", f"{m.provider}: {m.reason}", "warn"))
             continue
-        cards.append(_card(speed_change(m.speedup), f"{m.provider} p50 (batch {m.batch_size})", _tone(m.speedup >= 1)))
+        for line in latency_rows(m):
+            label = f"{m.provider} {line.label} (batch {m.batch_size})"
+            cards.append(_card(speed_change(line.speedup), label, _tone(line.speedup >= 1)))
+        if m.decoder is not None:
+            cards.append(
+                _card(
+                    f"{m.decoder.next_token_agreement:.2f} %",
+                    f"{m.provider} next-token top-1 agreement over {m.decoder.positions} positions",
+                )
+            )
         if m.accuracy:
             a = m.accuracy
             cards.append(
@@ -107,18 +117,19 @@ def _latency(report: Report) -> str:
         return ""
     parts = ["<h2>Latency</h2>"]
     for m in measured:
-        rows = [_latency_row(name, stats) for name, stats in (("original", m.original), ("optimized", m.optimized))]
-        title = f"{m.provider}: latency per run (ms), batch {m.batch_size}, {m.threads} thread(s)"
-        parts += [f"<h3>{escape(title)}</h3>", latency_chart(f"latency-{m.provider}", title, rows)]
-        parts.append(
-            _table(
-                ["model", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "stdev ms", "cv"],
-                [
-                    [name, s.runs, s.p50_ms, s.p90_ms, s.p99_ms, s.mean_ms, s.stdev_ms, s.cv]
-                    for name, s in (("original", m.original), ("optimized", m.optimized))
-                ],
+        for line in latency_rows(m):
+            pair = (("original", line.original), ("optimized", line.optimized))
+            phase = f"{line.label}, " if line.key else ""
+            title = f"{m.provider}: {phase}latency per run (ms), batch {m.batch_size}, {m.threads} thread(s)"
+            chart_id = "-".join(filter(None, ("latency", m.provider, line.key)))
+            chart = latency_chart(chart_id, title, [_latency_row(n, s) for n, s in pair])
+            parts += [f"<h3>{escape(title)}</h3>", chart]
+            parts.append(
+                _table(
+                    ["model", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "stdev ms", "cv"],
+                    [[n, s.runs, s.p50_ms, s.p90_ms, s.p99_ms, s.mean_ms, s.stdev_ms, s.cv] for n, s in pair],
+                )
             )
-        )
     return "".join(parts)
 
 

@@ -9,6 +9,7 @@ from optc.report.format import (
     human_bytes,
     inline_details,
     is_table,
+    latency_rows,
     speed_change,
     table_columns,
     where_measured,
@@ -40,10 +41,21 @@ def render_markdown(report: Report) -> str:
         f"| nodes | {report.original.nodes} | {report.optimized.nodes} | |",
     ]
     for m in report.measured():
-        lines.append(
-            f"| {m.provider} latency p50 (batch {m.batch_size}, {m.threads} thread(s)) | "
-            f"{m.original.p50_ms:.3f} ms | {m.optimized.p50_ms:.3f} ms | {speed_change(m.speedup)} |"
-        )
+        for line in latency_rows(m):
+            lines.append(
+                f"| {m.provider} {line.label} (batch {m.batch_size}, {m.threads} thread(s)) | "
+                f"{line.original.p50_ms:.3f} ms | {line.optimized.p50_ms:.3f} ms | {speed_change(line.speedup)} |"
+            )
+        if m.decoder is not None:
+            lines.append(
+                f"| {m.provider} next-token top-1 agreement ({m.decoder.positions} positions) | 100.00 % | "
+                f"{m.decoder.next_token_agreement:.2f} % | |"
+            )
+            if m.decoder.perplexity_original is not None:
+                lines.append(
+                    f"| {m.provider} perplexity | {m.decoder.perplexity_original:.3f} | "
+                    f"{m.decoder.perplexity_optimized:.3f} | |"
+                )
         if m.accuracy:
             a = m.accuracy
             lines.append(

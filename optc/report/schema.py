@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from optc.errors import OptcError
 from optc.measure.accuracy import AccuracyResult
+from optc.measure.decoder import DecoderMeasurement
 from optc.measure.environment import Environment
 from optc.measure.latency import LatencyStats
 from optc.measure.profile import ProfileComparison
@@ -47,6 +48,9 @@ class ProviderMeasurement(BaseModel):
     speedup: float | None = None  # original p50 / optimized p50
     accuracy: AccuracyResult | None = None
     profile: ProfileComparison | None = None  # per op type time, original vs optimized (compress --profile)
+    # For decoders (input_ids + KV cache + logits): prefill and decode-step latency, next-token agreement,
+    # perplexity. original/optimized/speedup above are then the decode step's.
+    decoder: DecoderMeasurement | None = None
 
 
 class TargetInfo(BaseModel):
