@@ -20,20 +20,18 @@ from optc.data import Dataset, input_specs, load_dataset, synthetic_dataset
 from optc.data_files import check_data_path
 from optc.errors import OptcError
 from optc.gates import effective_gates, evaluate_gates
-from optc.measure.accuracy import evaluate
-from optc.measure.decoder import decoder_io, measure_decoder
 from optc.measure.environment import current_environment
-from optc.measure.latency import measure_interleaved
+from optc.measure.pair import LatencySettings, ModelSource, measure_pair
 from optc.measure.profile import compare_profiles, profile_op_types
-from optc.measure.providers import Unavailable, open_session, unavailable_reason
+from optc.measure.providers import Unavailable, unavailable_reason
 from optc.model_facts import node_count, parameter_count
-from optc.modelio import load_model, serialized_size, sha256_of_files, write_model
+from optc.modelio import adopt_model, load_model, serialized_size, sha256_of_files, write_model
 from optc.outputs import InputFile, OutputSet, check_outputs, input_files, resolve_outputs, staged_outputs, write_file
 from optc.passes import PassContext
 from optc.pipeline import run_passes
 from optc.progress import Progress
 from optc.recipe import LoadedRecipe
-from optc.report.format import speed_change
+from optc.report.format import speed_change, timing_order
 from optc.report.html import render_html
 from optc.report.markdown import render_markdown
 from optc.report.schema import ModelInfo, ProviderMeasurement, RecipeInfo, Report, TargetInfo
@@ -98,6 +96,7 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
     # in-memory copy after the passes — for a multi-gigabyte model, that copy is gigabytes measurement can spare.
     original_source = str(request.model_path)
     model = loaded.model
+    original_outputs = [o.name for o in model.graph.output]
     del loaded
     specs = input_specs(model)
     warnings: list[str] = []
@@ -108,6 +107,8 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
     latency = recipe.evaluate.latency
     batch = dataset.feed_batch_size(specs, latency.batch_size)
 
+    # The work folder lives until the model is written: the optimized model's untouched weights may still be
+    # references into files there (see optc.tensors).
     with tempfile.TemporaryDirectory(prefix="optc-") as tmp:
         workdir = Path(tmp)
         context = PassContext(
@@ -123,7 +124,7 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
             target=target,
         )
         try:
-            reference = run_reference(model, workdir, context.sample_inputs[0], request.model_path)
+            reference = run_reference(request.model_path, context.sample_inputs[0])
         except OptcError as exc:
             if dataset.assumed:  # the guessed sizes may be what the model cannot take
                 sized = ", ".join(f"{name}={size}" for name, size in dataset.assumed.items())
@@ -136,71 +137,77 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
         _stamp_provenance(optimized, original.sha256, request.recipe.sha256)
         for record in records:
             warnings.extend(record.warnings)
-        measurements = [
-            _measure_on(provider, original_source, optimized, dataset, specs, recipe, batch, workdir, progress)
-            for provider in providers
-        ]
+        optimized_source = session_source(optimized, workdir, "measured")
+        if isinstance(optimized_source, str):  # written out: keep references to that file, not a copy in memory
+            optimized = adopt_model(Path(optimized_source), rename=False)
+        models = {
+            "original": ModelSource(original_source, original.size_bytes, original_outputs),
+            "optimized": ModelSource(
+                optimized_source, serialized_size(optimized), [o.name for o in optimized.graph.output]
+            ),
+        }
+        measurements = [_measure_on(p, models, dataset, specs, recipe, batch, progress) for p in providers]
         if request.profile:
-            measurements = [
-                _with_profile(m, original_source, optimized, dataset, batch, workdir, progress) for m in measurements
-            ]
-    for m in measurements:
-        if not m.measured:
-            progress.warn(f"{m.provider}: not measured — {m.reason}")
-            warnings.append(f"{m.provider}: not measured — {m.reason}")
-    if not any(m.measured for m in measurements) and not request.allow_unmeasured:
-        reasons = "; ".join(f"{m.provider}: {m.reason}" for m in measurements)
-        raise OptcError(
-            f"measured on none of the providers asked for ({reasons}); nothing was written",
-            hint="use --providers cpu, or --allow-unmeasured to write the model without figures",
-        )
-    mismatch = target_mismatch(target, cpu, [m.provider for m in measurements if m.measured])
-    if mismatch:
-        progress.warn(mismatch)
-        warnings.append(mismatch)
+            measurements = [_with_profile(m, models, dataset, batch, workdir, progress) for m in measurements]
+        for m in measurements:
+            if not m.measured:
+                progress.warn(f"{m.provider}: not measured — {m.reason}")
+                warnings.append(f"{m.provider}: not measured — {m.reason}")
+            elif not m.interleaved:
+                warnings.append(f"{m.provider}: latency timed {timing_order(m)}")
+        if not any(m.measured for m in measurements) and not request.allow_unmeasured:
+            reasons = "; ".join(f"{m.provider}: {m.reason}" for m in measurements)
+            raise OptcError(
+                f"measured on none of the providers asked for ({reasons}); nothing was written",
+                hint="use --providers cpu, or --allow-unmeasured to write the model without figures",
+            )
+        mismatch = target_mismatch(target, cpu, [m.provider for m in measurements if m.measured])
+        if mismatch:
+            progress.warn(mismatch)
+            warnings.append(mismatch)
 
-    gates, sources = effective_gates(recipe, request.gate_overrides)
-    size_ratio = serialized_size(optimized) / original.size_bytes
-    gate_results = evaluate_gates(gates, size_ratio, measurements, records, sources)
-    gates_passed = all(g.passed for g in gate_results)
-    report = Report(
-        optc_version=optc.__version__,
-        recipe=RecipeInfo(source=request.recipe.source, name=recipe.name, sha256=request.recipe.sha256),
-        original=original,
-        optimized=ModelInfo(
-            path=str(request.output_path),
-            size_bytes=serialized_size(optimized),
-            parameters=parameter_count(optimized),
-            nodes=node_count(optimized),
-        ),
-        size_ratio=size_ratio,
-        passes=records,
-        data=dataset.source,
-        measurements=measurements,
-        gates=gate_results,
-        gates_passed=gates_passed,
-        warnings=warnings,
-        environment=current_environment(),
-        target=TargetInfo(requested=requested_target, name=target, measured_on=cpu.isa, warning=mismatch),
-    )
-    destination = _destination(outputs, rejected_outputs, gates_passed, request.on_gate_failure)
-    if destination is None:
-        return CompressResult(report=report, written=None, rejected=True)
-    with progress.stage(f"writing {destination.model}"), staged_outputs() as staging:
-        data_file = staging.path_for(destination.external_data)
-        model_file = staging.path_for(destination.model)
-        written = write_model(optimized, model_file)
-        report.optimized.path = str(destination.model)
-        report.optimized.size_bytes = sum(p.stat().st_size for p in written)
-        report.optimized.sha256 = sha256_of_files([model_file, *([data_file] if data_file in written else [])])
-        report.size_ratio = report.optimized.size_bytes / original.size_bytes
-        for path, text in (
-            (destination.report_json, report.model_dump_json(indent=2) + "\n"),
-            (destination.report_md, render_markdown(report)),
-            (destination.report_html, render_html(report)),
-        ):
-            write_file(staging.path_for(path), text.encode("utf-8"))
-    return CompressResult(report=report, written=destination, rejected=not gates_passed)
+        gates, sources = effective_gates(recipe, request.gate_overrides)
+        size_ratio = serialized_size(optimized) / original.size_bytes
+        gate_results = evaluate_gates(gates, size_ratio, measurements, records, sources)
+        gates_passed = all(g.passed for g in gate_results)
+        report = Report(
+            optc_version=optc.__version__,
+            recipe=RecipeInfo(source=request.recipe.source, name=recipe.name, sha256=request.recipe.sha256),
+            original=original,
+            optimized=ModelInfo(
+                path=str(request.output_path),
+                size_bytes=serialized_size(optimized),
+                parameters=parameter_count(optimized),
+                nodes=node_count(optimized),
+            ),
+            size_ratio=size_ratio,
+            passes=records,
+            data=dataset.source,
+            measurements=measurements,
+            gates=gate_results,
+            gates_passed=gates_passed,
+            warnings=warnings,
+            environment=current_environment(),
+            target=TargetInfo(requested=requested_target, name=target, measured_on=cpu.isa, warning=mismatch),
+        )
+        destination = _destination(outputs, rejected_outputs, gates_passed, request.on_gate_failure)
+        if destination is None:
+            return CompressResult(report=report, written=None, rejected=True)
+        with progress.stage(f"writing {destination.model}"), staged_outputs() as staging:
+            data_file = staging.path_for(destination.external_data)
+            model_file = staging.path_for(destination.model)
+            written = write_model(optimized, model_file)
+            report.optimized.path = str(destination.model)
+            report.optimized.size_bytes = sum(p.stat().st_size for p in written)
+            report.optimized.sha256 = sha256_of_files([model_file, *([data_file] if data_file in written else [])])
+            report.size_ratio = report.optimized.size_bytes / original.size_bytes
+            for path, text in (
+                (destination.report_json, report.model_dump_json(indent=2) + "\n"),
+                (destination.report_md, render_markdown(report)),
+                (destination.report_html, render_html(report)),
+            ):
+                write_file(staging.path_for(path), text.encode("utf-8"))
+        return CompressResult(report=report, written=destination, rejected=not gates_passed)
 
 
 def _destination(
@@ -258,56 +265,43 @@ def _evaluation_data(request, specs, model, warnings: list[str], progress: Progr
 
 
 def _measure_on(
-    provider, original_source, optimized, dataset, specs, recipe, batch, workdir, progress
+    provider: str, models: dict[str, ModelSource], dataset, specs, recipe, batch, progress
 ) -> ProviderMeasurement:
     latency = recipe.evaluate.latency
     base = {"provider": provider, "batch_size": batch, "threads": latency.threads, "warmup": latency.warmup}
-    sessions = {}
-    for label, source in (("original", original_source), ("optimized", session_source(optimized, workdir, "measured"))):
-        session = open_session(source, provider, latency.threads)
-        if isinstance(session, Unavailable):
-            return ProviderMeasurement(measured=False, reason=session.reason, **base)
-        sessions[label] = session
-    with progress.stage(f"{provider}: accuracy on {len(dataset)} samples"):
-        accuracy = evaluate(sessions["original"], sessions["optimized"], dataset, specs, recipe.evaluate.metric, batch)
-    io = decoder_io(specs, [o.name for o in sessions["original"].get_outputs()])
-    decoder = None
-    if io is not None:
-        with progress.stage(f"{provider}: decoder prefill and decode step, {latency.threads} thread(s)"):
-            decoder = measure_decoder(io, specs, sessions, dataset, latency.warmup, latency.runs, latency.min_time_s)
-        stats = {"original": decoder.decode.original, "optimized": decoder.decode.optimized}
-    else:
-        with progress.stage(f"{provider}: latency, batch {batch}, {latency.threads} thread(s)"):
-            stats = measure_interleaved(
-                sessions, dataset.first_batch(batch), latency.warmup, latency.runs, latency.min_time_s
-            )
-    speedup = stats["original"].p50_ms / stats["optimized"].p50_ms
-    before, after = stats["original"].p50_ms, stats["optimized"].p50_ms
+    settings = LatencySettings(latency.threads, latency.warmup, latency.runs, latency.min_time_s)
+    with progress.stage(f"{provider}: accuracy on {len(dataset)} samples and latency, {latency.threads} thread(s)"):
+        result = measure_pair(provider, models, dataset, specs, recipe.evaluate.metric, batch, settings)
+    if isinstance(result, Unavailable):
+        return ProviderMeasurement(measured=False, reason=result.reason, **base)
+    before, after = result.latency["original"], result.latency["optimized"]
+    speedup = before.p50_ms / after.p50_ms
+    accuracy = result.accuracy
     progress.done(
-        f"{provider}: p50 {before:.3f} → {after:.3f} ms ({speed_change(speedup)}), "
+        f"{provider}: p50 {before.p50_ms:.3f} → {after.p50_ms:.3f} ms ({speed_change(speedup)}), "
         f"{accuracy.metric} {accuracy.original:.2f} → {accuracy.optimized:.2f}"
     )
     return ProviderMeasurement(
         measured=True,
-        original=stats["original"],
-        optimized=stats["optimized"],
+        original=before,
+        optimized=after,
         speedup=speedup,
         accuracy=accuracy,
-        decoder=decoder,
+        decoder=result.decoder,
+        interleaved=result.interleaved,
         **base,
     )
 
 
-def _with_profile(m, original_source, optimized, dataset, batch, workdir, progress) -> ProviderMeasurement:
+def _with_profile(m, models: dict[str, ModelSource], dataset, batch, workdir, progress) -> ProviderMeasurement:
     """``m`` with the per-op-type profile of both models, on sessions of their own (profiling slows every run)."""
     if not m.measured:
         return m
     feed = dataset.first_batch(batch)
     profiles = {}
     with progress.stage(f"{m.provider}: profiling per op type"):
-        sources = {"original": original_source, "optimized": session_source(optimized, workdir, "profiled")}
-        for label, source in sources.items():
-            profiles[label] = profile_op_types(source, m.provider, m.threads, feed, workdir, label)
+        for label, model in models.items():
+            profiles[label] = profile_op_types(model.source, m.provider, m.threads, feed, workdir, label)
     if any(isinstance(p, Unavailable) for p in profiles.values()):
         return m
     return m.model_copy(update={"profile": compare_profiles(profiles["original"], profiles["optimized"])})

@@ -148,13 +148,8 @@ def _check_initializer_sizes(model: onnx.ModelProto, path: Path) -> None:
         if external_data_helper.uses_external_data(tensor) or tensor.data_type == onnx.TensorProto.STRING:
             continue
         expected = int(np.prod(tensor.dims)) if tensor.dims else 1
-        try:
-            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        except (KeyError, ValueError, TypeError):
-            raise OptcError(f"{path}: initializer {tensor.name!r} has unknown data type {tensor.data_type}") from None
+        want = data_bytes(tensor, path)  # refuses an unknown data type
         if tensor.HasField("raw_data"):
-            bits = _bits_per_element(tensor.data_type, itemsize)
-            want = (expected * bits + 7) // 8
             if len(tensor.raw_data) != want:
                 raise OptcError(
                     f"{path}: initializer {tensor.name!r} has shape {list(tensor.dims)} ({expected} elements) but "
@@ -175,9 +170,16 @@ def _check_initializer_sizes(model: onnx.ModelProto, path: Path) -> None:
             )
 
 
-def _bits_per_element(data_type: int, itemsize: int) -> int:
+def data_bytes(tensor: onnx.TensorProto, path: Path) -> int:
+    """Bytes of raw data a tensor of its shape and (fixed-width) type holds."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise OptcError(f"{path}: initializer {tensor.name!r} has unknown data type {tensor.data_type}") from None
+    elements = int(np.prod(tensor.dims)) if tensor.dims else 1
     four_bit = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
-    return 4 if data_type in four_bit else 8 * itemsize
+    bits = 4 if tensor.data_type in four_bit else 8 * itemsize
+    return (elements * bits + 7) // 8
 
 
 def _packed_typed(data_type: int) -> bool:

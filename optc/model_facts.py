@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from pydantic import BaseModel
+
+from optc.tensors import tensor_values
 
 QUANTIZED_OP_TYPES = frozenset(
     {
@@ -130,7 +131,7 @@ def weight_sparsity(model: onnx.ModelProto) -> float:
         if tensor is None or tensor.name in seen or tensor.data_type not in _FLOAT_TYPES:
             continue
         seen.add(tensor.name)
-        values = numpy_helper.to_array(tensor)
+        values = tensor_values(tensor)
         zeros += int(values.size - np.count_nonzero(values))
         total += values.size
     return zeros / total if total else 0.0

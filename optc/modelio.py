@@ -1,14 +1,20 @@
-"""Reading and writing ONNX models safely.
+"""Reading and writing ONNX models safely, with weights that stay on disk until something changes them.
 
-Loading refuses files that are not models and external-data paths that leave the model's folder. Writing goes to a
-path the caller chose (a staging folder: see ``optc.outputs``), with the weights of models too large for one
-protobuf in a data file beside it.
+Loading refuses files that are not models and external-data paths that leave the model's folder. The weights of a
+model that keeps them in external data are not read: each such initializer stays a reference (file, offset, length),
+marked as optc's own with ``SOURCE_KEY``, and ``tensor_values`` reads one when a pass needs its values. A pass that
+changes a weight stores the new one inline; a writer copies the untouched ones from their file in chunks. So a
+multi-gigabyte model costs memory only for what a pass produces, and the protobuf never holds the whole model.
+
+Writing goes to a path the caller chose (a staging folder: see ``optc.outputs``), with the weights in a data file
+beside the model when it came with one or is too large for one protobuf.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +25,16 @@ from onnx import external_data_helper, numpy_helper
 
 from optc.errors import OptcError
 from optc.messages import exception_reason
-from optc.model_check import check_model_structure
+from optc.model_check import check_model_structure, data_bytes
 from optc.model_facts import subgraphs
 from optc.outputs import write_file
+from optc.tensors import SOURCE_KEY, copy_lazy_bytes, has_lazy_tensors, is_lazy, lazy_length, mark_lazy
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay clear of it.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 64 * 2**20
+# External initializers smaller than this are read at load: shape tensors and biases, which code that reads values
+# (shape inference, folding) may touch, for a memory saving too small to matter.
+LAZY_MIN_BYTES = 64 * 2**10
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ def load_model(path: Path) -> LoadedModel:
     external_files = _external_data_files(model, path.parent, path)
     if external_files:
         try:
+            _keep_initializers_on_disk(model, path.parent, path)
             _load_external_data(model, path.parent)
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise OptcError(f"{path}: could not read its external data ({exception_reason(exc, limit=300)})") from exc
@@ -68,6 +79,25 @@ def load_model(path: Path) -> LoadedModel:
         sha256=sha256_of_files([path, *external_files]),
         external_files=tuple(external_files),
     )
+
+
+def adopt_model(path: Path, rename: bool = True) -> onnx.ModelProto:
+    """A model a tool wrote into the work folder, its weights left on disk. Its data files are renamed first (unless
+    ``rename`` is false: the caller will not write ``path`` again), so a later run of the same tool, writing the same
+    names, cannot change this model's weights under it."""
+    path = Path(path)
+    model = onnx.load_model(str(path), load_external_data=False)
+    files = _external_data_files(model, path.parent, path)
+    _keep_initializers_on_disk(model, path.parent, path)
+    _load_external_data(model, path.parent)
+    renamed = {str(file.resolve()): str(file.resolve()) for file in files}
+    for file in files if rename else ():
+        renamed[str(file.resolve())] = str(file.rename(file.with_name(f"{uuid.uuid4().hex}-{file.name}")).resolve())
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == SOURCE_KEY:
+                entry.value = renamed[entry.value]
+    return model
 
 
 def _check_is_model(model: onnx.ModelProto, path: Path) -> None:
@@ -111,10 +141,34 @@ def _densify_sparse_initializers(model: onnx.ModelProto) -> None:
         graphs += [sub for node in graph.node for sub in subgraphs(node)]
 
 
+def _keep_initializers_on_disk(model: onnx.ModelProto, base_dir: Path, model_path: Path) -> None:
+    """Mark the top graph's external initializers lazy, after checking that each one's bytes are in its file."""
+    for tensor in model.graph.initializer:
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        source = (base_dir / info.location).resolve()
+        size = source.stat().st_size
+        offset = int(info.offset or 0)
+        expected = None if tensor.data_type == onnx.TensorProto.STRING else data_bytes(tensor, model_path)
+        length = int(info.length) if info.length else (size - offset if expected is None else expected)
+        where = f"{model_path}: initializer {tensor.name!r}"
+        if offset < 0 or length < 0 or offset + length > size:
+            raise OptcError(f"{where} reads bytes {offset}..{offset + length} of {source.name}, which has {size}")
+        if expected is not None and length != expected:
+            raise OptcError(f"{where} has shape {list(tensor.dims)} ({expected} bytes) but {length} bytes of data")
+        del tensor.external_data[:]
+        for key, value in (("location", info.location), ("offset", str(offset)), ("length", str(length))):
+            tensor.external_data.add(key=key, value=value)
+        if length >= LAZY_MIN_BYTES:
+            mark_lazy(tensor, source)
+
+
 def _load_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
-    """Read every external tensor's bytes into the model (sparse ones too) and mark it stored inline."""
+    """Read the bytes of every external tensor that is not a lazy initializer (those of subgraphs, Constant nodes
+    and sparse initializers: small, and read by code that knows nothing of lazy ones) into the model."""
     for tensor in stored_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
+        if external_data_helper.uses_external_data(tensor) and not is_lazy(tensor):
             external_data_helper.load_external_data_for_tensor(tensor, str(base_dir))
             tensor.data_location = onnx.TensorProto.DEFAULT
             del tensor.external_data[:]
@@ -165,12 +219,21 @@ def sha256_of_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes held by stored tensors (including those of subgraphs); cheap, no serialization."""
+def tensor_bytes(model: onnx.ModelProto, include_lazy: bool = True) -> int:
+    """Bytes of the stored tensors (including those of subgraphs, and lazy ones on disk unless ``include_lazy`` is
+    false); cheap, no serialization."""
     total = 0
     for t in stored_tensors(model):
-        total += len(t.raw_data) or _typed_field_bytes(t)
+        if is_lazy(t):
+            total += lazy_length(t) if include_lazy else 0
+        else:
+            total += len(t.raw_data) or _typed_field_bytes(t)
     return total
+
+
+def too_large_to_serialize(model: onnx.ModelProto) -> bool:
+    """Whether ``SerializeToString`` would fail: the bytes held in memory (lazy tensors are references) pass 2 GB."""
+    return tensor_bytes(model, include_lazy=False) >= EXTERNAL_DATA_THRESHOLD
 
 
 def _typed_field_bytes(t: onnx.TensorProto) -> int:
@@ -178,7 +241,9 @@ def _typed_field_bytes(t: onnx.TensorProto) -> int:
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    return tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+    """Whether the model is written with its weights in a data file: it is too large for one protobuf, or its
+    weights already sit in one (lazy: a model that came that way goes out that way, never read whole)."""
+    return has_lazy_tensors(model) or tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
 
 
 def serialized_size(model: onnx.ModelProto) -> int:
@@ -191,7 +256,7 @@ def serialized_size(model: onnx.ModelProto) -> int:
 def write_model(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Write ``model`` to ``path``; returns the files written (external data first, then the model).
 
-    Models too large for one protobuf get their weights in ``<path>.data`` beside it.
+    Models that need it (``needs_external_data``) get their weights in ``<path>.data`` beside it.
     """
     path = Path(path)
     if needs_external_data(model):
@@ -207,7 +272,8 @@ def write_with_external_data(model: onnx.ModelProto, path: Path, location: str) 
 
     onnx's own writer moves tensor bytes out of the in-memory model, and putting them back grows the protobuf's
     arena by the model's whole size each time (it only frees on destruction). Instead the model file is written from
-    a skeleton that holds references to the data file, and the bytes are streamed from the tensors as they are.
+    a skeleton that holds references to the data file, and the bytes are streamed from the tensors as they are;
+    lazy tensors are copied from their own files in chunks.
     """
     path = Path(path)
     skeleton = onnx.ModelProto()
@@ -215,17 +281,18 @@ def write_with_external_data(model: onnx.ModelProto, path: Path, location: str) 
     _copy_fields(model.graph, skeleton.graph, skip="initializer")
     with open(path.parent / location, "wb") as data:
         for tensor in model.graph.initializer:
-            payload = _tensor_payload(tensor)
-            if payload is None:
+            payload = None if is_lazy(tensor) else _tensor_payload(tensor)
+            if payload is None and not is_lazy(tensor):
                 skeleton.graph.initializer.append(tensor)
                 continue
             entry = skeleton.graph.initializer.add()
             entry.name, entry.data_type = tensor.name, tensor.data_type
             entry.dims.extend(tensor.dims)
             entry.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", location), ("offset", str(data.tell())), ("length", str(len(payload)))):
+            offset = data.tell()
+            length = copy_lazy_bytes(tensor, data) if payload is None else data.write(payload)
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
                 entry.external_data.add(key=key, value=value)
-            data.write(payload)
         data.flush()
         os.fsync(data.fileno())
     write_file(path, skeleton.SerializeToString())

@@ -13,10 +13,11 @@ from pydantic import BaseModel
 from optc.errors import OptcError, PassError
 from optc.messages import exception_reason
 from optc.model_facts import node_count
-from optc.modelio import needs_external_data, serialized_size
+from optc.modelio import serialized_size, too_large_to_serialize
 from optc.passes import PassConfig, PassContext, describe, lookup
 from optc.progress import Progress
 from optc.report.format import human_bytes
+from optc.tensors import has_lazy_tensors, materialize
 from optc.verify import verify_model
 
 
@@ -56,6 +57,8 @@ def run_passes(
         registered = lookup(config.type)
         context = dataclasses.replace(base_context, label=label)
         with progress.stage(f"{label}"):
+            if not config.reads_lazy_weights() and has_lazy_tensors(model):
+                materialize(model)
             started = time.perf_counter()
             try:
                 outcome = registered.run(model, config, context)
@@ -96,6 +99,6 @@ def run_passes(
 
 def _digest(model: onnx.ModelProto) -> str | None:
     """A fingerprint to tell whether a pass changed anything; None for models too large to serialize at once."""
-    if needs_external_data(model):
+    if too_large_to_serialize(model):
         return None
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()

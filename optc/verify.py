@@ -14,12 +14,16 @@ from optc.measure.providers import check_options
 from optc.measure.values import run_as_arrays
 from optc.messages import exception_reason
 from optc.model_facts import all_nodes
-from optc.modelio import needs_external_data, write_with_external_data
+from optc.modelio import needs_external_data, tensor_bytes, write_with_external_data
+
+# Models with more weights than this reach ONNX Runtime as files: bytes would be a second and third copy in memory.
+SESSION_FILE_BYTES = 256 * 2**20
 
 
 def session_source(model: onnx.ModelProto, workdir: Path, name: str) -> bytes | str:
-    """What ``InferenceSession`` takes: bytes, or a path for models too large to serialize in one piece."""
-    if not needs_external_data(model):
+    """What ``InferenceSession`` takes: bytes for a small model; for one whose weights are on disk or large, a file
+    in ``workdir`` with its weights beside it, which ONNX Runtime reads without a serialized copy in memory."""
+    if not needs_external_data(model) and tensor_bytes(model) < SESSION_FILE_BYTES:
         return model.SerializeToString()
     path = workdir / f"{name}.onnx"
     write_with_external_data(model, path, f"{name}.onnx.data")
@@ -71,15 +75,11 @@ def _finite(value: np.ndarray) -> bool:
     return value.dtype.kind != "f" or bool(np.all(np.isfinite(value)))
 
 
-def run_reference(
-    model: onnx.ModelProto, workdir: Path, feed: dict[str, np.ndarray], model_path: Path
-) -> dict[str, np.ndarray]:
+def run_reference(model_path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The input model's outputs on ``feed``, by name; refuses a model ONNX Runtime cannot run."""
     try:
         session = ort.InferenceSession(
-            session_source(model, workdir, "reference"),
-            sess_options=check_options(),
-            providers=["CPUExecutionProvider"],
+            str(model_path), sess_options=check_options(), providers=["CPUExecutionProvider"]
         )
         outputs = run_as_arrays(session, None, feed)
     except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime refuses, the input is at fault

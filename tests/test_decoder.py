@@ -14,6 +14,7 @@ import pytest
 
 from optc.cli import app
 from optc.data import input_specs, load_dataset
+from optc.measure import pair
 from optc.measure.decoder import decode_feed, decoder_io, prefill_feed
 from tests.conftest import ROOT, mlp_model, report_of, write_fast_recipe
 
@@ -123,3 +124,14 @@ def test_real_token_sequences_give_perplexity_and_an_unchanged_model_agrees_ever
         log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
         nll.append(-np.mean([log_probs[t, row[t + 1]] for t in range(len(row) - 1)]))
     assert decoder["perplexity_original"] == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-6)
+
+
+def test_a_decoder_measured_one_session_at_a_time_gives_the_same_agreement(tiny_decoder, tmp_path, runner, monkeypatch):
+    recipe = write_fast_recipe(tmp_path, "  - type: quantize\n    mode: weight_only\n    weights: {block_size: 16}\n")
+    together, _ = compress_decoder(runner, tiny_decoder[0], tmp_path / "a.onnx", recipe)
+    monkeypatch.setattr(pair, "TOGETHER_LIMIT_BYTES", 0)
+    apart, _ = compress_decoder(runner, tiny_decoder[0], tmp_path / "b.onnx", recipe)
+    first, second = together["measurements"][0], apart["measurements"][0]
+    assert (first["interleaved"], second["interleaved"]) == (True, False)
+    assert second["decoder"]["next_token_agreement"] == first["decoder"]["next_token_agreement"]
+    assert second["decoder"]["decode"]["optimized"]["runs"] >= 3

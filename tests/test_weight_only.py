@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from optc.cli.app import app
 from optc.data import Dataset
 from optc.errors import OptcError
+from optc.passes import blockwise
 from optc.passes.blockwise import hqq, matmulnbits_tensors, rtn
 from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.registry import PassContext
@@ -199,3 +200,13 @@ def test_int4_recipe_on_the_sample_encoder(runner, tmp_path):
     assert details["four_bit_layers"] > 0 and details["format"] == "matmulnbits"
     assert report["size_ratio"] < 0.9
     assert "MatMulNBits" in {n.op_type for n in onnx.load_model(str(out)).graph.node}
+
+
+def test_quantizing_by_column_chunks_gives_the_same_codes(monkeypatch):
+    weight = np.random.default_rng(3).standard_normal((96, 40)).astype(np.float32)
+    whole = rtn(weight, 4, 32, symmetric=False)
+    monkeypatch.setattr(blockwise, "CHUNK_BYTES", 96 * 4 * 7)  # 7 columns per chunk: uneven groups
+    chunked = blockwise.by_column_chunks(weight, lambda part: rtn(part, 4, 32, symmetric=False))
+    np.testing.assert_array_equal(chunked.codes, whole.codes)
+    np.testing.assert_array_equal(chunked.scales, whole.scales)
+    np.testing.assert_array_equal(chunked.zero_points, whole.zero_points)

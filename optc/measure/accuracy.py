@@ -67,16 +67,33 @@ def evaluate(
     batch_size: int,
 ) -> AccuracyResult:
     """Both models on every sample at ``batch_size`` (the deployment batch: dynamic quantization picks its scales per
-    batch, so fidelity at batch 32 overstates that at batch 1). Refuses an optimized model whose outputs turn
-    non-finite where the original's stay finite: that model is broken whatever its average says."""
+    batch, so fidelity at batch 32 overstates that at batch 1); see ``compare_outputs``."""
     batch = dataset.feed_batch_size(specs, batch_size)
-    # Compare the outputs both models have, by name: a pass may drop outputs (prune method: outputs).
-    original_names = {o.name for o in original.get_outputs()}
-    names = [o.name for o in optimized.get_outputs() if o.name in original_names]
-    if not names:
-        raise OptcError("the optimized model shares no output name with the original, so nothing can be compared")
+    names = shared_outputs([o.name for o in original.get_outputs()], [o.name for o in optimized.get_outputs()])
     reference = run_all(original, dataset, batch, names)
     candidate = run_all(optimized, dataset, batch, names)
+    return compare_outputs(names, reference, candidate, dataset, metric, batch)
+
+
+def shared_outputs(original: list[str], optimized: list[str]) -> list[str]:
+    """The outputs both models have, by name, in the optimized model's order: a pass may drop outputs (prune
+    method: outputs)."""
+    names = [name for name in optimized if name in set(original)]
+    if not names:
+        raise OptcError("the optimized model shares no output name with the original, so nothing can be compared")
+    return names
+
+
+def compare_outputs(
+    names: list[str],
+    reference: list[np.ndarray],
+    candidate: list[np.ndarray],
+    dataset: Dataset,
+    metric: Literal["auto", "top1", "fidelity"],
+    batch: int,
+) -> AccuracyResult:
+    """The accuracy result of two models' outputs on the whole dataset. Refuses an optimized model whose outputs
+    turn non-finite where the original's stay finite: that model is broken whatever its average says."""
     _refuse_new_non_finite(names, reference, candidate)
     fidelity = [output_fidelity(name, r, c) for name, r, c in zip(names, reference, candidate, strict=True)]
     first, first_ref = fidelity[0], reference[0]

@@ -15,7 +15,7 @@ import onnxruntime as ort
 from pydantic import BaseModel
 
 from optc.data import Dataset, InputSpec
-from optc.measure.latency import LatencyStats, measure_interleaved
+from optc.measure.latency import LatencyStats
 
 LOGITS = "logits"
 
@@ -95,61 +95,72 @@ def decode_feed(io: DecoderIO, specs: list[InputSpec], prefill: dict, session: o
     return feed
 
 
-def measure_decoder(
-    io: DecoderIO,
-    specs: list[InputSpec],
-    sessions: dict[str, ort.InferenceSession],
-    dataset: Dataset,
-    warmup: int,
-    runs: int,
-    min_time_s: float,
+@dataclass
+class TokenPredictions:
+    """One model's next-token predictions over the evaluation sequences, each run as a prefill."""
+
+    argmax: list[np.ndarray]  # per sequence, the top-1 token at every position
+    losses: list[float]  # per sequence, the mean negative log-likelihood of each next token
+
+
+def decoder_feeds(
+    io: DecoderIO, specs: list[InputSpec], dataset: Dataset, original: ort.InferenceSession
+) -> dict[str, dict[str, np.ndarray]]:
+    """The calls a decoder is timed on: a prefill of the first evaluation sequence with an empty cache, and one
+    decode step after it with the cache the original model made."""
+    prefill = prefill_feed(io, specs, _first_sequence(io, dataset))
+    return {"prefill": prefill, "decode": decode_feed(io, specs, prefill, original)}
+
+
+def token_predictions(
+    io: DecoderIO, specs: list[InputSpec], session: ort.InferenceSession, dataset: Dataset
+) -> TokenPredictions:
+    argmax, losses = [], []
+    for ids in dataset.inputs[io.input_ids]:
+        tokens = ids.reshape(1, -1)
+        logits = session.run([LOGITS], prefill_feed(io, specs, tokens))[0][0].astype(np.float64)
+        argmax.append(logits.argmax(-1))
+        losses.append(_next_token_loss(logits, tokens[0]))
+    return TokenPredictions(argmax=argmax, losses=losses)
+
+
+def decoder_measurement(
+    feeds: dict[str, dict[str, np.ndarray]],
+    latency: dict[str, dict[str, LatencyStats]],
+    original: TokenPredictions,
+    optimized: TokenPredictions,
+    real_tokens: bool,
 ) -> DecoderMeasurement:
-    tokens = _first_sequence(io, dataset)
-    prefill = prefill_feed(io, specs, tokens)
-    decode = decode_feed(io, specs, prefill, sessions["original"])
-    phases = {}
-    for phase, feed in (("prefill", prefill), ("decode", decode)):
-        stats = measure_interleaved(sessions, feed, warmup, runs, min_time_s)
-        phases[phase] = PhaseLatency(
-            tokens=tokens.shape[1],
+    """``latency`` by phase ("prefill", "decode") and model; perplexity only when the sequences are real text."""
+    tokens = feeds["prefill"]["input_ids"].shape[1]
+    phases = {
+        phase: PhaseLatency(
+            tokens=tokens,
             original=stats["original"],
             optimized=stats["optimized"],
             speedup=stats["original"].p50_ms / stats["optimized"].p50_ms,
         )
-    agreement, positions, perplexities = _token_fidelity(io, specs, sessions, dataset)
+        for phase, stats in latency.items()
+    }
+    agree = sum(int(np.sum(a == b)) for a, b in zip(original.argmax, optimized.argmax, strict=True))
+    positions = sum(len(a) for a in original.argmax)
+    perplexity = {
+        label: float(np.exp(np.mean(p.losses))) if real_tokens else None
+        for label, p in (("original", original), ("optimized", optimized))
+    }
     return DecoderMeasurement(
         prefill=phases["prefill"],
         decode=phases["decode"],
-        next_token_agreement=agreement,
+        next_token_agreement=100.0 * agree / max(positions, 1),
         positions=positions,
-        perplexity_original=perplexities[0],
-        perplexity_optimized=perplexities[1],
+        perplexity_original=perplexity["original"],
+        perplexity_optimized=perplexity["optimized"],
     )
 
 
 def _first_sequence(io: DecoderIO, dataset: Dataset) -> np.ndarray:
     ids = dataset.inputs[io.input_ids][0]
     return ids.reshape(1, -1) if ids.ndim <= 1 else ids[:1].reshape(1, -1)
-
-
-def _token_fidelity(io, specs, sessions, dataset: Dataset) -> tuple[float, int, tuple[float | None, float | None]]:
-    """Next-token agreement over every position of every evaluation sequence (each run as a prefill), and the
-    perplexity of both models when the sequences are real."""
-    agree = positions = 0
-    losses: dict[str, list[float]] = {"original": [], "optimized": []}
-    ids_all = dataset.inputs[io.input_ids]
-    for index in range(len(ids_all)):
-        tokens = ids_all[index].reshape(1, -1)
-        feed = prefill_feed(io, specs, tokens)
-        logits = {label: s.run([LOGITS], feed)[0][0].astype(np.float64) for label, s in sessions.items()}
-        agree += int(np.sum(logits["original"].argmax(-1) == logits["optimized"].argmax(-1)))
-        positions += tokens.shape[1]
-        for label, values in logits.items():
-            losses[label].append(_next_token_loss(values, tokens[0]))
-    agreement = 100.0 * agree / max(positions, 1)
-    if dataset.synthetic:
-        return agreement, positions, (None, None)
-    return agreement, positions, tuple(float(np.exp(np.mean(losses[k]))) for k in ("original", "optimized"))
 
 
 def _next_token_loss(logits: np.ndarray, tokens: np.ndarray) -> float:

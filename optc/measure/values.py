@@ -7,7 +7,7 @@ a sequence of maps becomes one row per element with the values in key order, a s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -32,3 +32,20 @@ def run_as_arrays(
     """``session.run`` with every output as an array (``names`` None: all outputs)."""
     inputs = {i.name: feed[i.name] for i in session.get_inputs()}
     return [as_array(value) for value in session.run(names, inputs)]
+
+
+def cut_feeds(
+    feeds: Iterable[dict[str, np.ndarray]], session: ort.InferenceSession, samples: int | None
+) -> Iterator[dict[str, np.ndarray]]:
+    """``feeds`` re-cut into runs of at most ``samples`` samples where the model's batch axis is symbolic (None:
+    as given). Runs that expose every tensor of a graph as an output hold all of them at once — a ViT at batch 16
+    holds gigabytes — and the number of samples per run is what bounds that."""
+    symbolic = all(i.shape and not isinstance(i.shape[0], int) for i in session.get_inputs())
+    for feed in feeds:
+        sizes = {len(v) if np.ndim(v) else 0 for v in feed.values()}
+        if samples is None or not symbolic or len(sizes) != 1 or sizes == {0}:
+            yield feed
+            continue
+        size = sizes.pop()
+        for start in range(0, size, samples):
+            yield {name: value[start : start + samples] for name, value in feed.items()}

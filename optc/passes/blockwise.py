@@ -14,11 +14,15 @@ path that dequantizes the whole weight on every call, 40x slower).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 HQQ_ITERATIONS = 20
+# Weights are quantized this many float32 bytes of columns at a time: the arithmetic makes several temporaries of
+# its input's size, and a 8192 x 8192 weight whole would add a gigabyte of them.
+CHUNK_BYTES = 32 * 2**20
 HQQ_BETA, HQQ_KAPPA, HQQ_P = 10.0, 1.01, 0.7
 
 
@@ -108,6 +112,24 @@ def hqq(weight: np.ndarray, bits: int, block_size: int) -> Blockwise:
         beta *= HQQ_KAPPA
     codes = _without_padding(np.clip(roundf(blocks / scales + best_zero), 0, top), weight.shape[0])
     return Blockwise(codes, start.scales, best_zero[..., 0].astype(np.uint8), bits, block_size, weight.shape[0])
+
+
+def by_column_chunks(weight: np.ndarray, quantize: Callable[[np.ndarray], Blockwise]) -> Blockwise:
+    """``quantize(weight)``, done on groups of output columns (blocks run along K, so columns are independent)."""
+    columns = max(1, CHUNK_BYTES // (4 * max(weight.shape[0], 1)))
+    if weight.shape[1] <= columns:
+        return quantize(weight)
+    parts = [quantize(weight[:, start : start + columns]) for start in range(0, weight.shape[1], columns)]
+    zero_points = None if parts[0].zero_points is None else np.concatenate([p.zero_points for p in parts])
+    first = parts[0]
+    return Blockwise(
+        np.concatenate([p.codes for p in parts]),
+        np.concatenate([p.scales for p in parts]),
+        zero_points,
+        first.bits,
+        first.block_size,
+        first.k,
+    )
 
 
 def matmulnbits_tensors(quantized: Blockwise) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -26,6 +26,7 @@ from onnxruntime.quantization.calibrate import HistogramCollector, save_tensors_
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from optc.measure.providers import check_options
+from optc.measure.values import cut_feeds
 from optc.verify import session_source
 
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
@@ -33,6 +34,9 @@ FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 ENTROPY_BINS = 128
 PERCENTILE_BINS = 2048
 MIN_RANGE = 1e-6
+# What one calibration run may hold in activations: every tensor is an output, so a batch of 16 of a ViT is
+# gigabytes. Runs are cut to fit (where the batch axis is symbolic), whatever the configured batch size.
+CALIBRATION_RUN_BYTES = 256 * 2**20
 
 
 class CalibrationConfig(BaseModel):
@@ -56,7 +60,11 @@ class CalibrationConfig(BaseModel):
         "relative to the recipe; --calibration-data wins. Without data, seeded synthetic inputs (with a warning).",
     )
     samples: int | None = Field(default=None, ge=1, description="Use at most this many samples.")
-    batch_size: int = Field(default=16, ge=1, description="Samples per calibration run (memory is one batch).")
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        description="Samples per calibration batch; runs are cut smaller when a batch's activations would pass 256 MB.",
+    )
 
     @model_validator(mode="after")
     def _fields_of_one_method(self) -> CalibrationConfig:
@@ -194,16 +202,25 @@ def calibrate(
     input_names = [i.name for i in session.get_inputs()]
     samples = count = 0
     floating: set[str] = set()
+    per_run, learned = 1, False  # the first runs are one sample each, to learn what a sample's activations weigh
     for feed in batches:
-        values = session.run(tensors, {name: feed[name] for name in input_names}) if tensors else []
-        floats = {n: v for n, v in zip(tensors, values, strict=True) if v.dtype.kind == "f"}
-        floating.update(floats)
-        collector.update(floats)
-        samples += len(next(iter(feed.values()))) if feed else 0
+        for part in cut_feeds([feed], session, per_run):
+            values = session.run(tensors, {name: part[name] for name in input_names}) if tensors else []
+            floats = {n: v for n, v in zip(tensors, values, strict=True) if v.dtype.kind == "f"}
+            if not learned:
+                weight = sum(v.nbytes for v in floats.values()) / max(_samples_in(part), 1)
+                per_run, learned = max(1, int(CALIBRATION_RUN_BYTES // max(weight, 1))), True
+            floating.update(floats)
+            collector.update(floats)
+            samples += _samples_in(part)
         count += 1
     ranges = collector.ranges()
     unranged = [t for t in tensors if t in floating and t not in ranges]
     return Calibration(ranges=ranges, samples=samples, batches=count, unranged=unranged)
+
+
+def _samples_in(feed: dict[str, np.ndarray]) -> int:
+    return len(next(iter(feed.values()))) if feed else 0
 
 
 def finite_values(array: np.ndarray) -> np.ndarray:

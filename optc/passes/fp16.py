@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 from pydantic import Field
 
@@ -34,13 +34,14 @@ from optc.data import input_specs
 from optc.isolation import RISKY_OP_TYPES, NativeCrash, run_isolated
 from optc.measure.providers import check_options
 from optc.model_facts import all_nodes, node_reads, subgraphs
-from optc.modelio import needs_external_data
+from optc.modelio import adopt_model, too_large_to_serialize
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import keep_in_float_until, output_agreement, probe_of, rank_by_damage, run_outputs
 from optc.passes.ort_tools import inside, quiet_root_logger
 from optc.passes.quantize import refuse_quantized
 from optc.passes.quantize_prepare import name_unnamed_nodes
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
+from optc.tensors import tensor_values
 from optc.verify import session_source
 
 FP16_MAX = 65504.0
@@ -100,7 +101,7 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
                 copy.deepcopy(source),  # it edits the subgraphs of the model it is given
                 keep_io_types=config.keep_io_types,
                 # Its shape inference serializes the model in one piece, which protobuf cannot do past 2 GB.
-                disable_shape_infer=needs_external_data(source),
+                disable_shape_infer=too_large_to_serialize(source),
                 op_block_list=sorted(blocked_ops),
                 node_block_list=sorted(block),
             )
@@ -225,7 +226,7 @@ def fold_in_fp32(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProt
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(target)
     ort.InferenceSession(session_source(model, context.workdir, "fp16_source"), options, ["CPUExecutionProvider"])
-    return onnx.load_model(str(target))
+    return adopt_model(target)
 
 
 def out_of_range_nodes(model: onnx.ModelProto) -> dict[str, str]:
@@ -233,9 +234,7 @@ def out_of_range_nodes(model: onnx.ModelProto) -> dict[str, str]:
     large = {
         t.name: float(np.abs(values).max())
         for t in model.graph.initializer
-        if t.data_type == TensorProto.FLOAT
-        and (values := numpy_helper.to_array(t)).size
-        and np.abs(values).max() > FP16_MAX
+        if t.data_type == TensorProto.FLOAT and (values := tensor_values(t)).size and np.abs(values).max() > FP16_MAX
     }
     return {
         node.name: f"initializer {name!r} holds {large[name]:.4g}, beyond fp16's ±{FP16_MAX:g}"

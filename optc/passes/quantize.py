@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from optc.data import input_specs
 from optc.errors import OptcError, PassError
 from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
+from optc.modelio import adopt_model
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import probe_of
@@ -144,6 +145,9 @@ class QuantizeConfig(PassConfig):
     def dynamic_op_types(self) -> list[str]:
         return list(self.op_types) if self.op_types is not None else ["MatMul", "Gemm"]
 
+    def reads_lazy_weights(self) -> bool:
+        return True
+
 
 def refuse_quantized(model: onnx.ModelProto, label: str) -> None:
     """Quantizing a quantized model stacks Quantize/Dequantize pairs on integer tensors and breaks it."""
@@ -255,6 +259,6 @@ def _dynamic_quantizer(model: onnx.ModelProto, config: QuantizeConfig, op_types:
                 use_external_data_format=large,
                 extra_options={"MatMulConstBOnly": True},
             )
-        return onnx.load_model(str(target))
+        return adopt_model(target)
 
     return quantize

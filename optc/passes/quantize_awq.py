@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from optc.measure.providers import check_options
 from optc.passes.blockwise import hqq, rtn
 from optc.passes.calibration import with_outputs
+from optc.tensors import tensor_values
 from optc.verify import session_source
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def awq_scales(
         if name not in rows:
             continue
         readers = [c for c in candidates if c.node.input[0] == name]
-        weight = np.concatenate([numpy_helper.to_array(weights[c.weight]).astype(np.float32) for c in readers], 1)
+        weight = np.concatenate([tensor_values(weights[c.weight]).astype(np.float32) for c in readers], 1)
         if weight.shape[1] > SAMPLE_COLUMNS:
             weight = weight[:, np.sort(rng.choice(weight.shape[1], SAMPLE_COLUMNS, replace=False))]
         scale = _best_scale(rows[name], magnitudes[name], weight, settings)

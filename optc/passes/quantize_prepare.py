@@ -13,6 +13,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from optc.model_facts import default_opset, subgraphs
+from optc.tensors import tensor_values
 
 PER_CHANNEL_OPSET = 13  # DequantizeLinear gained `axis` (per-channel) in opset 13
 _CONSTANT_VALUE_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
@@ -37,7 +38,7 @@ def constants_to_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
             continue
         value = helper.get_attribute_value(value_attr)
         if isinstance(value, onnx.TensorProto):
-            array = numpy_helper.to_array(value)
+            array = tensor_values(value)
         else:
             array = np.asarray(value, dtype=np.float32 if "float" in value_attr.name else np.int64)
         graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
@@ -145,7 +146,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
         if not rewritable:
             new_nodes.append(node)
             continue
-        weight = numpy_helper.to_array(initializers[node.input[1]])
+        weight = tensor_values(initializers[node.input[1]])
         if attrs.get("transB", 0):
             weight = np.ascontiguousarray(weight.T)
         weight_name = node.input[1]

@@ -28,6 +28,7 @@ from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, s
 from optc.errors import OptcError, PassError
 from optc.messages import exception_reason
 from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
+from optc.modelio import adopt_model
 from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import probe_of, rank_by_damage
@@ -236,7 +237,7 @@ def preprocess(model: onnx.ModelProto, workdir: Path) -> tuple[onnx.ModelProto, 
                 quant_pre_process(
                     str(source), str(target), skip_symbolic_shape=skip_symbolic_shape, save_as_external_data=large
                 )
-            return onnx.load_model(str(target)), None
+            return adopt_model(target), None
         except Exception as exc:  # noqa: BLE001 - any failure falls back; the reason goes into the report
             failure = f"{type(exc).__name__}: {exception_reason(exc)}"
     return onnx.shape_inference.infer_shapes(model), failure
@@ -298,7 +299,7 @@ def calibrated_quantizer(prepared: Prepared, config: QuantizeConfig, context: Pa
                     "WeightSymmetric": config.weight_symmetric,
                 },
             )
-        return onnx.load_model(str(target))
+        return adopt_model(target)
 
     return quantize, calibration
 

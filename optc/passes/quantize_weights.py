@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from optc.data import input_specs
 from optc.errors import OptcError, PassError
-from optc.passes.blockwise import Blockwise, hqq, matmulnbits_tensors, qdq_tensors, rtn
+from optc.passes.blockwise import Blockwise, by_column_chunks, hqq, matmulnbits_tensors, qdq_tensors, rtn
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import excluded_nodes
 from optc.passes.fallback import probe_of
@@ -34,6 +34,7 @@ from optc.passes.quantize_awq import awq_scales
 from optc.passes.quantize_fallback import meet_fidelity_targets
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.registry import PassContext, PassOutcome
+from optc.tensors import tensor_values
 
 if TYPE_CHECKING:
     from optc.passes.quantize import QuantizeConfig
@@ -280,13 +281,14 @@ def quantize_weights(
     for candidate in candidates:
         node = candidate.node
         weight_proto = initializers[candidate.weight]
-        weight = numpy_helper.to_array(weight_proto).astype(np.float32)
+        dtype = helper.tensor_dtype_to_np_dtype(weight_proto.data_type)
+        weight = tensor_values(weight_proto).astype(np.float32, copy=False)
         source = node.input[0]
         if source in scales:
             weight = weight * scales[source][:, None]
             if source not in scaled_inputs:
                 scaled_inputs[source] = f"{source}_awq_scaled"
-                inverse = (1.0 / scales[source]).astype(numpy_helper.to_array(weight_proto).dtype)
+                inverse = (1.0 / scales[source]).astype(dtype)
                 new_initializers.append(numpy_helper.from_array(inverse, f"{source}_awq_inverse"))
                 replaced.setdefault(node.name, []).append(
                     helper.make_node(
@@ -296,7 +298,7 @@ def quantize_weights(
             source = scaled_inputs[source]
         bits = 8 if node.name in eight_bit else settings.bits
         quantized = _quantize(weight, bits, settings)
-        dtype = numpy_helper.to_array(weight_proto).dtype
+        del weight  # one float copy of one weight at a time
         nodes, tensors = (
             _matmulnbits(node, source, quantized, dtype, accuracy_level)
             if settings.format == "matmulnbits"
@@ -322,8 +324,8 @@ def quantize_weights(
 
 def _quantize(weight: np.ndarray, bits: int, settings: WeightOnlyConfig) -> Blockwise:
     if settings.algorithm == "hqq" and not settings.symmetric:
-        return hqq(weight, bits, settings.block_size)
-    return rtn(weight, bits, settings.block_size, settings.symmetric)
+        return by_column_chunks(weight, lambda part: hqq(part, bits, settings.block_size))
+    return by_column_chunks(weight, lambda part: rtn(part, bits, settings.block_size, settings.symmetric))
 
 
 def _matmulnbits(node, source: str, quantized: Blockwise, dtype, accuracy_level):
@@ -384,7 +386,7 @@ def _quantize_embeddings(model: onnx.ModelProto, settings: WeightOnlyConfig) -> 
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         if axis != 0 or table.dims[1] % settings.block_size:
             continue
-        values = numpy_helper.to_array(table)
+        values = tensor_values(table)
         quantized = rtn(values.astype(np.float32).T, 4, settings.block_size, symmetric=False)
         codes = quantized.codes.reshape(quantized.codes.shape[0], -1)[:, : values.shape[1]]
         prefix = f"{node.name}_q4"

@@ -28,6 +28,12 @@ class PassConfig(BaseModel):
         """Data the pass reads, by its field path in the pass's block (``calibration.data``), as written."""
         return {}
 
+    def reads_lazy_weights(self) -> bool:
+        """Whether the pass reads weights only through ``optc.tensors.tensor_values`` and hands models to ONNX
+        Runtime only through files, so weights may stay on disk; the pipeline reads them in first for passes that
+        cannot."""
+        return False
+
     def promised_drop(self) -> float | None:
         """The accuracy budget the pass promises to stay within, in points; None when it promises none."""
         return getattr(self, "accuracy_budget", None)

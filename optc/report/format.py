@@ -90,3 +90,9 @@ def latency_rows(m: ProviderMeasurement) -> list[LatencyLine]:
         ("decode", f"decode step, cache {m.decoder.decode.tokens}", m.decoder.decode),
     )
     return [LatencyLine(key, label, p.original, p.optimized, p.speedup) for key, label, p in phases]
+
+
+def timing_order(m: ProviderMeasurement) -> str:
+    if m.interleaved:
+        return "original and optimized interleaved"
+    return "original, then optimized (one session at a time: together they would hold the model twice)"

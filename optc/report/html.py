@@ -19,6 +19,7 @@ from optc.report.format import (
     latency_rows,
     speed_change,
     table_columns,
+    timing_order,
     where_measured,
 )
 from optc.report.schema import ProviderMeasurement, Report
@@ -117,6 +118,7 @@ def _latency(report: Report) -> str:
         return ""
     parts = ["<h2>Latency</h2>"]
     for m in measured:
+        parts.append(f'<p class="muted">{escape(m.provider)}: {escape(timing_order(m))}</p>')
         for line in latency_rows(m):
             pair = (("original", line.original), ("optimized", line.optimized))
             phase = f"{line.label}, " if line.key else ""

@@ -12,6 +12,7 @@ from optc.report.format import (
     latency_rows,
     speed_change,
     table_columns,
+    timing_order,
     where_measured,
 )
 from optc.report.schema import Report
@@ -90,7 +91,7 @@ def render_markdown(report: Report) -> str:
     for m in report.measured():
         lines += [
             f"{m.provider}: batch {m.batch_size}, {m.threads} intra-op thread(s), {m.warmup} warm-up runs, "
-            f"original and optimized interleaved.",
+            f"{timing_order(m)}.",
             "",
             "| model | runs | p50 ms | p90 ms | p99 ms | mean ms | stdev ms |",
             "|---|---:|---:|---:|---:|---:|---:|",

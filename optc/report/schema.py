@@ -51,6 +51,8 @@ class ProviderMeasurement(BaseModel):
     # For decoders (input_ids + KV cache + logits): prefill and decode-step latency, next-token agreement,
     # perplexity. original/optimized/speedup above are then the decode step's.
     decoder: DecoderMeasurement | None = None
+    # False when the two models were too large to hold at once and were timed one after the other.
+    interleaved: bool = True
 
 
 class TargetInfo(BaseModel):

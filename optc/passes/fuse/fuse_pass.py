@@ -63,6 +63,9 @@ class FuseConfig(PassConfig):
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         return self
 
+    def reads_lazy_weights(self) -> bool:
+        return True
+
 
 @register(FuseConfig)
 def run_fuse(model: onnx.ModelProto, config: FuseConfig, context: PassContext) -> PassOutcome:

@@ -15,8 +15,9 @@ from onnx import numpy_helper
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from optc.model_facts import all_nodes, node_reads, subgraphs
-from optc.modelio import needs_external_data
+from optc.modelio import too_large_to_serialize
 from optc.passes.ort_tools import quiet_root_logger
+from optc.tensors import tensor_values
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -59,7 +60,7 @@ class GraphIndex:
     def const(self, name: str) -> np.ndarray | None:
         """The value of an initializer or a Constant node's output; None for anything computed or fed."""
         if name in self.initializers and name not in self.graph_inputs:
-            return numpy_helper.to_array(self.initializers[name])
+            return tensor_values(self.initializers[name])
         node = self.producers.get(name)
         if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             attr = next((a for a in node.attribute if a.name == "value"), None)
@@ -95,7 +96,7 @@ class GraphIndex:
         if self._types is None:
             self._types = {}
             known = list(self.graph.input) + list(self.graph.output) + list(self.graph.value_info)
-            if not needs_external_data(self.model):  # shape inference serializes the model in one piece
+            if not too_large_to_serialize(self.model):  # shape inference serializes the model in one piece
                 inferred = _infer_shapes(self.model)
                 if inferred is not None:
                     known = list(inferred.graph.value_info) + list(inferred.graph.output) + known

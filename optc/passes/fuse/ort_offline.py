@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from optc.modelio import needs_external_data
+from optc.modelio import adopt_model, needs_external_data
 from optc.verify import session_source
 
 LEVELS = {
@@ -32,4 +32,4 @@ def optimize_offline(model: onnx.ModelProto, level: str, workdir: Path) -> onnx.
             "session.optimized_model_external_initializers_file_name", f"{target.name}.data"
         )
     ort.InferenceSession(session_source(model, workdir, "ort_input"), options, providers=["CPUExecutionProvider"])
-    return onnx.load_model(str(target))
+    return adopt_model(target)

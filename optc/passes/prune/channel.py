@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from optc.passes.prune.channel_groups import ChannelPlan, Layout
 from optc.passes.prune.layers import WeightedLayer
+from optc.tensors import tensor_values
 
 
 @dataclass
@@ -28,7 +29,7 @@ def prune_channels(
     model: onnx.ModelProto, plan: ChannelPlan, ratio: float, norm: Literal["l1", "l2"]
 ) -> ChannelsPruned:
     """Remove ``round(ratio * C)`` output channels (at least one kept) from every prunable group of ``plan``."""
-    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    initializers = {t.name: tensor_values(t) for t in model.graph.initializer}
     keep: dict[str, np.ndarray] = {}
     layers, left_alone = [], []
     for root, members in plan.groups().items():

@@ -13,6 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from optc.passes.prune.layers import WeightedLayer
+from optc.tensors import tensor_values
 
 
 def prune_magnitude(
@@ -31,7 +32,7 @@ def prune_magnitude(
     owners = {}  # a weight shared by several nodes is pruned once, under its first node's name
     for layer in layers:
         owners.setdefault(layer.weight, layer.node)
-    weights = {name: numpy_helper.to_array(initializers[name]).copy() for name in owners}
+    weights = {name: tensor_values(initializers[name]).copy() for name in owners}
     if scope == "per_layer":
         for array in weights.values():
             _zero_smallest(array.reshape(-1), round(sparsity * array.size))

@@ -1,0 +1,170 @@
+"""Weights that stay on disk: a model with external data is loaded as references, read tensor by tensor, written
+by copying, and measured one session at a time when large."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optc.cli import app
+from optc.errors import OptcError
+from optc.measure import pair
+from optc.measure.values import cut_feeds
+from optc.modelio import adopt_model, load_model, write_model
+from optc.passes import calibration
+from optc.passes.calibration import MinMaxCollector, calibrate, tensors_to_calibrate
+from optc.tensors import has_lazy_tensors, is_lazy, tensor_values
+from tests.conftest import make_model, report_of, write_fast_recipe
+
+HIDDEN = 256  # 64 x 256 float32 = 64 kB: weights this size stay on disk; the 1 kB bias does not
+
+
+def wide_mlp(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    weights = {
+        "W1": (rng.standard_normal((64, HIDDEN)) / 8).astype(np.float32),
+        "b1": rng.standard_normal(HIDDEN).astype(np.float32),
+        "W2": (rng.standard_normal((HIDDEN, 64)) / 16).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+        helper.make_node("Add", ["h", "b1"], ["h2"], name="add1"),
+        helper.make_node("Relu", ["h2"], ["h3"], name="relu"),
+        helper.make_node("MatMul", ["h3", "W2"], ["y"], name="mm2"),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+
+
+def save_external(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+    return path
+
+
+@pytest.fixture
+def external_mlp(tmp_path: Path) -> Path:
+    (tmp_path / "in").mkdir()
+    return save_external(wide_mlp(), tmp_path / "in" / "mlp.onnx")
+
+
+def test_large_external_weights_stay_on_disk_and_read_back_exactly(external_mlp: Path):
+    model = load_model(external_mlp).model
+    by_name = {t.name: t for t in model.graph.initializer}
+    assert is_lazy(by_name["W1"]) and is_lazy(by_name["W2"])
+    assert not is_lazy(by_name["b1"])  # 1 kB: read at load
+    assert model.ByteSize() < 10_000  # the protobuf holds references, not 130 kB of weights
+    original = {t.name: numpy_helper.to_array(t) for t in wide_mlp().graph.initializer}
+    for name in ("W1", "W2", "b1"):
+        np.testing.assert_array_equal(tensor_values(by_name[name]), original[name])
+
+
+def test_a_model_with_lazy_weights_is_written_whole_and_self_contained(external_mlp: Path, tmp_path: Path):
+    model = load_model(external_mlp).model
+    before = external_mlp.with_name("mlp.onnx.data").read_bytes()
+    out = tmp_path / "out" / "copy.onnx"
+    out.parent.mkdir()
+    written = write_model(model, out)
+    assert written == [out.with_name("copy.onnx.data"), out]
+    assert external_mlp.with_name("mlp.onnx.data").read_bytes() == before  # the input is never touched
+    external_mlp.with_name("mlp.onnx.data").unlink()  # the copy must not need the input's files
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(wide_mlp().SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], reference.run(None, {"x": x})[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"), [("length", "12", "bytes of data"), ("offset", "10000000", "reads")]
+)
+def test_external_data_that_does_not_match_its_tensor_is_refused(external_mlp: Path, key, value, message):
+    model = onnx.load_model(str(external_mlp), load_external_data=False)
+    entries = model.graph.initializer[0].external_data
+    kept = [e for e in entries if e.key != key]
+    del entries[:]
+    entries.extend(kept)
+    entries.add(key=key, value=value)
+    external_mlp.write_bytes(model.SerializeToString())
+    with pytest.raises(OptcError, match=message):
+        load_model(external_mlp)
+
+
+def test_an_adopted_tool_output_keeps_its_weights_when_the_tool_writes_again(tmp_path: Path):
+    path = save_external(wide_mlp(seed=0), tmp_path / "tool_out.onnx")
+    adopted = adopt_model(path)
+    save_external(wide_mlp(seed=1), tmp_path / "tool_out.onnx")  # the same names, other weights
+    w1 = next(t for t in adopted.graph.initializer if t.name == "W1")
+    np.testing.assert_array_equal(tensor_values(w1), numpy_helper.to_array(wide_mlp(seed=0).graph.initializer[0]))
+
+
+def test_feeds_are_cut_only_where_the_batch_axis_is_symbolic():
+    session = ort.InferenceSession(wide_mlp().SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"x": np.zeros((5, 64), np.float32)}
+    assert [len(f["x"]) for f in cut_feeds([feed], session, 2)] == [2, 2, 1]
+    assert [len(f["x"]) for f in cut_feeds([feed], session, None)] == [5]
+    fixed = wide_mlp()
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 5
+    fixed_session = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [len(f["x"]) for f in cut_feeds([feed], fixed_session, 2)] == [5]
+
+
+def test_calibration_cut_into_small_runs_finds_the_same_ranges(tmp_path: Path, monkeypatch):
+    model = wide_mlp()
+    tensors = tensors_to_calibrate(model, None)
+    batches = [{"x": np.random.default_rng(i).standard_normal((8, 64)).astype(np.float32)} for i in range(3)]
+    whole = calibrate(model, tensors, batches, MinMaxCollector(False, 0.01), tmp_path)
+    monkeypatch.setattr(calibration, "CALIBRATION_RUN_BYTES", 1)  # one sample per run
+    cut = calibrate(model, tensors, batches, MinMaxCollector(False, 0.01), tmp_path)
+    assert cut.samples == whole.samples == 24
+    assert cut.ranges.keys() == whole.ranges.keys()
+    for name, (low, high) in whole.ranges.items():
+        assert cut.ranges[name] == pytest.approx((low, high), rel=1e-6)
+
+
+def compress_json(runner, model: Path, out: Path, recipe: Path) -> dict:
+    result = runner.invoke(app, ["compress", str(model), "--recipe", str(recipe), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return json.loads(report_of(out).read_text())
+
+
+@pytest.mark.parametrize(
+    "passes",
+    [
+        "  - type: fuse\n",
+        "  - type: quantize\n    mode: dynamic\n",
+        "  - type: quantize\n    mode: weight_only\n    weights: {bits: 4, block_size: 32, eight_bit: none}\n",
+        "  - type: fp16\n",
+    ],
+)
+def test_every_pass_family_takes_a_model_whose_weights_stay_on_disk(external_mlp, tmp_path, runner, passes):
+    recipe = write_fast_recipe(tmp_path, passes)
+    out = tmp_path / "out" / "model.onnx"
+    report = compress_json(runner, external_mlp, out, recipe)
+    data = out.with_name("model.onnx.data")
+    # Weights a pass left alone are copied into the output's own data file; rewritten ones are small enough inline.
+    assert data.exists() == passes.endswith("fuse\n")
+    assert report["optimized"]["size_bytes"] == out.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    assert not has_lazy_tensors(onnx.load_model(str(out), load_external_data=False))
+    assert report["measurements"][0]["accuracy"]["outputs"][0]["cosine"] > 0.99
+    assert report["measurements"][0]["interleaved"] is True
+
+
+def test_models_too_large_to_hold_twice_are_measured_one_session_at_a_time(external_mlp, tmp_path, runner, monkeypatch):
+    monkeypatch.setattr(pair, "TOGETHER_LIMIT_BYTES", 0)
+    recipe = write_fast_recipe(tmp_path, "  - type: quantize\n    mode: dynamic\n")
+    report = compress_json(runner, external_mlp, tmp_path / "out.onnx", recipe)
+    cpu = report["measurements"][0]
+    assert cpu["interleaved"] is False
+    assert cpu["accuracy"]["outputs"][0]["cosine"] > 0.99
+    assert cpu["original"]["runs"] >= 3 and cpu["optimized"]["runs"] >= 3
+    assert any("one session at a time" in w for w in report["warnings"])
+    assert "one session at a time" in report_of(tmp_path / "out.onnx", ".md").read_text()
