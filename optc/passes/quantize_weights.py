@@ -387,7 +387,9 @@ def _quantize_embeddings(model: onnx.ModelProto, settings: WeightOnlyConfig) -> 
         if axis != 0 or table.dims[1] % settings.block_size:
             continue
         values = tensor_values(table)
-        quantized = rtn(values.astype(np.float32).T, 4, settings.block_size, symmetric=False)
+        quantized = by_column_chunks(
+            values.astype(np.float32).T, lambda part: rtn(part, 4, settings.block_size, symmetric=False)
+        )
         codes = quantized.codes.reshape(quantized.codes.shape[0], -1)[:, : values.shape[1]]
         prefix = f"{node.name}_q4"
         tensors = [
