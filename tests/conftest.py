@@ -51,6 +51,29 @@ def mlp_model(seed: int = 0, hidden: int = 64) -> onnx.ModelProto:
     )
 
 
+def wide_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x[batch,64] -> MatMul W1[64,256] + b1 -> Relu -> MatMul W2[256,64] -> y: weights of 64 kB, which stay on disk
+    when the model keeps them in external data (optc.tensors), and a 1 kB bias, which does not."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "W1": (rng.standard_normal((64, 256)) / 8).astype(np.float32),
+        "b1": rng.standard_normal(256).astype(np.float32),
+        "W2": (rng.standard_normal((256, 64)) / 16).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+        helper.make_node("Add", ["h", "b1"], ["h2"], name="add1"),
+        helper.make_node("Relu", ["h2"], ["h3"], name="relu"),
+        helper.make_node("MatMul", ["h3", "W2"], ["y"], name="mm2"),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+
+
 def relu_model() -> onnx.ModelProto:
     """A model with nothing to quantize."""
     return make_model(

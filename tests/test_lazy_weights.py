@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from optc.cli import app
 from optc.errors import OptcError
@@ -20,30 +20,7 @@ from optc.modelio import adopt_model, load_model, write_model
 from optc.passes import calibration
 from optc.passes.calibration import MinMaxCollector, calibrate, tensors_to_calibrate
 from optc.tensors import has_lazy_tensors, is_lazy, tensor_values
-from tests.conftest import make_model, report_of, write_fast_recipe
-
-HIDDEN = 256  # 64 x 256 float32 = 64 kB: weights this size stay on disk; the 1 kB bias does not
-
-
-def wide_mlp(seed: int = 0) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    weights = {
-        "W1": (rng.standard_normal((64, HIDDEN)) / 8).astype(np.float32),
-        "b1": rng.standard_normal(HIDDEN).astype(np.float32),
-        "W2": (rng.standard_normal((HIDDEN, 64)) / 16).astype(np.float32),
-    }
-    nodes = [
-        helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
-        helper.make_node("Add", ["h", "b1"], ["h2"], name="add1"),
-        helper.make_node("Relu", ["h2"], ["h3"], name="relu"),
-        helper.make_node("MatMul", ["h3", "W2"], ["y"], name="mm2"),
-    ]
-    return make_model(
-        nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
-        [numpy_helper.from_array(v, k) for k, v in weights.items()],
-    )
+from tests.conftest import report_of, wide_mlp, write_fast_recipe
 
 
 def save_external(model: onnx.ModelProto, path: Path) -> Path:

@@ -4,15 +4,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from optc.data import Dataset
 from optc.errors import OptcError, PassError
 from optc.model_facts import op_histogram
 from optc.passes.exclude import ExcludeSpec
+from optc.passes.ort_tools import quiet_root_logger
 from optc.passes.quantize import QuantizeConfig, run_quantize
+from optc.passes.quantize_matmul_dynamic import quantize_matmuls
 from optc.passes.quantize_prepare import gemm_to_matmul
 from optc.passes.registry import PassContext
-from tests.conftest import mlp_model, relu_model
+from tests.conftest import mlp_model, relu_model, wide_mlp
 
 
 def context(tmp_path: Path) -> PassContext:
@@ -89,3 +93,44 @@ def test_gemm_to_matmul_is_exact():
     feed = {"x": np.random.default_rng(3).standard_normal((5, 16)).astype(np.float32)}
     np.testing.assert_allclose(run(model, feed), run(rewritten, feed), rtol=1e-5, atol=1e-5)
     assert [n.op_type for n in model.graph.node][-1] == "Gemm"  # the input model is untouched
+
+
+@pytest.mark.parametrize(
+    ("weight_type", "per_channel", "reduce_range"),
+    [("int8", True, True), ("int8", False, False), ("uint8", True, False), ("uint8", False, True)],
+)
+def test_matmuls_quantized_one_weight_at_a_time_match_onnxruntime_byte_for_byte(
+    tmp_path, weight_type, per_channel, reduce_range
+):
+    model = wide_mlp()
+    onnx.save(model, str(tmp_path / "in.onnx"))
+    with quiet_root_logger():
+        quantize_dynamic(
+            str(tmp_path / "in.onnx"),
+            str(tmp_path / "ort.onnx"),
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    theirs = onnx.load(str(tmp_path / "ort.onnx"))
+    ours = quantize_matmuls(model, {"mm1", "mm2"}, weight_type, per_channel, reduce_range)
+    assert [n.op_type for n in ours.graph.node] == [n.op_type for n in theirs.graph.node]
+    expected = {t.name: numpy_helper.to_array(t) for t in theirs.graph.initializer}
+    got = {t.name: numpy_helper.to_array(t) for t in ours.graph.initializer}
+    assert got.keys() == expected.keys()
+    for name, values in expected.items():
+        assert got[name].dtype == values.dtype and got[name].shape == values.shape
+        np.testing.assert_array_equal(got[name], values)
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    outputs = [ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0] for m in (ours, theirs)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_a_kept_matmul_stays_float():
+    quantized = quantize_matmuls(wide_mlp(), {"mm2"}, "int8", True, True)
+    ops = [n.op_type for n in quantized.graph.node]
+    assert ops.count("MatMul") == 1 and ops.count("MatMulInteger") == 1
+    assert "W1" in {t.name for t in quantized.graph.initializer} and "W2" not in {
+        t.name for t in quantized.graph.initializer
+    }

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from optc.cli.app import app
 from optc.data import Dataset
 from optc.errors import OptcError
+from optc.measure.providers import check_options, session_options
 from optc.passes import blockwise
 from optc.passes.blockwise import hqq, matmulnbits_tensors, rtn
 from optc.passes.quantize import QuantizeConfig, run_quantize
@@ -210,3 +211,12 @@ def test_quantizing_by_column_chunks_gives_the_same_codes(monkeypatch):
     np.testing.assert_array_equal(chunked.codes, whole.codes)
     np.testing.assert_array_equal(chunked.scales, whole.scales)
     np.testing.assert_array_equal(chunked.zero_points, whole.zero_points)
+
+
+def test_checks_see_the_numbers_the_deployed_model_produces(tmp_path):
+    """Fidelity searches and verification run on check sessions; at accuracy_level 4 MatMulNBits computes with int8
+    activations only on its prepacked path, so a check session must prepack as a deployed one does."""
+    quantized = run_quantize(mlp_chain(), weight_only(eight_bit="none"), context(tmp_path, X)).model
+    deployed = ort.InferenceSession(quantized.SerializeToString(), session_options(1), ["CPUExecutionProvider"])
+    checked = ort.InferenceSession(quantized.SerializeToString(), check_options(), ["CPUExecutionProvider"])
+    np.testing.assert_array_equal(checked.run(None, X)[0], deployed.run(None, X)[0])

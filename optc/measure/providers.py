@@ -37,11 +37,11 @@ def session_options(threads: int, profile_prefix: str | None = None) -> ort.Sess
 
 def check_options() -> ort.SessionOptions:
     """Options for sessions that check a model's outputs rather than time it (pass verification, proofs,
-    calibration): one thread, and no weight prepacking, which keeps a second, kernel-ready copy of every weight —
-    gigabytes for a large model that a check never needs; and no memory arena, which would keep the largest run's
-    buffers (all of a graph's activations, when every tensor is an output) for the session's life."""
+    calibration, fidelity searches): one thread, and no memory arena, which would keep the largest run's buffers
+    (all of a graph's activations, when every tensor is an output) for the session's life. Weight prepacking stays
+    on: some kernels compute differently without it (MatMulNBits at accuracy_level 4 falls back to float compute),
+    and a check must see the numbers the deployed model will produce."""
     options = session_options(1)
-    options.add_session_config_entry("session.disable_prepacking", "1")
     options.enable_cpu_mem_arena = False
     return options
 

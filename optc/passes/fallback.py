@@ -54,6 +54,7 @@ class Fallback:
     model: onnx.ModelProto
     kept: list[str]  # nodes kept in float, most damaging first
     tried: list[dict] = field(default_factory=list)  # each configuration checked: {"kept_in_float": k, "ok": ...}
+    ranking: list[NodeDamage] = field(default_factory=list)  # empty when the first conversion was acceptable
 
 
 def rank_by_damage(
@@ -97,20 +98,24 @@ def _output_sqnr(node: onnx.NodeProto, sqnr: dict[str, float], consumers: dict) 
 def keep_in_float_until(
     convert: Convert,
     first: onnx.ModelProto,
-    ranking: list[NodeDamage],
+    rank: Callable[[], list[NodeDamage]],
     acceptable: Acceptable,
     always_kept: set[str],
     label: str,
-    limit: int,
+    limit: int | None = None,
 ) -> Fallback:
-    """The fewest leading nodes of ``ranking`` (at most ``limit``) to keep in float for ``acceptable`` to hold.
+    """The fewest leading nodes of the ranking (at most ``limit``) to keep in float for ``acceptable`` to hold.
 
-    ``first`` is the conversion with only ``always_kept`` in float, already made by the caller.
+    ``first`` is the conversion with only ``always_kept`` in float, already made by the caller. ``rank`` runs only
+    when ``first`` is not acceptable: it runs both models with every tensor exposed, the costliest step here.
     """
     ok, facts = acceptable(first)
     tried = [{"kept_in_float": 0, "ok": ok, **facts}]
-    if ok or not ranking:
+    if ok:
         return Fallback(first, [], tried)
+    ranking = rank()
+    if not ranking:
+        return Fallback(first, [], tried, ranking)
     names = [d.node for d in ranking[:limit]]
 
     def attempt(count: int) -> tuple[bool, onnx.ModelProto]:
@@ -141,7 +146,7 @@ def keep_in_float_until(
             good, best = middle, model
         else:
             bad = middle
-    return Fallback(best, names[:good], tried)
+    return Fallback(best, names[:good], tried, ranking)
 
 
 def run_outputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], workdir: Path) -> dict[str, np.ndarray]:

@@ -130,9 +130,16 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
                 kept.setdefault(node.name, "ONNX Runtime fails or crashes running it in fp16 in this graph")
     first = convert(set(kept))
 
-    ranking = rank_by_damage(source, first, probe, context.workdir, lambda node: node.name not in kept)
     limit = max(MIN_FALLBACK_NODES, len(source.graph.node) // 2)
-    fallback = keep_in_float_until(convert, first, ranking, acceptable, set(kept), context.label, limit)
+    fallback = keep_in_float_until(
+        convert,
+        first,
+        lambda: rank_by_damage(source, first, probe, context.workdir, lambda node: node.name not in kept),
+        acceptable,
+        set(kept),
+        context.label,
+        limit,
+    )
     for name in fallback.kept:
         kept[name] = f"output error above tolerance {config.tolerance:g} without it"
     result, removed = tidy_casts(fallback.model)

@@ -27,6 +27,7 @@ from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import meet_fidelity_targets
 from optc.passes.quantize_keep_float import float_sensitive_nodes
+from optc.passes.quantize_matmul_dynamic import quantize_matmuls
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.quantize_static import run_static
 from optc.passes.quantize_weights import WeightOnlyConfig, run_weight_only
@@ -241,7 +242,14 @@ def _weighted_nodes(model: onnx.ModelProto, op_types: list[str]) -> set[str]:
 
 
 def _dynamic_quantizer(model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str], context: PassContext):
-    """A function from the node names to keep in float to the dynamically quantized model."""
+    """A function from the node names to keep in float to the dynamically quantized model. MatMul alone (the
+    default, Gemm having become MatMul + Add) is quantized here one weight at a time; other op types go through
+    ONNX Runtime's ``quantize_dynamic``, which reads the whole model into memory."""
+    if op_types == ["MatMul"]:
+        weighted = _weighted_nodes(model, op_types)
+        return lambda kept: quantize_matmuls(
+            model, weighted - kept, config.weight_type, config.per_channel, config.reduce_range
+        )
     source = context.workdir / "quantize_in.onnx"
     target = context.workdir / "quantize_out.onnx"
     large = save_for_tool(model, source)

@@ -17,7 +17,14 @@ import onnxruntime as ort
 from optc.data import input_specs
 from optc.measure.accuracy import evaluate
 from optc.measure.providers import check_options
-from optc.passes.fallback import Convert, keep_in_float_until, output_agreement, rank_by_damage, run_outputs
+from optc.passes.fallback import (
+    Convert,
+    NodeDamage,
+    keep_in_float_until,
+    output_agreement,
+    rank_by_damage,
+    run_outputs,
+)
 from optc.passes.registry import PassContext
 from optc.verify import session_source
 
@@ -55,13 +62,16 @@ def meet_fidelity_targets(
             ok = ok and facts["accuracy_drop"] <= config.accuracy_budget
         return ok, facts
 
-    ranking = rank_by_damage(float_model, first, probe, workdir, lambda n: n.name not in kept and candidate(n))
-    fallback = keep_in_float_until(convert, first, ranking, acceptable, set(kept), context.label, len(ranking))
+    def rank() -> list[NodeDamage]:
+        return rank_by_damage(float_model, first, probe, workdir, lambda n: n.name not in kept and candidate(n))
+
+    fallback = keep_in_float_until(convert, first, rank, acceptable, set(kept), context.label)
     targets = ", ".join(
         f"{name} {value:g}"
         for name, value in (("min_cosine", config.min_cosine), ("accuracy_budget", config.accuracy_budget))
         if value is not None
     )
+    ranking = fallback.ranking  # empty when the first conversion met the targets: no search, no table
     damage = {d.node: d for d in ranking}
     for name in fallback.kept:
         kept[name] = {"reason": f"fidelity target ({targets})", "drop_db": round(damage[name].drop_db, 2)}

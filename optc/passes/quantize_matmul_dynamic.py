@@ -1,0 +1,119 @@
+"""Dynamic int8 for MatMul with a constant weight, one weight at a time.
+
+It writes what ONNX Runtime's ``quantize_dynamic`` writes for a MatMul (QOperator format): the activation through
+``DynamicQuantizeLinear`` (once per tensor, shared by its readers), ``MatMulInteger`` on the int8 weight, and the
+product rescaled by activation scale × weight scale — which ONNX Runtime fuses into ``DynamicQuantizeMatMul`` at
+load. The weight codes come from ONNX Runtime's own ``quantize_data``, column by column for per-channel scales, so
+they are the same bytes. What differs is memory: ONNX Runtime's quantizer loads the whole model, saves and reloads
+it for shape inference and keeps the float and the quantized copies, about 3× the model's size at its peak; here
+each weight is read from disk (``optc.tensors``), quantized and dropped before the next, so the model never sits
+in memory whole.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization.quant_utils import quantize_data
+
+from optc.tensors import tensor_values
+
+WEIGHT_TYPES = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
+
+
+def quantize_matmuls(
+    model: onnx.ModelProto,
+    nodes: set[str],
+    weight_type: str,
+    per_channel: bool,
+    reduce_range: bool,
+) -> onnx.ModelProto:
+    """``model`` with each MatMul in ``nodes`` (constant 2-D float32 weight) quantized dynamically; a pure rewrite."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    rebuilt: list[onnx.NodeProto] = []
+    quantized_inputs: set[str] = set()
+    added: list[onnx.TensorProto] = []
+    for node in graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and node.name in nodes else None
+        if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
+            rebuilt.append(node)
+            continue
+        source = node.input[0]
+        if source not in quantized_inputs:
+            quantized_inputs.add(source)
+            rebuilt.append(
+                helper.make_node(
+                    "DynamicQuantizeLinear",
+                    [source],
+                    [f"{source}_quantized", f"{source}_scale", f"{source}_zero_point"],
+                    name=f"{source}_QuantizeLinear",
+                )
+            )
+        added += _quantized_weight(weight, weight_type, per_channel, reduce_range)
+        readers[weight.name] -= 1
+        rebuilt += _matmul_integer(node, source, weight.name)
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+    kept = [t for t in graph.initializer if readers.get(t.name, 0) > 0]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + added)
+    return out
+
+
+def _quantized_weight(
+    weight: onnx.TensorProto, weight_type: str, per_channel: bool, reduce_range: bool
+) -> list[onnx.TensorProto]:
+    """``<W>_quantized`` [K, N], ``<W>_scale`` and ``<W>_zero_point`` ([N] per channel, scalars otherwise), as
+    ONNX Runtime's dynamic quantizer computes them (int8 weights symmetric, uint8 not)."""
+    qtype = WEIGHT_TYPES[weight_type]
+    symmetric = weight_type == "int8"
+    values = tensor_values(weight)
+    if per_channel:
+        columns = [quantize_data(values[:, j], qtype, symmetric, reduce_range) for j in range(values.shape[1])]
+        zero_points = np.array([c[0] for c in columns]).reshape(-1)
+        scales = np.array([c[1] for c in columns], dtype=np.float32).reshape(-1)
+        codes = np.stack([c[2] for c in columns], axis=1)
+    else:
+        zero_point, scale, codes = quantize_data(values, qtype, symmetric, reduce_range)
+        zero_points, scales = np.asarray(zero_point), np.asarray(scale, dtype=np.float32)
+    dtype = np.int8 if qtype == TensorProto.INT8 else np.uint8
+    return [
+        numpy_helper.from_array(codes.astype(dtype), f"{weight.name}_quantized"),
+        numpy_helper.from_array(scales, f"{weight.name}_scale"),
+        numpy_helper.from_array(zero_points.astype(dtype), f"{weight.name}_zero_point"),
+    ]
+
+
+def _matmul_integer(node: onnx.NodeProto, source: str, weight: str) -> list[onnx.NodeProto]:
+    output = node.output[0]
+    scales = f"{node.name}_quant_scales_mul:0"
+    return [
+        helper.make_node("Mul", [f"{source}_scale", f"{weight}_scale"], [scales], name=f"{node.name}_quant_scales_mul"),
+        helper.make_node(
+            "MatMulInteger",
+            [f"{source}_quantized", f"{weight}_quantized", f"{source}_zero_point", f"{weight}_zero_point"],
+            [f"{output}_output_quantized"],
+            name=f"{node.name}_quant",
+        ),
+        helper.make_node(
+            "Cast",
+            [f"{output}_output_quantized"],
+            [f"{output}_output_quantized_cast_output"],
+            name=f"{node.name}_quant_cast",
+            to=TensorProto.FLOAT,
+        ),
+        helper.make_node(
+            "Mul",
+            [f"{output}_output_quantized_cast_output", scales],
+            [output],
+            name=f"{node.name}_quant_output_scale_mul",
+        ),
+    ]
