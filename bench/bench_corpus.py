@@ -25,8 +25,9 @@ How a run is classified (optc's report and exit code are not trusted for fidelit
 - **refused**: exit 2 or 3 with optc's own message (its first line is recorded).
 - **bad**: anything else: exit 0 but not usable by the rule above, exit 4, a signal (killed, crashed), the time
   limit, and an exit 2 or 3 whose message passes on a raw Python exception (``RAW_EXCEPTION``: an exception class
-  name followed by a colon, such as ``failed: IndexError: ...``, ``TypeError:``, ``ValueError:``, or the words
-  AssertionError/StopIteration/Traceback) instead of saying what went wrong.
+  name followed by a colon, such as ``failed: IndexError: ...``, ``TypeError:``, ``ValueError:``, ONNX Runtime's
+  ``failed: InvalidGraph: ...``, or the words AssertionError/StopIteration/Traceback) instead of saying what went
+  wrong.
 
 ONNX Runtime's tools, run on the same models and inputs with default arguments (``quantize_dynamic(in, out)``,
 ``quantize_static(in, out, reader)`` over the realistic calibration set one sample per ``get_next``, and
@@ -75,7 +76,9 @@ DATA_MODES = ("realistic", "none")
 USABLE_COSINE = 0.98
 USABLE_AGREEMENT = 98.0
 SMALL_OUTPUT = 16
-RAW_EXCEPTION = re.compile(r"\b[A-Za-z_]\w*(?:Error|Exception)\s*:|\bAssertionError\b|\bStopIteration\b|\bTraceback\b")
+RAW_EXCEPTION = re.compile(
+    r"\b[A-Za-z_]\w*(?:Error|Exception)\s*:|\bfailed: [A-Z]\w*:|\bAssertionError\b|\bStopIteration\b|\bTraceback\b"
+)
 
 # ONNX Runtime's tool beside the built-in recipe it matches.
 ORT_TOOLS = {"ort-dynamic": "int8-dynamic", "ort-static": "int8", "ort-fp16": "fp16"}

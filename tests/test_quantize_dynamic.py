@@ -134,3 +134,28 @@ def test_a_kept_matmul_stays_float():
     assert "W1" in {t.name for t in quantized.graph.initializer} and "W2" not in {
         t.name for t in quantized.graph.initializer
     }
+
+
+def test_a_weight_an_if_branch_also_reads_keeps_its_float_copy():
+    """A real export (a wake-word verifier) reads a MatMul's weight again inside an If branch; dropping the float
+    initializer once its MatMul was quantized left the branch reading nothing, an invalid model."""
+    model = wide_mlp()
+    weight = next(t for t in model.graph.initializer if t.name == "W1")
+    branch = onnx.helper.make_graph(
+        [onnx.helper.make_node("ReduceMax", ["W1"], ["branch_out"], keepdims=0)],
+        "reads_w1",
+        [],
+        [onnx.helper.make_tensor_value_info("branch_out", onnx.TensorProto.FLOAT, [])],
+    )
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "condition"))
+    model.graph.node.append(
+        onnx.helper.make_node("If", ["condition"], ["w1_max"], then_branch=branch, else_branch=branch, name="uses_w1")
+    )
+    model.graph.output.append(onnx.helper.make_tensor_value_info("w1_max", onnx.TensorProto.FLOAT, []))
+    quantized = quantize_matmuls(model, {"mm1", "mm2"}, "int8", True, True)
+    assert "W1" in {t.name for t in quantized.graph.initializer}
+    assert "MatMul" not in [n.op_type for n in quantized.graph.node]
+    onnx.checker.check_model(quantized, full_check=True)
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    w1_max = ort.InferenceSession(quantized.SerializeToString()).run(["w1_max"], {"x": x})[0]
+    assert w1_max == numpy_helper.to_array(weight).max()
