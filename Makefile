@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench big-model-check fuzz clean
+.PHONY: venv demo test lint bench big-model-check llm-bench corpus fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,19 @@ fuzz: venv
 bench: venv
 	$(BIN)/python -m pip install --quiet -e '.[bench]' && $(BIN)/python bench/run.py
 
-# A model over 2 GB through inspect, fuse, dynamic int8 and fp16; writes its section of bench/RESULTS.md.
+# A model over 2 GB through inspect and every built-in recipe that applies; writes its section of bench/RESULTS.md.
 big-model-check: venv
 	$(BIN)/python bench/run.py big_model
+
+# A 1.1 B-parameter LLaMA-shaped decoder at 4 bits against ONNX Runtime's quantizer, and real encoders at 4 bits.
+llm-bench: venv
+	$(BIN)/python -m pip install --quiet -e '.[bench]' && $(BIN)/python bench/run.py llm
+
+# Every built-in recipe over the real models of ../shared/corpus (fetched into bench/.cache/corpus on first use),
+# with realistic data and without; not part of CI (it downloads, and takes hours). OPTC_CORPUS_RECIPES and
+# OPTC_CORPUS_MODELS pick a subset.
+corpus: venv
+	$(BIN)/python -m pip install --quiet -e '.[bench]' && $(BIN)/python bench/run.py corpus
 
 clean:
 	rm -rf $(VENV) demo build .pytest_cache

@@ -1,4 +1,4 @@
-"""A model over 2 GB (weights in external data) through inspect, fuse, dynamic int8 and fp16.
+"""A model over 2 GB (weights in external data) through inspect and every built-in recipe that applies to it.
 
 Not part of the default `make bench` run (it writes several GB): `make big-model-check`.
 """
@@ -19,6 +19,9 @@ TITLE = "Big model (> 2 GB, external data)"
 IN_DEFAULT_RUN = False
 HIDDEN = 8192
 LAYERS = 9  # 9 x 8192 x 8192 float32 = 2.42 GB of weights
+RECIPES = ("fuse", "int8-dynamic", "int8", "fp16", "int4", "prune-magnitude-50")
+PEAK_TARGET = 1.5  # × the model's size on disk
+WEIGHT_ONLY_PEAK_TARGET = {"int4": 1.0}
 WORK = Path(__file__).parent / ".cache" / "big"
 
 
@@ -72,33 +75,36 @@ def run() -> str:
     size = size_on_disk(model)
     rows = [
         f"Input: {LAYERS} MatMul+Add layers of {HIDDEN}×{HIDDEN} float32, {size / 1e9:.2f} GB on disk "
-        "(weights in `big.onnx.data`). Peak memory is the optc process's maximum resident set size. "
-        "Target: peak ≤ 2.5× the model's size.",
+        "(weights in `big.onnx.data`). Peak memory is the largest resident set of optc's whole process tree "
+        "(sampled every 0.2 s, and never below the kernel's own high-water mark of the largest process), "
+        "measurement included. Targets: peak ≤ 1.5× the model's size for every recipe, ≤ 1.0× for "
+        "weight-only (`int4`). Recipes left out need what this model lacks: labelled or calibration data "
+        "(`int8-accurate`, `int4-accurate`, `prune-auto`), an encoder (`bert-int8`) or Conv channels "
+        "(`prune-channels-25`).",
         "",
-        "| step | exit | wall time | peak memory | peak / model size | output size |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| step | exit | wall time | peak memory | peak / model size | target | output size |",
+        "|---|---:|---:|---:|---:|---|---:|",
     ]
     optc = [sys.executable, "-m", "optc"]
-    steps = [("inspect", [*optc, "inspect", str(model), "--json"], None)]
-    for recipe in ("fuse", "int8-dynamic", "fp16"):
+    steps = [("inspect", [*optc, "inspect", str(model), "--json"], None, PEAK_TARGET)]
+    for recipe in RECIPES:
         out = WORK / recipe / "big.onnx"
-        steps.append(
-            (
-                f"compress --recipe {recipe}",
-                [*optc, "compress", str(model), "-r", recipe, "-o", str(out), "--quiet"],
-                out,
-            )
-        )
-    for label, args, out in steps:
+        args = [*optc, "compress", str(model), "-r", recipe, "-o", str(out), "--quiet"]
+        steps.append((f"compress --recipe {recipe}", args, out, WEIGHT_ONLY_PEAK_TARGET.get(recipe, PEAK_TARGET)))
+    for label, args, out, target in steps:
         result = run_measured(args, cwd=ROOT)
-        written = f"{size_on_disk(out) / 1e9:.2f} GB" if out is not None and out.exists() else "—"
+        written = "—"
+        if out is not None:
+            kept = out if out.exists() else out.with_suffix(".rejected.onnx")
+            written = f"{size_on_disk(kept) / 1e9:.2f} GB" if kept.exists() else "—"
         peak = result.peak_rss_mb * 2**20  # bytes
+        mark = "✓" if peak <= target * size else "✗"
         rows.append(
             f"| `optc {label}` | {result.returncode} | {result.wall_s:.0f} s | {peak / 1e9:.2f} GB | "
-            f"{peak / size:.2f}× | {written} |"
+            f"{peak / size:.2f}× | ≤ {target:.1f}× {mark} | {written} |"
         )
         if result.returncode not in (0, 1):
-            rows.append(f"| | error: {' '.join(result.stderr.split())[:300]} | | | | |")
+            rows.append(f"| | error: {' '.join(result.stderr.split())[:300]} | | | | | |")
         if out is not None:
             shutil.rmtree(out.parent, ignore_errors=True)
     shutil.rmtree(WORK, ignore_errors=True)

@@ -56,15 +56,46 @@ class CommandRun:
 
 # Linux carries a process's pre-exec memory high-water mark into its rusage, and a child starts as a copy (or a
 # borrower) of its parent: measured directly from a bench process holding gigabytes, every child would "peak" at
-# the parent's size. A small launcher process sits in between, so the peak reported is the command's own.
+# the parent's size. A small launcher process sits in between, so the peak reported is the command's own. rusage
+# gives the largest single process, not the sum of processes alive together (optc runs risky native steps in a
+# child), so the launcher also samples the resident sets of the whole process tree and reports the larger peak.
 _LAUNCHER = """
-import json, os, subprocess, sys, time
+import json, os, subprocess, sys, threading, time
 args, report = json.loads(sys.argv[1]), sys.argv[2]
+
+def tree_rss_kb(root):
+    children, rss = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
 started = time.perf_counter()
 process = subprocess.Popen(args)
+peak, done = [0], threading.Event()
+
+def sample():
+    while not done.wait(0.2):
+        peak[0] = max(peak[0], tree_rss_kb(process.pid))
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 _, status, usage = os.wait4(process.pid, 0)
+done.set()
 with open(report, "w") as f:
-    json.dump({"wall_s": time.perf_counter() - started, "peak_kb": usage.ru_maxrss,
+    json.dump({"wall_s": time.perf_counter() - started, "peak_kb": max(usage.ru_maxrss, peak[0]),
                "returncode": os.waitstatus_to_exitcode(status)}, f)
 """
 
