@@ -86,6 +86,22 @@ def materialize(model: onnx.ModelProto) -> None:
             model.graph.initializer[index].CopyFrom(_inline_copy(tensor))
 
 
+def spill(values: np.ndarray, name: str, store: Path) -> onnx.TensorProto:
+    """A lazy initializer holding ``values``, whose bytes are appended to ``store`` (a scratch file in the work
+    folder): a pass that rewrites the weights of a model kept on disk keeps its results on disk too."""
+    tensor = numpy_helper.from_array(values, name)
+    payload = tensor.raw_data
+    tensor.ClearField("raw_data")
+    with open(store, "ab") as f:
+        offset = f.tell()
+        f.write(payload)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", store.name), ("offset", str(offset)), ("length", str(len(payload)))):
+        tensor.external_data.add(key=key, value=value)
+    mark_lazy(tensor, store.resolve())
+    return tensor
+
+
 def copy_lazy_bytes(tensor: onnx.TensorProto, target: BinaryIO) -> int:
     """Append a lazy tensor's bytes to ``target`` in chunks; returns how many."""
     path, offset, length = lazy_source(tensor)

@@ -19,14 +19,17 @@ The conversion is ONNX Runtime's ``float16.convert_float_to_float16``; optc adds
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto
+from onnxruntime.transformers import float16
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 from pydantic import Field
 
@@ -41,10 +44,11 @@ from optc.passes.ort_tools import inside, quiet_root_logger
 from optc.passes.quantize import refuse_quantized
 from optc.passes.quantize_prepare import name_unnamed_nodes
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
-from optc.tensors import tensor_values
+from optc.tensors import is_lazy, spill, tensor_values
 from optc.verify import session_source
 
 FP16_MAX = 65504.0
+FP16_MIN_POSITIVE = 5.96e-08  # the converter's default: smaller magnitudes become this, not 0
 # Beyond ONNX Runtime's default block list: sums and products over many elements overflow fp16, and Resize/Range
 # compute coordinates that fp16 rounds visibly.
 FP16_UNSAFE_OPS = sorted(
@@ -75,6 +79,9 @@ class Fp16Config(PassConfig):
         default_factory=ExcludeSpec, description="Nodes and op types to keep in fp32 (node and op block lists)."
     )
 
+    def reads_lazy_weights(self) -> bool:
+        return True
+
 
 @register(Fp16Config)
 def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -> PassOutcome:
@@ -96,7 +103,7 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
     bodies = {node.name: copy.deepcopy(list(node.attribute)) for node in source.graph.node if subgraphs(node)}
 
     def convert(block: set[str]) -> onnx.ModelProto:
-        with quiet_root_logger(), inside(context.workdir):
+        with quiet_root_logger(), inside(context.workdir), _shapes_from_dims():
             converted = convert_float_to_float16(
                 copy.deepcopy(source),  # it edits the subgraphs of the model it is given
                 keep_io_types=config.keep_io_types,
@@ -105,6 +112,7 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
                 op_block_list=sorted(blocked_ops),
                 node_block_list=sorted(block),
             )
+        converted = convert_lazy_weights(converted, source, context.workdir / "fp16_weights.data")
         return tidy_casts(restore_control_flow(converted, bodies))[0]
 
     risky = any(node.op_type in RISKY_OP_TYPES for node in all_nodes(source.graph))
@@ -157,6 +165,37 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
             ],
         },
     )
+
+
+@contextlib.contextmanager
+def _shapes_from_dims() -> Iterator[None]:
+    """The converter builds each converted weight's value_info by decoding the whole tensor to read its shape, which
+    a weight still on disk (``optc.tensors``) cannot be; its dims say the same without reading anything."""
+    decode = float16.make_value_info_from_tensor
+    float16.make_value_info_from_tensor = _value_info_from_dims
+    try:
+        yield
+    finally:
+        float16.make_value_info_from_tensor = decode
+
+
+def _value_info_from_dims(tensor: onnx.TensorProto) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+
+
+def convert_lazy_weights(converted: onnx.ModelProto, source: onnx.ModelProto, store: Path) -> onnx.ModelProto:
+    """The converter retypes a float32 weight still on disk to float16 without converting bytes it does not hold:
+    convert those here, one at a time, with the converter's own clamping, into ``store`` on disk, so neither the
+    fp32 nor the fp16 weights are ever all in memory."""
+    was_float = {t.name for t in source.graph.initializer if t.data_type == TensorProto.FLOAT}
+    for index, tensor in enumerate(converted.graph.initializer):
+        if is_lazy(tensor) and tensor.data_type == TensorProto.FLOAT16 and tensor.name in was_float:
+            as_stored = onnx.TensorProto()
+            as_stored.CopyFrom(tensor)  # a reference: no weight bytes in memory
+            as_stored.data_type = TensorProto.FLOAT
+            values = float16.convert_np_to_float16(tensor_values(as_stored), FP16_MIN_POSITIVE, FP16_MAX)
+            converted.graph.initializer[index].CopyFrom(spill(values, tensor.name, store))
+    return converted
 
 
 def restore_control_flow(converted: onnx.ModelProto, bodies: dict[str, list]) -> onnx.ModelProto:
