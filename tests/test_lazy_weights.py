@@ -19,6 +19,10 @@ from optc.measure.values import cut_feeds
 from optc.modelio import adopt_model, load_model, write_model
 from optc.passes import calibration
 from optc.passes.calibration import MinMaxCollector, calibrate, tensors_to_calibrate
+from optc.passes.prune.config import PruneConfig
+from optc.passes.prune.layers import selected_layers
+from optc.passes.prune.magnitude import prune_magnitude
+from optc.passes.prune.search import gzip_size
 from optc.tensors import has_lazy_tensors, is_lazy, tensor_values
 from tests.conftest import report_of, wide_mlp, write_fast_recipe
 
@@ -145,3 +149,44 @@ def test_models_too_large_to_hold_twice_are_measured_one_session_at_a_time(exter
     assert cpu["original"]["runs"] >= 3 and cpu["optimized"]["runs"] >= 3
     assert any("one session at a time" in w for w in report["warnings"])
     assert "one session at a time" in report_of(tmp_path / "out.onnx", ".md").read_text()
+
+
+@pytest.mark.parametrize(
+    "passes",
+    ["  - type: fp16\n", "  - type: prune\n    method: magnitude\n    sparsity: 0.5\n    dense_first_last: false\n"],
+)
+def test_weights_rewritten_from_disk_match_weights_rewritten_in_memory(external_mlp, tmp_path, runner, passes):
+    """fp16 and magnitude pruning rewrite weights still on disk one at a time, into a scratch file (the fp16
+    converter only retypes them): the result must be what the same pass makes of the model held in memory."""
+    inline = tmp_path / "inline.onnx"
+    onnx.save_model(onnx.load_model(str(external_mlp)), str(inline))
+    assert has_lazy_tensors(load_model(external_mlp).model)
+    recipe = write_fast_recipe(tmp_path, passes)
+    written = {}
+    for source in (external_mlp, inline):
+        out = tmp_path / f"out_{source.stem}_{source.parent.name}" / "model.onnx"
+        result = runner.invoke(app, ["compress", str(source), "-r", str(recipe), "-o", str(out), "--min-cosine", "-1"])
+        assert result.exit_code == 0, result.output
+        written[source] = {t.name: numpy_helper.to_array(t) for t in onnx.load_model(str(out)).graph.initializer}
+    from_disk, from_memory = written[external_mlp], written[inline]
+    assert from_disk.keys() == from_memory.keys()
+    original = {t.name: numpy_helper.to_array(t) for t in onnx.load_model(str(inline)).graph.initializer}
+    assert any(not np.array_equal(from_disk[name], values) for name, values in original.items())  # it rewrote
+    for name, values in from_memory.items():
+        assert from_disk[name].dtype == values.dtype
+        np.testing.assert_array_equal(from_disk[name], values)
+
+
+def test_magnitude_pruning_keeps_weights_on_disk_and_prunes_them_as_in_memory(external_mlp, tmp_path):
+    lazy = load_model(external_mlp).model
+    inline = onnx.load_model(str(external_mlp))
+    config = PruneConfig(type="prune", method="magnitude", sparsity=0.5, dense_first_last=False)
+    layers = selected_layers(lazy.graph, config, "p")
+    from_disk, _ = prune_magnitude(lazy, layers, 0.5, "per_layer", tmp_path / "pruned.data")
+    from_memory, _ = prune_magnitude(inline, layers, 0.5, "per_layer", tmp_path / "unused.data")
+    assert any(is_lazy(t) for t in from_disk.graph.initializer)  # written back to disk, not held
+    assert not (tmp_path / "unused.data").exists()
+    for disk, memory in zip(from_disk.graph.initializer, from_memory.graph.initializer, strict=True):
+        np.testing.assert_array_equal(tensor_values(disk), numpy_helper.to_array(memory))
+    # The gzip figure reads weights on disk rather than measuring their references.
+    assert gzip_size(from_disk) == gzip_size(from_memory) < gzip_size(inline)

@@ -104,3 +104,8 @@ class PruneConfig(PassConfig):
 
     def range_searched(self) -> tuple[float, float]:
         return self.search_range or DEFAULT_SEARCH_RANGE[self.method]
+
+    def reads_lazy_weights(self) -> bool:
+        # Magnitude pruning reads and writes one weight at a time; channel surgery runs onnx's shape inference and an
+        # in-memory session over the whole model, and output pruning is left as it was.
+        return self.method == "magnitude"

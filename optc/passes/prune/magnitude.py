@@ -6,6 +6,7 @@ compress well), not in latency.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -13,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from optc.passes.prune.layers import WeightedLayer
-from optc.tensors import tensor_values
+from optc.tensors import is_lazy, spill, tensor_values
 
 
 def prune_magnitude(
@@ -21,9 +22,12 @@ def prune_magnitude(
     layers: list[WeightedLayer],
     sparsity: float,
     scope: Literal["per_layer", "global"],
+    store: Path,
 ) -> tuple[onnx.ModelProto, list[dict]]:
     """Zero ``round(sparsity * n)`` weights (per layer, or over all layers together for ``global``).
 
+    Per layer, weights are read, pruned and put back one at a time; a weight that was still on disk goes back to
+    disk (appended to ``store``), so a model too large to hold twice is never in memory whole.
     Returns the new model and one row per pruned weight: layer, op, weights, zeros, sparsity.
     """
     result = onnx.ModelProto()
@@ -32,23 +36,16 @@ def prune_magnitude(
     owners = {}  # a weight shared by several nodes is pruned once, under its first node's name
     for layer in layers:
         owners.setdefault(layer.weight, layer.node)
-    weights = {name: tensor_values(initializers[name]).copy() for name in owners}
-    if scope == "per_layer":
-        for array in weights.values():
-            _zero_smallest(array.reshape(-1), round(sparsity * array.size))
-    elif weights:
-        flat = np.concatenate([np.abs(a).reshape(-1) for a in weights.values()])
-        chosen = _smallest(flat, round(sparsity * flat.size))
-        start = 0
-        for array in weights.values():
-            inside = chosen[(chosen >= start) & (chosen < start + array.size)] - start
-            array.reshape(-1)[inside] = 0
-            start += array.size
+    pruned_together = _pruned_globally(initializers, list(owners), sparsity) if scope == "global" else {}
     rows = []
-    for name, array in weights.items():
-        initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+    for name, node in owners.items():
+        array = pruned_together.pop(name, None)
+        if array is None:
+            array = tensor_values(initializers[name]).copy()
+            _zero_smallest(array.reshape(-1), round(sparsity * array.size))
+        tensor = initializers[name]
+        tensor.CopyFrom(spill(array, name, store) if is_lazy(tensor) else numpy_helper.from_array(array, name))
         zeros = int(array.size - np.count_nonzero(array))
-        node = owners[name]
         rows.append(
             {
                 "layer": node.name,
@@ -59,6 +56,21 @@ def prune_magnitude(
             }
         )
     return result, rows
+
+
+def _pruned_globally(initializers: dict[str, onnx.TensorProto], names: list[str], sparsity: float) -> dict:
+    """Every weight with the smallest magnitudes over all of them together zeroed: one threshold needs them all."""
+    weights = {name: tensor_values(initializers[name]).copy() for name in names}
+    if not weights:
+        return weights
+    flat = np.concatenate([np.abs(a).reshape(-1) for a in weights.values()])
+    chosen = _smallest(flat, round(sparsity * flat.size))
+    start = 0
+    for array in weights.values():
+        inside = chosen[(chosen >= start) & (chosen < start + array.size)] - start
+        array.reshape(-1)[inside] = 0
+        start += array.size
+    return weights
 
 
 def _smallest(magnitudes: np.ndarray, count: int) -> np.ndarray:

@@ -65,7 +65,7 @@ def _magnitude_pruner(model: onnx.ModelProto, config: PruneConfig, context: Pass
     gzip_before = gzip_size(model)
 
     def prune(sparsity: float) -> tuple[onnx.ModelProto, dict]:
-        pruned, rows = prune_magnitude(model, layers, sparsity, config.scope)
+        pruned, rows = prune_magnitude(model, layers, sparsity, config.scope, context.workdir / "pruned_weights.data")
         zeros, weights = sum(r["zeros"] for r in rows), sum(r["weights"] for r in rows)
         gzip_after = gzip_size(pruned)
         return pruned, {
