@@ -103,6 +103,13 @@ def _outer_reads(graph: onnx.GraphProto) -> set[str]:
     return wanted - defined
 
 
+def reader_counts(graph: onnx.GraphProto) -> Counter[str]:
+    """How many times each name is read in ``graph``: node inputs, reads from inside If/Loop bodies, graph outputs.
+    A rewrite may drop an initializer only once nothing counts it any more."""
+    reads = [n for node in graph.node for n in (*node.input, *sorted(node_reads(node) - set(node.input)))]
+    return Counter(reads + [o.name for o in graph.output])
+
+
 def node_count(model: onnx.ModelProto) -> int:
     return sum(1 for _ in all_nodes(model.graph))
 

@@ -74,6 +74,23 @@ def wide_mlp(seed: int = 0) -> onnx.ModelProto:
     )
 
 
+def read_again_in_an_if_branch(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """``model`` plus an If whose branches read ``tensor`` from the outer graph (its max, as output ``<tensor>_max``):
+    a real export (a wake-word verifier) reads a MatMul's weight again this way."""
+    branch = helper.make_graph(
+        [helper.make_node("ReduceMax", [tensor], ["branch_out"], keepdims=0)],
+        f"reads_{tensor}",
+        [],
+        [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, [])],
+    )
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "condition"))
+    model.graph.node.append(
+        helper.make_node("If", ["condition"], [f"{tensor}_max"], then_branch=branch, else_branch=branch, name="reads")
+    )
+    model.graph.output.append(helper.make_tensor_value_info(f"{tensor}_max", TensorProto.FLOAT, []))
+    return model
+
+
 def relu_model() -> onnx.ModelProto:
     """A model with nothing to quantize."""
     return make_model(

@@ -16,7 +16,7 @@ from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls
 from optc.passes.quantize_prepare import gemm_to_matmul
 from optc.passes.registry import PassContext
-from tests.conftest import mlp_model, relu_model, wide_mlp
+from tests.conftest import mlp_model, read_again_in_an_if_branch, relu_model, wide_mlp
 
 
 def context(tmp_path: Path) -> PassContext:
@@ -137,25 +137,13 @@ def test_a_kept_matmul_stays_float():
 
 
 def test_a_weight_an_if_branch_also_reads_keeps_its_float_copy():
-    """A real export (a wake-word verifier) reads a MatMul's weight again inside an If branch; dropping the float
-    initializer once its MatMul was quantized left the branch reading nothing, an invalid model."""
-    model = wide_mlp()
+    """Dropping the float initializer once its MatMul was quantized left the branch reading nothing: invalid."""
+    model = read_again_in_an_if_branch(wide_mlp(), "W1")
     weight = next(t for t in model.graph.initializer if t.name == "W1")
-    branch = onnx.helper.make_graph(
-        [onnx.helper.make_node("ReduceMax", ["W1"], ["branch_out"], keepdims=0)],
-        "reads_w1",
-        [],
-        [onnx.helper.make_tensor_value_info("branch_out", onnx.TensorProto.FLOAT, [])],
-    )
-    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "condition"))
-    model.graph.node.append(
-        onnx.helper.make_node("If", ["condition"], ["w1_max"], then_branch=branch, else_branch=branch, name="uses_w1")
-    )
-    model.graph.output.append(onnx.helper.make_tensor_value_info("w1_max", onnx.TensorProto.FLOAT, []))
     quantized = quantize_matmuls(model, {"mm1", "mm2"}, "int8", True, True)
     assert "W1" in {t.name for t in quantized.graph.initializer}
     assert "MatMul" not in [n.op_type for n in quantized.graph.node]
     onnx.checker.check_model(quantized, full_check=True)
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
-    w1_max = ort.InferenceSession(quantized.SerializeToString()).run(["w1_max"], {"x": x})[0]
+    w1_max = ort.InferenceSession(quantized.SerializeToString()).run(["W1_max"], {"x": x})[0]
     assert w1_max == numpy_helper.to_array(weight).max()

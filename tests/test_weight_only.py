@@ -21,7 +21,7 @@ from optc.passes import blockwise
 from optc.passes.blockwise import hqq, matmulnbits_tensors, rtn
 from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.registry import PassContext
-from tests.conftest import SAMPLES, make_model, report_of
+from tests.conftest import SAMPLES, make_model, read_again_in_an_if_branch, report_of
 
 RNG = np.random.default_rng(0)
 WIDTH = 64
@@ -114,6 +114,16 @@ def test_matmulnbits_with_the_targets_accuracy_level_and_8_bit_first_and_last_la
     assert "first" in reasons["layer0"] and "last" in reasons["layer3"]
     assert cosine(outputs(model, X), outputs(outcome.model, X)) > 0.98  # 4-bit random weights; int8 activations
     assert outcome.model.ByteSize() < 0.45 * model.ByteSize()
+
+
+def test_a_weight_an_if_branch_also_reads_keeps_its_float_copy(tmp_path):
+    model = read_again_in_an_if_branch(mlp_chain(), "W1")
+    outcome = run_quantize(model, weight_only(), context(tmp_path, X))
+    assert "W1" in {t.name for t in outcome.model.graph.initializer}
+    assert "MatMul" not in [n.op_type for n in outcome.model.graph.node]
+    session = ort.InferenceSession(outcome.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    w1 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "W1"))
+    assert session.run(["W1_max"], {"x": X["x"][:2]})[0] == w1.max()
 
 
 def test_cuda_target_leaves_accuracy_level_unset_and_eight_bit_can_be_turned_off(tmp_path):

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.quant_utils import quantize_data
 
-from optc.model_facts import node_reads
+from optc.model_facts import reader_counts
 from optc.tensors import tensor_values
 
 WEIGHT_TYPES = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
@@ -35,12 +35,7 @@ def quantize_matmuls(
     out.CopyFrom(model)
     graph = out.graph
     initializers = {t.name: t for t in graph.initializer}
-    # A float weight stays while anything else reads it: another node, a graph output, or a node inside an If/Loop
-    # body reading it from the outer graph.
-    readers: dict[str, int] = {}
-    reads = [n for node in graph.node for n in (*node.input, *(node_reads(node) - set(node.input)))]
-    for name in reads + [o.name for o in graph.output]:
-        readers[name] = readers.get(name, 0) + 1
+    readers = reader_counts(graph)  # a float weight stays while anything else reads it, an If branch included
     rebuilt: list[onnx.NodeProto] = []
     quantized_inputs: set[str] = set()
     added: list[onnx.TensorProto] = []

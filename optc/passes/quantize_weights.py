@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from optc.data import input_specs
 from optc.errors import OptcError, PassError
+from optc.model_facts import reader_counts
 from optc.passes.blockwise import Blockwise, by_column_chunks, hqq, matmulnbits_tensors, qdq_tensors, rtn
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import excluded_nodes
@@ -271,10 +272,7 @@ def quantize_weights(
     out.CopyFrom(model)
     graph = out.graph
     initializers = {t.name: t for t in graph.initializer}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = reader_counts(graph)  # a float weight stays while anything else reads it, an If branch included
     replaced: dict[str, list[onnx.NodeProto]] = {}
     new_initializers: list[onnx.TensorProto] = []
     scaled_inputs: dict[str, str] = {}
