@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from optc.data import Dataset
@@ -16,7 +16,7 @@ from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls
 from optc.passes.quantize_prepare import gemm_to_matmul
 from optc.passes.registry import PassContext
-from tests.conftest import mlp_model, read_again_in_an_if_branch, relu_model, wide_mlp
+from tests.conftest import make_model, mlp_model, read_again_in_an_if_branch, relu_model, wide_mlp
 
 
 def context(tmp_path: Path) -> PassContext:
@@ -147,3 +147,28 @@ def test_a_weight_an_if_branch_also_reads_keeps_its_float_copy():
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     w1_max = ort.InferenceSession(quantized.SerializeToString()).run(["W1_max"], {"x": x})[0]
     assert w1_max == numpy_helper.to_array(weight).max()
+
+
+def test_a_weight_shared_by_two_matmuls_is_stored_once():
+    """tf2onnx's TimeDistributed reads one kernel from a MatMul per time step: quantizing it once per reader wrote
+    ``<W>_quantized`` twice, an invalid model (a Thai word segmenter in the corpus)."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((16, 16)) / 4).astype(np.float32)
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["a", "W"], ["ya"], name="step0"),
+            helper.make_node("MatMul", ["b", "W"], ["yb"], name="step1"),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 16]) for n in ("a", "b")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 16]) for n in ("ya", "yb")],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    quantized = quantize_matmuls(model, {"step0", "step1"}, "int8", True, True)
+    names = [t.name for t in quantized.graph.initializer]
+    assert names.count("W_quantized") == 1 and "W" not in names
+    assert [n.op_type for n in quantized.graph.node].count("MatMulInteger") == 2
+    onnx.checker.check_model(quantized, full_check=True)
+    feed = {n: rng.standard_normal((4, 16)).astype(np.float32) for n in ("a", "b")}
+    ya, yb = ort.InferenceSession(quantized.SerializeToString()).run(None, feed)
+    np.testing.assert_allclose(ya, feed["a"] @ weight, atol=0.05)
+    np.testing.assert_allclose(yb, feed["b"] @ weight, atol=0.05)

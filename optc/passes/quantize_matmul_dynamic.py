@@ -38,6 +38,7 @@ def quantize_matmuls(
     readers = reader_counts(graph)  # a float weight stays while anything else reads it, an If branch included
     rebuilt: list[onnx.NodeProto] = []
     quantized_inputs: set[str] = set()
+    quantized_weights: set[str] = set()  # a weight shared by several MatMuls (tf2onnx's TimeDistributed) is stored once
     added: list[onnx.TensorProto] = []
     for node in graph.node:
         weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and node.name in nodes else None
@@ -55,7 +56,9 @@ def quantize_matmuls(
                     name=f"{source}_QuantizeLinear",
                 )
             )
-        added += _quantized_weight(weight, weight_type, per_channel, reduce_range)
+        if weight.name not in quantized_weights:
+            quantized_weights.add(weight.name)
+            added += _quantized_weight(weight, weight_type, per_channel, reduce_range)
         readers[weight.name] -= 1
         rebuilt += _matmul_integer(node, source, weight.name)
     del graph.node[:]
