@@ -56,7 +56,7 @@ import yaml
 from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from harness import ROOT, THREADS, run_measured
+from harness import ROOT, THREADS, latency_table, run_measured
 
 TITLE = "Real-model corpus scoreboard"
 IN_DEFAULT_RUN = False
@@ -335,13 +335,30 @@ def job_ort_tool(job: dict) -> dict:
     return {"written": Path(out).exists()}
 
 
+def job_latency(job: dict) -> dict:
+    """fp32 and the candidate timed interleaved on the first evaluation sample, as optc's report times its pair."""
+    types = [{i.name: i.type for i in _session(path).get_inputs()} for path in (job["original"], job["model"])]
+    if types[0] != types[1]:
+        return {"speedup": None}  # fp16 inputs: the two models cannot share one feed
+    with np.load(job["data"]) as npz:
+        feed = _sample_feeds({k: npz[k][:1] for k in types[0]}, job["per_sample"])[0]
+    stats = latency_table({"fp32": Path(job["original"]), "candidate": Path(job["model"])}, feed, **FAST_LATENCY)
+    return {"speedup": stats["fp32"].p50_ms / stats["candidate"].p50_ms}
+
+
 def job_onnxslim(job: dict) -> dict:
     import onnxslim  # only in the bench extra; without it this job reports the ImportError for its model
 
     return {"nodes": count_nodes(onnxslim.slim(job["model"]))}
 
 
-JOBS = {"reference": job_reference, "evaluate": job_evaluate, "ort-tool": job_ort_tool, "onnxslim": job_onnxslim}
+JOBS = {
+    "reference": job_reference,
+    "evaluate": job_evaluate,
+    "ort-tool": job_ort_tool,
+    "latency": job_latency,
+    "onnxslim": job_onnxslim,
+}
 
 
 def worker_main(job_file: str, answer_file: str) -> int:
@@ -562,6 +579,8 @@ def run_ort_tool(data: ModelData, tool: str) -> dict:
         verdict = fidelity(data, output)
         status, reason = ("usable", "") if verdict["usable"] else ("bad", verdict["why"])
         result["size_ratio"] = sum(p.stat().st_size for p in folder.iterdir()) / data.facts["bytes"]
+        timing = {"kind": "latency", "original": str(data.path), "model": str(output), "data": str(data.evaluation)}
+        result["speedup"] = run_worker({**timing, "per_sample": data.per_sample})[1].get("speedup")
     result.update(status=status, reason=reason, min_cosine=verdict.get("min_cosine"))
     result["min_agreement"] = verdict.get("min_agreement")
     discard(folder)
@@ -703,8 +722,14 @@ def summary_table(results: dict) -> list[str]:
                 continue
             tool = next((t for t, m in ORT_TOOLS.items() if m == recipe), None)
             ort = ort_by_recipe.get(recipe, Counter())
+            timed = [
+                r["speedup"]
+                for r in results["ort"]
+                if r["matches"] == recipe and r["status"] == "usable" and r.get("speedup") is not None
+            ]
+            slower = f" ({sum(s < 1.0 for s in timed)} of them slower than fp32)" if timed else ""
             ort_cells = (
-                f"{tool} | {ort['usable']} | {ort['failed']} | {ort['bad']}"
+                f"{tool} | {ort['usable']}{slower} | {ort['failed']} | {ort['bad']}"
                 if tool and mode == "realistic" and ort
                 else " | | |"
             )
@@ -713,6 +738,26 @@ def summary_table(results: dict) -> list[str]:
                 f"{counts['bad']} | {100 * counts['usable'] / total:.0f} % | {ort_cells} |"
             )
     return lines
+
+
+def wall_time_lines(results: dict, slow: str = "int8-accurate", fast: str = "int8") -> list[str]:
+    """``slow``'s wall time over ``fast``'s on the models where both were usable with realistic data."""
+    walls = {(r["model"], r["recipe"]): r["wall_s"] for r in results["runs"] if r["data"] == "realistic"}
+    usable = {(r["model"], r["recipe"]) for r in results["runs"] if r["status"] == "usable"}
+    ratios = sorted(
+        (walls[(m, slow)] / walls[(m, fast)], m)
+        for m, recipe in usable
+        if recipe == slow and (m, fast) in usable and walls.get((m, fast))
+    )
+    if not ratios:
+        return []
+    values = [r for r, _ in ratios]
+    over = ", ".join(f"{m} {r:.1f}×" for r, m in ratios if r > 3)
+    return [
+        f"`{slow}` wall time over `{fast}`'s, same model and data, {len(ratios)} models where both were usable: "
+        f"median {np.median(values):.2f}×, max {values[-1]:.2f}×; {sum(v <= 3 for v in values)} of {len(values)} "
+        f"within 3×{f' (over: {over})' if over else ''}.",
+    ]
 
 
 def runs_table(results: dict) -> list[str]:
@@ -732,14 +777,14 @@ def runs_table(results: dict) -> list[str]:
 
 def ort_table(results: dict) -> list[str]:
     lines = [
-        "| model | tool | status | reason | min cosine | int agreement | size ratio |",
-        "|---|---|---|---|---:|---:|---:|",
+        "| model | tool | status | reason | min cosine | int agreement | speed-up | size ratio |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in sorted(results["ort"], key=lambda r: (r["model"], r["tool"])):
         lines.append(
             f"| {r['model']} | {r['tool']} | {r['status']} | {cell(r['reason'])} "
             f"| {number(r.get('min_cosine'), '.4f')} | {number(r.get('min_agreement'), '.1f')} "
-            f"| {number(r.get('size_ratio'), '.3f')} |"
+            f"| {number(r.get('speedup'), '.2f')} | {number(r.get('size_ratio'), '.3f')} |"
         )
     return lines
 
@@ -780,7 +825,8 @@ def render(results: dict) -> str:
         f"compared over the whole set) and integer outputs ≥ {USABLE_AGREEMENT:.0f} % equal; **flagged** = exit 1 "
         "(gate failed); **refused** = exit 2/3 with optc's message; **bad** = anything else (degraded or broken "
         "output at exit 0, exit 4, signal, timeout, or a raw Python exception passed through). ONNX Runtime's tools "
-        "use default arguments on the same models and inputs.",
+        "use default arguments on the same models and inputs; their speed-up is timed by the runner (fp32 and the "
+        "tool's model interleaved on the first evaluation sample, same settings).",
         "",
         f"Machine: {m.get('cpu', '?')}, {m.get('cpu_count', '?')} CPUs, ISA {' '.join(m.get('isa', [])) or 'none of'} "
         f"(of avx2/avx512f/avx512_vnni/avx_vnni/amx_int8); {m.get('threads', '?')} intra-op thread per session; "
@@ -790,6 +836,8 @@ def render(results: dict) -> str:
         "### Summary per recipe and data mode",
         "",
         *summary_table(results),
+        "",
+        *wall_time_lines(results),
         "",
         "### Every run",
         "",
