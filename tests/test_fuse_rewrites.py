@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from optc.passes.fuse.driver import rewrites, simplify
@@ -16,6 +17,7 @@ from optc.passes.fuse.rewrites.fold_constants import fold_constants
 from optc.passes.fuse.rewrites.fold_scale_bias import fold_scale_bias
 from optc.passes.fuse.rewrites.fold_shape_dims import fold_shape_dims
 from optc.passes.fuse.rewrites.matmul_add_to_gemm import matmul_add_to_gemm
+from optc.passes.fuse.rewrites.merge_constants import merge_constants
 from optc.passes.fuse.rewrites.merge_duplicates import merge_duplicates
 from optc.passes.fuse.rewrites.merge_reshapes import merge_reshapes
 from optc.passes.fuse.rewrites.merge_transposes import merge_transposes
@@ -292,8 +294,10 @@ def test_merge_duplicates_computes_repeated_nodes_once_and_keeps_outputs():
 
 def test_every_rewrite_is_registered_in_run_order():
     assert list(rewrites()) == [
+        "constant_weight_inputs",
         "fold_constants",
         "fold_shape_dims",
+        "merge_constants",
         "merge_duplicates",
         "constant_reshape_targets",
         "drop_identity",
@@ -305,3 +309,91 @@ def test_every_rewrite_is_registered_in_run_order():
         "matmul_add_to_gemm",
         "drop_unused",
     ]
+
+
+def test_drop_noops_removes_arithmetic_with_a_neutral_constant_on_either_side():
+    """Real exports leave ``1.0 * layer_norm`` (a molecular encoder) and ``x - 0`` (a mel front-end) behind."""
+    nodes = [
+        helper.make_node("Mul", ["one", "x"], ["a"]),
+        helper.make_node("Sub", ["a", "zero"], ["b"]),
+        helper.make_node("Div", ["b", "one_1d"], ["c"]),
+        helper.make_node("Add", ["zero", "c"], ["d"]),
+        helper.make_node("Relu", ["d"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [tensor("x", ["batch", 4])],
+        [tensor("y", ["batch", 4])],
+        [
+            init("one", np.array(1.0, np.float32)),
+            init("zero", np.array(0.0, np.float32)),
+            init("one_1d", np.array([1.0], np.float32)),
+        ],
+    )
+    fused, counts = simplify(model)
+    assert counts["drop_noops"] == 4 and ops(fused) == {"Relu": 1}
+    assert_same_outputs(model, fused, {"x": rand(3, 4)})
+
+
+@pytest.mark.parametrize(
+    ("op", "constant_first", "value", "shape"),
+    [
+        ("Sub", True, 0.0, []),  # 0 - x is -x
+        ("Div", True, 1.0, []),  # 1 / x is not x
+        ("Add", False, 0.5, []),
+        ("Mul", False, 1.0, [1, 1, 1]),  # broadcasts x [batch, 4] up to rank 3
+        ("Mul", False, 1.0, [2]),  # two elements
+    ],
+)
+def test_drop_noops_keeps_arithmetic_that_changes_its_input(op, constant_first, value, shape):
+    constant = init("c", np.full(shape, value, np.float32))
+    inputs = ["c", "x"] if constant_first else ["x", "c"]
+    model = make_model(
+        [helper.make_node(op, inputs, ["y"])], [tensor("x", ["batch", 2])], [tensor("y", None)], [constant]
+    )
+    _, applied = drop_noops(model)
+    assert applied == 0
+
+
+def test_merge_constants_lets_repeated_slices_with_their_own_constants_merge():
+    """Every Slice of an LSTM's initial state came with its own [0], [2] constants (a PyTorch EEG model)."""
+    nodes = [
+        helper.make_node("Slice", ["x", "s0", "e0"], ["a"]),
+        helper.make_node("Slice", ["x", "s1", "e1"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["y"]),
+    ]
+    starts, ends = np.array([0], np.int64), np.array([2], np.int64)
+    model = make_model(
+        nodes,
+        [tensor("x", [4, 3])],
+        [tensor("y", [2, 3])],
+        [init("s0", starts), init("e0", ends), init("s1", starts), init("e1", ends)],
+    )
+    fused, counts = simplify(model)
+    assert counts["merge_constants"] == 2 and counts["merge_duplicates"] == 1
+    assert ops(fused) == {"Slice": 1, "Add": 1} and len(fused.graph.initializer) == 2
+    assert_same_outputs(model, fused, {"x": rand(4, 3)})
+
+
+def test_merge_constants_leaves_distinct_values_and_graph_inputs_alone():
+    nodes = [helper.make_node("Add", ["x", "a"], ["t"]), helper.make_node("Add", ["t", "b"], ["y"])]
+    model = make_model(
+        nodes,
+        [tensor("x", [2]), tensor("b", [2])],
+        [tensor("y", [2])],
+        [init("a", np.array([1.0, 2.0], np.float32)), init("b", np.array([1.0, 2.0], np.float32))],
+    )
+    _, applied = merge_constants(model)
+    assert applied == 0  # b is also an input: it may be fed
+
+
+def test_constant_weight_inputs_makes_listed_initializers_constants_so_batchnorm_folds():
+    """A face detector exported for IR 3 lists its 194 weights as inputs: nothing could fold until they are not."""
+    model = conv_transpose_bn()
+    model.graph.input.extend(tensor(t.name, list(t.dims)) for t in model.graph.initializer)
+    model.ir_version = 3
+    fused, counts = simplify(model)
+    assert counts["constant_weight_inputs"] == len(model.graph.initializer)
+    assert counts["fold_batchnorm"] == 1 and "BatchNormalization" not in ops(fused)
+    assert [i.name for i in fused.graph.input] == ["x"] and fused.ir_version >= 4
+    assert_same_outputs(model, fused, {"x": rand(1, 4, 3, 3)})

@@ -1,8 +1,10 @@
 """The generic rewrites, one module each. Import order is run order (see ``optc.passes.fuse.driver``)."""
 
 from optc.passes.fuse.rewrites import (  # noqa: I001, F401  (each registers on import; order matters)
+    constant_weight_inputs,
     fold_constants,
     fold_shape_dims,
+    merge_constants,
     merge_duplicates,
     constant_reshape_targets,
     drop_identity,
