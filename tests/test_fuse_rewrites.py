@@ -20,6 +20,7 @@ from optc.passes.fuse.rewrites.matmul_add_to_gemm import matmul_add_to_gemm
 from optc.passes.fuse.rewrites.merge_constants import merge_constants
 from optc.passes.fuse.rewrites.merge_duplicates import merge_duplicates
 from optc.passes.fuse.rewrites.merge_reshapes import merge_reshapes
+from optc.passes.fuse.rewrites.merge_slices import merge_slices
 from optc.passes.fuse.rewrites.merge_transposes import merge_transposes
 from tests.conftest import SAMPLES, make_model
 from tests.fuse_graphs import (
@@ -278,6 +279,66 @@ def test_constant_reshape_targets_copy_symbolic_dims_and_let_the_shape_chain_fal
         assert_same_outputs(model, fused, {"x": rand(batch, seq, 8)})
 
 
+def test_an_allowzero_reshape_gets_minus_one_for_its_symbolic_dim_never_a_copy():
+    """PyTorch's dynamo exporter writes ``view(x, [batch, 512])`` as Concat(Shape(input)[0:1], [512]) with allowzero:
+    a 0 there would mean a zero-sized dim, so the batch dim becomes -1 (a ResNet-18 malware classifier)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], start=0, end=1),
+        helper.make_node("Concat", ["s", "width"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"], allowzero=1),
+    ]
+    model = make_model(
+        nodes,
+        [tensor("x", ["batch", 8, 1, 1])],
+        [tensor("y", ["batch", 8])],
+        [init("width", np.array([8], np.int64))],
+        opset=18,
+    )
+    fused, counts = simplify(model)
+    assert counts["constant_reshape_targets"] == 1 and ops(fused) == {"Reshape": 1}
+    target = fused.graph.initializer[0]
+    assert onnx.numpy_helper.to_array(target).tolist() == [-1, 8]
+    for batch in (1, 3):
+        assert_same_outputs(model, fused, {"x": rand(batch, 8, 1, 1)})
+
+
+def focus_stem(axes_second: int) -> onnx.ModelProto:
+    """Every second row, then every second column, twice over: YOLOX's Focus (a captcha detector in the corpus)."""
+    big = np.array([2**62], np.int64)
+    nodes = [
+        helper.make_node("Slice", ["x", "zero", "big", "rows", "two"], ["r"]),
+        helper.make_node("Slice", ["r", "zero", "big", "cols", "two"], ["a"]),
+        helper.make_node("Slice", ["r", "one", "big", "cols", "two"], ["b"]),
+        helper.make_node("Concat", ["a", "b"], ["y"], axis=1),
+    ]
+    return make_model(
+        nodes,
+        [tensor("x", ["batch", 3, 8, 8])],
+        [tensor("y", ["batch", 6, 4, 4] if axes_second == 3 else ["batch", 6, 2, 8])],
+        [
+            init("zero", np.array([0], np.int64)),
+            init("one", np.array([1], np.int64)),
+            init("big", big),
+            init("rows", np.array([2], np.int64)),
+            init("cols", np.array([axes_second], np.int64)),
+            init("two", np.array([2], np.int64)),
+        ],
+    )
+
+
+def test_merge_slices_takes_rows_and_columns_in_one_slice():
+    model = focus_stem(3)
+    fused, counts = simplify(model)
+    assert counts["merge_slices"] == 1 and ops(fused) == {"Slice": 2, "Concat": 1}
+    assert all(n.input[0] == "x" for n in fused.graph.node if n.op_type == "Slice")
+    assert_same_outputs(model, fused, {"x": rand(2, 3, 8, 8)})
+
+
+def test_merge_slices_leaves_slices_along_the_same_axis():
+    _, applied = merge_slices(focus_stem(2))
+    assert applied == 0
+
+
 def test_merge_duplicates_computes_repeated_nodes_once_and_keeps_outputs():
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="relu_a"),
@@ -304,6 +365,7 @@ def test_every_rewrite_is_registered_in_run_order():
         "drop_noops",
         "merge_transposes",
         "merge_reshapes",
+        "merge_slices",
         "fold_batchnorm",
         "fold_scale_bias",
         "matmul_add_to_gemm",

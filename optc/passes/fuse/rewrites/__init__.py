@@ -11,6 +11,7 @@ from optc.passes.fuse.rewrites import (  # noqa: I001, F401  (each registers on 
     drop_noops,
     merge_transposes,
     merge_reshapes,
+    merge_slices,
     fold_batchnorm,
     fold_scale_bias,
     matmul_add_to_gemm,
