@@ -339,6 +339,56 @@ def test_merge_slices_leaves_slices_along_the_same_axis():
     assert applied == 0
 
 
+def test_a_concat_of_an_empty_tensor_goes_with_the_chain_that_built_it():
+    """``cat([x, zeros(batch, 0, 1)])`` from a PyTorch EEG model: seven nodes that append nothing."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+        helper.make_node("Unsqueeze", ["b", "axes"], ["b1"]),
+        helper.make_node("Concat", ["b1", "zero_1d", "one_1d"], ["dims"], axis=0),
+        helper.make_node("ConstantOfShape", ["dims"], ["empty"]),
+        helper.make_node("Concat", ["x", "empty"], ["y"], axis=1),
+    ]
+    model = make_model(
+        nodes,
+        [tensor("x", ["batch", 5, 1])],
+        [tensor("y", ["batch", 5, 1])],
+        [
+            init("zero", np.array(0, np.int64)),
+            init("axes", np.array([0], np.int64)),
+            init("zero_1d", np.array([0], np.int64)),
+            init("one_1d", np.array([1], np.int64)),
+        ],
+    )
+    fused, counts = simplify(model)
+    assert counts["drop_empty_concat_inputs"] == 1 and ops(fused) == {"Concat": 1}  # of x alone: y is an output
+    assert_same_outputs(model, fused, {"x": rand(2, 5, 1)})
+
+
+def test_constants_inside_an_if_branch_become_its_initializers():
+    """A wake-word model's verifier runs in an If branch holding Constant nodes that every call executed."""
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=two), helper.make_node("Mul", ["x", "c"], ["doubled"])],
+        "then",
+        [],
+        [tensor("doubled", ["batch", 3])],
+    )
+    same = helper.make_node("Identity", ["x"], ["same"])
+    other = helper.make_graph([same], "else", [], [tensor("same", ["batch", 3])])
+    model = make_model(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other)],
+        [tensor("x", ["batch", 3]), tensor("flag", [], TensorProto.BOOL)],
+        [tensor("y", ["batch", 3])],
+    )
+    fused, counts = simplify(model)
+    assert counts["subgraph_constants"] == 1
+    body = next(a.g for a in fused.graph.node[0].attribute if a.name == "then_branch")
+    assert [n.op_type for n in body.node] == ["Mul"] and [t.name for t in body.initializer] == ["c"]
+    for flag in (True, False):
+        assert_same_outputs(model, fused, {"x": rand(2, 3), "flag": np.array(flag)})
+
+
 def test_merge_duplicates_computes_repeated_nodes_once_and_keeps_outputs():
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="relu_a"),
@@ -357,12 +407,14 @@ def test_every_rewrite_is_registered_in_run_order():
     assert list(rewrites()) == [
         "constant_weight_inputs",
         "fold_constants",
+        "subgraph_constants",
         "fold_shape_dims",
         "merge_constants",
         "merge_duplicates",
         "constant_reshape_targets",
         "drop_identity",
         "drop_noops",
+        "drop_empty_concat_inputs",
         "merge_transposes",
         "merge_reshapes",
         "merge_slices",
