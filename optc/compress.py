@@ -168,7 +168,7 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
 
         gates, sources = effective_gates(recipe, request.gate_overrides)
         size_ratio = serialized_size(optimized) / original.size_bytes
-        gate_results = evaluate_gates(gates, size_ratio, measurements, records, sources)
+        gate_results = evaluate_gates(gates, size_ratio, measurements, records, sources, dataset.synthetic)
         gates_passed = all(g.passed for g in gate_results)
         report = Report(
             optc_version=optc.__version__,

@@ -36,9 +36,26 @@ def evaluate_gates(
     measurements: list[ProviderMeasurement],
     records: list[PassRecord],
     sources: dict[str, str] | None = None,
+    evaluated_on_synthetic: bool = False,
 ) -> list[GateResult]:
     sources = sources or {}
     results = []
+    if gates.require_evaluation_data:
+        results.append(
+            GateResult(
+                name="require_evaluation_data",
+                bound=1,
+                measured=0 if evaluated_on_synthetic else 1,
+                passed=not evaluated_on_synthetic,
+                detail=(
+                    "require_evaluation_data: accuracy was measured on synthetic inputs, which say little about how "
+                    "this recipe changes real outputs (give --data)"
+                    if evaluated_on_synthetic
+                    else "require_evaluation_data: accuracy measured on the data given"
+                ),
+                source=sources.get("require_evaluation_data"),
+            )
+        )
     if gates.require_calibration_data:
         synthetic = [r.label for r in records if r.calibrated_on == "synthetic"]
         results.append(

@@ -81,6 +81,11 @@ class Gates(Strict):
         description="Fail when a static quantization pass fitted its ranges on synthetic inputs: its accuracy on "
         "real inputs is then unknown and often far worse than the synthetic figures say.",
     )
+    require_evaluation_data: bool = Field(
+        default=False,
+        description="Fail when accuracy was measured on synthetic inputs: for passes whose damage depends on what "
+        "the inputs look like (pruning a trained model), a synthetic figure says little about real outputs.",
+    )
 
 
 def _pass_union() -> Any:
