@@ -511,3 +511,19 @@ def test_constant_weight_inputs_makes_listed_initializers_constants_so_batchnorm
     assert counts["fold_batchnorm"] == 1 and "BatchNormalization" not in ops(fused)
     assert [i.name for i in fused.graph.input] == ["x"] and fused.ir_version >= 4
     assert_same_outputs(model, fused, {"x": rand(1, 4, 3, 3)})
+
+
+def test_shape_inference_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` (and a ``<uuid>.data`` per
+    weight) in the working directory when an op's shape is unknown (a diacritizer with DynamicQuantizeLSTM)."""
+    nodes = [
+        helper.make_node("Mystery", ["x"], ["m"], domain="custom.ops"),
+        helper.make_node("Reshape", ["m", "shape"], ["y"]),
+    ]
+    model = make_model(
+        nodes, [tensor("x", ["batch", 4])], [tensor("y", ["batch", 4])], [init("shape", np.array([0, 4]))]
+    )
+    model.opset_import.append(helper.make_opsetid("custom.ops", 1))
+    monkeypatch.chdir(tmp_path)
+    drop_noops(model)
+    assert list(tmp_path.iterdir()) == []

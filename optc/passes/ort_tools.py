@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +41,15 @@ def inside(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(previous)
+
+
+@contextlib.contextmanager
+def in_scratch_folder() -> Iterator[None]:
+    """Run inside a temporary folder that is removed afterwards: for tools that may drop files in the working
+    directory (ONNX Runtime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` and one ``<uuid>.data`` per
+    weight there when it cannot infer every shape)."""
+    with tempfile.TemporaryDirectory(prefix="optc-scratch-") as folder, inside(Path(folder)):
+        yield
 
 
 def save_for_tool(model: onnx.ModelProto, path: Path) -> bool:

@@ -16,7 +16,7 @@ from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from optc.model_facts import all_nodes, node_reads, subgraphs
 from optc.modelio import too_large_to_serialize
-from optc.passes.ort_tools import quiet_root_logger
+from optc.passes.ort_tools import in_scratch_folder, quiet_root_logger
 from optc.tensors import tensor_values
 
 
@@ -165,7 +165,7 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
     through the graph (every tensor's batch dim is ``batch_size``, not a fresh ``unk__7`` per op), so dims can be
     matched by name; else onnx's own. None when neither works: shapes are an aid, and rewrites that need them skip."""
     try:
-        with quiet_root_logger():
+        with quiet_root_logger(), in_scratch_folder():  # where its scratch files land when shapes stay unknown
             return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception:  # noqa: BLE001 - it fails on ops it does not know; onnx's inference may still manage
         pass
