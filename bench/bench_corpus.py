@@ -127,8 +127,14 @@ def optc_root() -> Path:
     return Path(os.environ.get("OPTC_CORPUS_OPTC_ROOT", ROOT)).resolve()
 
 
-def optc_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "optc", *args]  # run with cwd=optc_root(), which puts that optc first on sys.path
+def optc_command(*args: str, from_elsewhere: bool = False) -> list[str]:
+    """``python -m optc``: run with cwd=optc_root(), which puts that optc first on sys.path, or, ``from_elsewhere``,
+    from any folder with that path put first explicitly."""
+    if not from_elsewhere:
+        return [sys.executable, "-m", "optc", *args]
+    start = f"import runpy, sys; sys.path.insert(0, {str(optc_root())!r}); "
+    start += "runpy.run_module('optc', run_name='__main__')"
+    return [sys.executable, "-c", start, *args]
 
 
 def optc_version() -> str:
@@ -522,7 +528,10 @@ def run_optc(data: ModelData, recipe: str, recipe_file: Path, mode: str) -> dict
     output = folder / "model.onnx"
     extra = ["--data", str(data.evaluation), "--calibration-data", str(data.calibration)] if mode == "realistic" else []
     args = ["compress", str(data.path), "--recipe", str(recipe_file), "-o", str(output), "--json", "--quiet", *extra]
-    outcome = run_limited(optc_command(*args), cwd=optc_root())
+    # An empty working directory of its own: anything optc leaves in it is litter (issue class 8).
+    with tempfile.TemporaryDirectory(prefix="corpus-cwd-") as cwd:
+        outcome = run_limited(optc_command(*args, from_elsewhere=True), cwd=Path(cwd))
+        litter = sorted(os.listdir(cwd))
     try:
         payload = json.loads(outcome.stdout) if outcome.stdout.strip() else {}
     except json.JSONDecodeError:
@@ -530,6 +539,8 @@ def run_optc(data: ModelData, recipe: str, recipe_file: Path, mode: str) -> dict
     written = outcome.returncode in (0, 1) and output.exists()
     verdict = fidelity(data, output) if written else None
     status, reason = classify_optc(outcome, payload, verdict)
+    if litter:
+        status, reason = "bad", f"left {len(litter)} file(s) in its working directory: {', '.join(litter[:3])}"
     report = payload.get("report") or {}
     result = {
         "model": data.name,
