@@ -724,9 +724,10 @@ def summary_table(results: dict) -> list[str]:
     # model), so a second percentage leaves them out.
     quantized = {r["model"] for r in results["runs"] if "already quantized" in r["reason"]}
     lines = [
-        "| recipe | data | usable | refused | flagged | bad | usable % | usable %, not already quantized "
+        "| recipe | data | usable | usable at ≥ 1.0× fp32 | refused | flagged | bad | usable % "
+        "| usable %, not already quantized "
         "| ONNX Runtime tool, same models | usable | failed | bad |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for recipe in recipes:
         for mode in DATA_MODES:
@@ -735,6 +736,7 @@ def summary_table(results: dict) -> list[str]:
             total = sum(counts.values())
             applicable = [r for r in runs if r["model"] not in quantized]
             usable_applicable = sum(r["status"] == "usable" for r in applicable)
+            not_slower = sum(r["status"] == "usable" and (r.get("speedup") or 0) >= 1.0 for r in runs)
             if not total:
                 continue
             tool = next((t for t, m in ORT_TOOLS.items() if m == recipe), None)
@@ -744,15 +746,15 @@ def summary_table(results: dict) -> list[str]:
                 for r in results["ort"]
                 if r["matches"] == recipe and r["status"] == "usable" and r.get("speedup") is not None
             ]
-            slower = f" ({sum(s < 1.0 for s in timed)} of them slower than fp32)" if timed else ""
+            slower = f" ({sum(s >= 1.0 for s in timed)} at ≥ 1.0× fp32)" if timed else ""
             ort_cells = (
                 f"{tool} | {ort['usable']}{slower} | {ort['failed']} | {ort['bad']}"
                 if tool and mode == "realistic" and ort
                 else " | | |"
             )
             lines.append(
-                f"| {recipe} | {mode} | {counts['usable']} | {counts['refused']} | {counts['flagged']} | "
-                f"{counts['bad']} | {100 * counts['usable'] / total:.0f} % "
+                f"| {recipe} | {mode} | {counts['usable']} | {not_slower} | {counts['refused']} "
+                f"| {counts['flagged']} | {counts['bad']} | {100 * counts['usable'] / total:.0f} % "
                 f"| {100 * usable_applicable / max(len(applicable), 1):.0f} % ({usable_applicable}/{len(applicable)}) "
                 f"| {ort_cells} |"
             )
