@@ -49,8 +49,8 @@ def report_view(report: Report) -> Group:
         for line in latency_rows(m):
             summary.add_row(
                 f"{m.provider} {line.label}",
-                f"{line.original.p50_ms:.3f} ms",
-                f"{line.optimized.p50_ms:.3f} ms",
+                f"{milliseconds(line.original.p50_ms)} ms",
+                f"{milliseconds(line.optimized.p50_ms)} ms",
                 speed_change(line.speedup),
             )
         if m.decoder is not None:
@@ -172,6 +172,14 @@ def profile_view(title: str, profile: ProfileComparison) -> Table:
     return table
 
 
+def milliseconds(value: float) -> str:
+    """A latency in at most six characters, to the precision that matters at its size: a slow model's 12,346 ms
+    printed as 12345.678 pushed the bench table past 80 columns and cut its ratio column."""
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 100 else f"{value:.3f}"
+
+
 def bench_view(report: BenchReport) -> Group:
     """One table per case, narrow enough for an 80-column log; models are numbered, with their paths below."""
     labels = {index: f"#{index}" for index in range(len(report.models))}
@@ -192,9 +200,9 @@ def bench_view(report: BenchReport) -> Group:
                 ratio = f"{q.value:.3f}±{q.noise_bound:.3f}" + ("" if q.significant else " ~")
             table.add_row(
                 labels[r.model],
-                f"{s.p50_ms:.3f}",
-                f"{s.p90_ms:.3f}",
-                f"{s.p99_ms:.3f}",
+                milliseconds(s.p50_ms),
+                milliseconds(s.p90_ms),
+                milliseconds(s.p99_ms),
                 Text(f"{s.cv:.0%}" if s.cv is not None else "", style="yellow" if r.noisy else ""),
                 f"{r.throughput_per_s:,.0f}",
                 human_bytes(r.peak_memory_bytes) if r.peak_memory_bytes is not None else "unknown",
