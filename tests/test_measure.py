@@ -6,7 +6,7 @@ from optc.data import Dataset, input_specs
 from optc.errors import OptcError
 from optc.gates import evaluate_gates
 from optc.measure import providers
-from optc.measure.accuracy import evaluate
+from optc.measure.accuracy import evaluate, output_fidelity
 from optc.measure.latency import LatencyStats, measure_interleaved
 from optc.recipe import Gates
 from optc.report.schema import ProviderMeasurement
@@ -82,6 +82,18 @@ def test_top1_with_labels_and_agreement_without():
     assert other.metric == "top1_agreement" and other.original == 100.0
     assert other.optimized < 60 and other.drop == pytest.approx(100 - other.optimized)
     assert other.outputs[0].cosine < 0.9 and other.outputs[0].max_abs_error > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "agreement"), [("logits", True), ("fingerprint", False), ("sentence_embedding", False)]
+)
+def test_top1_agreement_is_for_class_scores_not_embeddings(name, agreement):
+    """A molecular encoder's 2-D 'fingerprint' output was scored by its argmax: a 20-point 'drop' at cosine 0.997."""
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((32, 64)).astype(np.float32)
+    noisy = reference + 0.05 * rng.standard_normal((32, 64)).astype(np.float32)
+    fidelity = output_fidelity(name, reference, noisy)
+    assert (fidelity.top1_agreement is not None) == agreement and fidelity.cosine > 0.99
 
 
 def test_top1_metric_without_labels_is_bad_input():
