@@ -42,35 +42,27 @@ def evaluate_gates(
     results = []
     if gates.require_evaluation_data:
         results.append(
-            GateResult(
-                name="require_evaluation_data",
-                bound=1,
-                measured=0 if evaluated_on_synthetic else 1,
-                passed=not evaluated_on_synthetic,
-                detail=(
-                    "require_evaluation_data: accuracy was measured on synthetic inputs, which say little about how "
-                    "this recipe changes real outputs (give --data)"
-                    if evaluated_on_synthetic
-                    else "require_evaluation_data: accuracy measured on the data given"
-                ),
-                source=sources.get("require_evaluation_data"),
+            _requirement(
+                "require_evaluation_data",
+                "accuracy was measured on synthetic inputs, which say little about how this recipe changes real "
+                "outputs (give --data)"
+                if evaluated_on_synthetic
+                else None,
+                "accuracy measured on the data given",
+                sources,
             )
         )
     if gates.require_calibration_data:
         synthetic = [r.label for r in records if r.calibrated_on == "synthetic"]
         results.append(
-            GateResult(
-                name="require_calibration_data",
-                bound=1,
-                measured=0 if synthetic else 1,
-                passed=not synthetic,
-                detail=(
-                    f"require_calibration_data: {', '.join(synthetic)} calibrated on synthetic inputs, so accuracy "
-                    "on real inputs is unknown (give --calibration-data)"
-                    if synthetic
-                    else "require_calibration_data: every static pass calibrated on the data given"
-                ),
-                source=sources.get("require_calibration_data"),
+            _requirement(
+                "require_calibration_data",
+                f"{', '.join(synthetic)} calibrated on synthetic inputs, so accuracy on real inputs is unknown "
+                "(give --calibration-data)"
+                if synthetic
+                else None,
+                "every static pass calibrated on the data given",
+                sources,
             )
         )
     if gates.max_size_ratio is not None:
@@ -114,6 +106,18 @@ def evaluate_gates(
             )
         )
     return results
+
+
+def _requirement(name: str, failure: str | None, fine: str, sources: dict[str, str]) -> GateResult:
+    """A yes/no gate: it fails with ``failure`` when one is given (measured 0 against a bound of 1)."""
+    return GateResult(
+        name=name,
+        bound=1,
+        measured=0 if failure else 1,
+        passed=not failure,
+        detail=f"{name}: {failure or fine}",
+        source=sources.get(name),
+    )
 
 
 def _per_provider(name, bound, measured, value_of, at_least: bool, source: str | None) -> list[GateResult]:

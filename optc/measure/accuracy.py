@@ -157,7 +157,7 @@ def _refuse_new_non_finite(names: list[str], reference: list[np.ndarray], candid
 VECTOR_NAME_PARTS = ("embed", "fingerprint", "feature", "hidden", "pooler", "vector", "encoding", "latent")
 
 
-def names_a_vector(name: str) -> bool:
+def _names_a_vector(name: str) -> bool:
     return any(part in name.lower() for part in VECTOR_NAME_PARTS)
 
 
@@ -181,7 +181,7 @@ def output_fidelity(name: str, reference: np.ndarray, candidate: np.ndarray) -> 
     # Two all-zero outputs are identical; one zero and one not are orthogonal.
     cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(diff.max(axis=1) == 0, 1.0, 0.0))
     agreement = top5 = None
-    if _is_classifier(reference) and not names_a_vector(name):
+    if _is_classifier(reference) and not _names_a_vector(name):
         expected = np.argmax(reference, axis=1)
         agreement = 100.0 * float(np.mean(expected == np.argmax(candidate, axis=1)))
         if reference.shape[1] > 5:

@@ -8,6 +8,8 @@ dim, with at most one -1 left for the single dim not matched otherwise.
 
 from __future__ import annotations
 
+import math
+
 import onnx
 
 from optc.passes.fuse.driver import rewrite
@@ -57,6 +59,9 @@ def _arithmetic_source(node: onnx.NodeProto, index: GraphIndex) -> str | None:
     neutral, either_side = IDENTITY_CONSTANT[node.op_type]
     sides = [(1, 0), (0, 1)] if either_side else [(1, 0)]
     for constant_at, source_at in sides:
+        stored = index.initializers.get(node.input[constant_at])
+        if stored is not None and math.prod(stored.dims) != 1:
+            continue  # a weight or bias: no need to read its values to know it is not one neutral element
         value = index.const(node.input[constant_at])
         source = node.input[source_at]
         if value is None or value.size != 1 or value.ravel()[0] != neutral:

@@ -8,6 +8,8 @@ alone (comparing them would read every one from disk).
 
 from __future__ import annotations
 
+import math
+
 import onnx
 
 from optc.passes.fuse.driver import rewrite
@@ -19,15 +21,11 @@ MAX_ELEMENTS = 64
 
 @rewrite("merge_constants", "small initializers with equal values stored once")
 def merge_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    index = GraphIndex(model)
-    pinned = index.graph_inputs | index.graph_outputs
+    pinned = {v.name for v in (*model.graph.input, *model.graph.output)}
     first: dict[tuple, str] = {}
     repeats: dict[str, str] = {}
     for tensor in model.graph.initializer:
-        elements = 1
-        for dim in tensor.dims:
-            elements *= dim
-        if tensor.name in pinned or elements > MAX_ELEMENTS:
+        if tensor.name in pinned or math.prod(tensor.dims) > MAX_ELEMENTS:
             continue
         key = (tensor.data_type, tuple(tensor.dims), tensor_values(tensor).tobytes())
         kept = first.setdefault(key, tensor.name)
