@@ -9,25 +9,28 @@ weights are first rewritten to MatMul + Add. Static int8 (activations calibrated
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from pydantic import Field, model_validator
 
-from optc.data import input_specs
+from optc.data import input_specs, stream_batches
 from optc.errors import OptcError, PassError
 from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
 from optc.modelio import adopt_model
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
-from optc.passes.fallback import probe_of
+from optc.passes.fallback import PROBE_SAMPLES, probe_of
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import meet_fidelity_targets
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls
+from optc.passes.quantize_smooth import smoothing_scales
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.quantize_static import run_static
 from optc.passes.quantize_weights import WeightOnlyConfig, run_weight_only
@@ -100,6 +103,13 @@ class QuantizeConfig(PassConfig):
         description="Keep in float what int8 cannot represent: the chains feeding Log/Sqrt/Pow/Reciprocal and Div "
         "denominators, and LSTM/GRU/RNN cells with their state readers.",
     )
+    smooth: bool = Field(
+        default=True,
+        description="dynamic: SmoothQuant — divide each MatMul input's channels by a scale and multiply the weight "
+        "rows by it, so activation outliers stop costing every other channel its precision. The scale is searched "
+        "per input on the calibration data (else the probe); inputs where it does not lower the error are left "
+        "alone.",
+    )
     min_cosine: float | None = Field(
         default=None,
         gt=0,
@@ -124,6 +134,8 @@ class QuantizeConfig(PassConfig):
             misplaced = [name for name in self.model_fields_set if name not in WEIGHT_ONLY_FIELDS]
             if misplaced:
                 raise ValueError(f"{', '.join(sorted(misplaced))} do not apply to mode: weight_only")
+        if self.mode == "static" and "smooth" in self.model_fields_set:
+            raise ValueError("smooth only applies to mode: dynamic")
         if self.mode == "dynamic":
             misplaced = [name for name in STATIC_ONLY_FIELDS if name in self.model_fields_set]
             if misplaced:
@@ -194,9 +206,22 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     if config.keep_float_sensitive:
         for name, reason in float_sensitive_nodes(model.graph, outputs=False).items():
             kept.setdefault(name, {"reason": reason})
-    quantize = _dynamic_quantizer(model, config, op_types, context)
-    full = quantize(set(kept))
     probe = probe_of(context.dataset.batches(context.dataset.feed_batch_size(input_specs(model), context.batch_size)))
+    scales = (
+        smoothing_scales(
+            model,
+            weighted - set(kept),
+            _statistics_batches(model, probe, context),
+            config.weight_type,
+            config.per_channel,
+            config.reduce_range,
+            context.workdir,
+        )
+        if config.smooth and "MatMul" in op_types
+        else {}
+    )
+    quantize = _dynamic_quantizer(model, config, op_types, scales, context)
+    full = quantize(set(kept))
     result, details = meet_fidelity_targets(
         model,
         model,
@@ -210,6 +235,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         context.batch_size,
     )
     before, after = op_histogram(model), op_histogram(result)
+    produced = {output for node in result.graph.node for output in node.output}
     quantized = sum(after.get(op, 0) - before.get(op, 0) for op in ("MatMulInteger", "ConvInteger", "QAttention"))
     if quantized == 0:
         raise PassError(
@@ -227,6 +253,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
             "per_channel": config.per_channel,
             "weight_type": config.weight_type,
             "reduce_range": config.reduce_range,
+            "smoothed_inputs": sum(f"{source}_smoothed" in produced for source in scales),
             "kept_in_float": [
                 {"node": name, "op_type": ops.get(name, "?"), **facts} for name, facts in sorted(kept.items())
             ],
@@ -241,32 +268,50 @@ def _weighted_nodes(model: onnx.ModelProto, op_types: list[str]) -> set[str]:
     return {n.name for n in model.graph.node if n.op_type in op_types and len(n.input) > 1 and n.input[1] in constants}
 
 
-def _dynamic_quantizer(model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str], context: PassContext):
-    """A function from the node names to keep in float to the dynamically quantized model. MatMul alone (the
-    default, Gemm having become MatMul + Add) is quantized here one weight at a time; other op types go through
-    ONNX Runtime's ``quantize_dynamic``, which reads the whole model into memory."""
-    if op_types == ["MatMul"]:
-        weighted = _weighted_nodes(model, op_types)
-        return lambda kept: quantize_matmuls(
-            model, weighted - kept, config.weight_type, config.per_channel, config.reduce_range
+def _dynamic_quantizer(
+    model: onnx.ModelProto,
+    config: QuantizeConfig,
+    op_types: list[str],
+    scales: dict[str, np.ndarray],
+    context: PassContext,
+) -> Callable[[set[str]], onnx.ModelProto]:
+    """A function from the node names to keep in float to the dynamically quantized model. MatMul (the default,
+    Gemm having become MatMul + Add) is quantized here one weight at a time, its inputs smoothed by ``scales``;
+    other op types (a fused Attention, Conv) then go through ONNX Runtime's ``quantize_dynamic``, which reads the
+    whole model into memory."""
+    matmuls = _weighted_nodes(model, ["MatMul"]) if "MatMul" in op_types else set()
+    others = [op for op in op_types if op != "MatMul"]
+
+    def quantize_matmuls_of(kept: set[str]) -> onnx.ModelProto:
+        return quantize_matmuls(
+            model, matmuls - kept, config.weight_type, config.per_channel, config.reduce_range, scales
         )
+
+    if not others:
+        return quantize_matmuls_of
     source = context.workdir / "quantize_in.onnx"
     target = context.workdir / "quantize_out.onnx"
-    large = save_for_tool(model, source)
 
     def quantize(kept: set[str]) -> onnx.ModelProto:
+        large = save_for_tool(quantize_matmuls_of(kept), source)
         with quiet_root_logger(), inside(context.workdir):
             quantize_dynamic(
                 str(source),
                 str(target),
-                op_types_to_quantize=op_types,
+                op_types_to_quantize=others,
                 per_channel=config.per_channel,
                 reduce_range=config.reduce_range,
                 weight_type=QuantType.QInt8 if config.weight_type == "int8" else QuantType.QUInt8,
                 nodes_to_exclude=sorted(kept),
                 use_external_data_format=large,
-                extra_options={"MatMulConstBOnly": True},
             )
         return adopt_model(target)
 
     return quantize
+
+
+def _statistics_batches(model: onnx.ModelProto, probe: list[dict], context: PassContext) -> list[dict]:
+    """What smoothing measures activations on: the calibration data when given, else the probe."""
+    if context.calibration_data is None:
+        return probe
+    return list(stream_batches(context.calibration_data, input_specs(model), 1, PROBE_SAMPLES))
