@@ -1,10 +1,12 @@
-"""Quantization passes: ``type: quantize`` with ``mode: dynamic`` or ``mode: static``.
+"""Quantization passes: ``type: quantize`` with ``mode: dynamic``, ``static`` or ``weight_only``.
 
-Dynamic int8 (int8 weights, activations quantized at run time) goes through ``onnxruntime.quantization.
-quantize_dynamic``. By default only MatMul/Gemm are quantized: a dynamically quantized Conv becomes ConvInteger, which
-is slower than fp32 Conv on ONNX Runtime's CPU provider. ONNX Runtime has no integer Gemm, so Gemm nodes with constant
-weights are first rewritten to MatMul + Add. Static int8 (activations calibrated ahead of time) lives in
-``quantize_static``; both modes share this one config, whose static-only fields are refused in dynamic mode.
+Dynamic int8 (int8 weights, activations quantized at run time): MatMuls with constant weights are quantized by optc
+(``quantize_matmul_dynamic``, inputs smoothed by ``quantize_smooth``), other op types asked for by ONNX Runtime's
+``quantize_dynamic``. By default only MatMul/Gemm are quantized: a dynamically quantized Conv becomes ConvInteger,
+which is slower than fp32 Conv on ONNX Runtime's CPU provider. ONNX Runtime has no integer Gemm, so Gemm nodes with
+constant weights are first rewritten to MatMul + Add. Static int8 (activations calibrated ahead of time) lives in
+``quantize_static``, weight-only in ``quantize_weights``; all modes share this one config, whose fields of one mode
+are refused in another.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import meet_fidelity_targets
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls
-from optc.passes.quantize_smooth import smoothing_scales
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
+from optc.passes.quantize_smooth import smoothing_scales
 from optc.passes.quantize_static import run_static
 from optc.passes.quantize_weights import WeightOnlyConfig, run_weight_only
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
