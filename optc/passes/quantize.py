@@ -109,8 +109,8 @@ class QuantizeConfig(PassConfig):
         default=True,
         description="dynamic: SmoothQuant — divide each MatMul input's channels by a scale and multiply the weight "
         "rows by it, so activation outliers stop costing every other channel its precision. The scale is searched "
-        "per input on the calibration data (else the probe); inputs where it does not lower the error are left "
-        "alone.",
+        "per input on the calibration data (else the evaluation data); inputs where it does not lower the error are "
+        "left alone. Off without data: scales fitted to synthetic inputs broke real models.",
     )
     min_cosine: float | None = Field(
         default=None,
@@ -209,18 +209,19 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         for name, reason in float_sensitive_nodes(model.graph, outputs=False).items():
             kept.setdefault(name, {"reason": reason})
     probe = probe_of(context.dataset.batches(context.dataset.feed_batch_size(input_specs(model), context.batch_size)))
+    statistics = _statistics_batches(model, probe, context) if config.smooth and "MatMul" in op_types else None
     scales = (
-        smoothing_scales(
+        {}
+        if statistics is None
+        else smoothing_scales(
             model,
             weighted - set(kept),
-            _statistics_batches(model, probe, context),
+            statistics,
             config.weight_type,
             config.per_channel,
             config.reduce_range,
             context.workdir,
         )
-        if config.smooth and "MatMul" in op_types
-        else {}
     )
     quantize = _dynamic_quantizer(model, config, op_types, scales, context)
     full = quantize(set(kept))
@@ -256,6 +257,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
             "weight_type": config.weight_type,
             "reduce_range": config.reduce_range,
             "smoothed_inputs": sum(f"{source}_smoothed" in produced for source in scales),
+            "smoothed_on": None if statistics is None else str(context.calibration_data or context.dataset.source),
             "kept_in_float": [
                 {"node": name, "op_type": ops.get(name, "?"), **facts} for name, facts in sorted(kept.items())
             ],
@@ -312,8 +314,10 @@ def _dynamic_quantizer(
     return quantize
 
 
-def _statistics_batches(model: onnx.ModelProto, probe: list[dict], context: PassContext) -> list[dict]:
-    """What smoothing measures activations on: the calibration data when given, else the probe."""
-    if context.calibration_data is None:
-        return probe
-    return list(stream_batches(context.calibration_data, input_specs(model), 1, PROBE_SAMPLES))
+def _statistics_batches(model: onnx.ModelProto, probe: list[dict], context: PassContext) -> list[dict] | None:
+    """What smoothing measures activations on: the calibration data when given, else the evaluation data; None
+    without either. Scales fitted to synthetic inputs amplify weight rows for channels real data uses differently:
+    on the corpus, 10 models quantized cleanly without smoothing fell to held-out cosine 0.52-0.95 with it."""
+    if context.calibration_data is not None:
+        return list(stream_batches(context.calibration_data, input_specs(model), 1, PROBE_SAMPLES))
+    return None if context.dataset.synthetic else probe
