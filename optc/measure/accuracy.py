@@ -58,6 +58,30 @@ def run_all(
     ]
 
 
+class Evaluator:
+    """Candidates against one original on ``dataset``: the original's outputs are computed once, so a search that
+    tries many candidates (fallback, pruning) pays for one model run per candidate, not two."""
+
+    def __init__(
+        self,
+        original: ort.InferenceSession,
+        dataset: Dataset,
+        specs: list[InputSpec],
+        metric: Literal["auto", "top1", "fidelity"],
+        batch_size: int,
+    ) -> None:
+        self.dataset, self.metric = dataset, metric
+        self.batch = dataset.feed_batch_size(specs, batch_size)
+        self.names = [o.name for o in original.get_outputs()]
+        self.reference = dict(zip(self.names, run_all(original, dataset, self.batch, self.names), strict=True))
+
+    def __call__(self, optimized: ort.InferenceSession) -> AccuracyResult:
+        names = shared_outputs(self.names, [o.name for o in optimized.get_outputs()])
+        candidate = run_all(optimized, self.dataset, self.batch, names)
+        reference = [self.reference[name] for name in names]
+        return compare_outputs(names, reference, candidate, self.dataset, self.metric, self.batch)
+
+
 def evaluate(
     original: ort.InferenceSession,
     optimized: ort.InferenceSession,
@@ -68,11 +92,7 @@ def evaluate(
 ) -> AccuracyResult:
     """Both models on every sample at ``batch_size`` (the deployment batch: dynamic quantization picks its scales per
     batch, so fidelity at batch 32 overstates that at batch 1); see ``compare_outputs``."""
-    batch = dataset.feed_batch_size(specs, batch_size)
-    names = shared_outputs([o.name for o in original.get_outputs()], [o.name for o in optimized.get_outputs()])
-    reference = run_all(original, dataset, batch, names)
-    candidate = run_all(optimized, dataset, batch, names)
-    return compare_outputs(names, reference, candidate, dataset, metric, batch)
+    return Evaluator(original, dataset, specs, metric, batch_size)(optimized)
 
 
 def shared_outputs(original: list[str], optimized: list[str]) -> list[str]:

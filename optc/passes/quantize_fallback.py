@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from optc.data import input_specs
-from optc.measure.accuracy import evaluate
+from optc.measure.accuracy import Evaluator
 from optc.measure.providers import check_options
 from optc.passes.fallback import (
     Convert,
@@ -84,13 +84,12 @@ def meet_fidelity_targets(
 
 def _drop_of(original: onnx.ModelProto, context: PassContext, batch: int) -> Callable[[onnx.ModelProto], float]:
     """The recipe's metric drop of a candidate model against ``original`` on the evaluation data."""
-    specs = input_specs(original)
 
     def session(model: onnx.ModelProto, name: str) -> ort.InferenceSession:
         source = session_source(model, context.workdir, name)
         return ort.InferenceSession(source, sess_options=check_options(), providers=["CPUExecutionProvider"])
 
-    reference = session(original, "budget_reference")
-    return lambda model: (
-        evaluate(reference, session(model, "budget_candidate"), context.dataset, specs, context.metric, batch).drop
+    evaluator = Evaluator(
+        session(original, "budget_reference"), context.dataset, input_specs(original), context.metric, batch
     )
+    return lambda model: evaluator(session(model, "budget_candidate")).drop

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from optc.data import Dataset, input_specs
-from optc.measure.accuracy import evaluate
+from optc.measure.accuracy import Evaluator
 from optc.measure.latency import measure_interleaved
 from optc.measure.providers import open_session
 from optc.modelio import serialized_size
@@ -93,13 +93,13 @@ class CandidateMeter:
         self, original: onnx.ModelProto, dataset: Dataset, metric: str, feed: dict[str, np.ndarray], workdir: Path
     ) -> None:
         self.workdir = workdir
-        self.original = open_session(session_source(original, workdir, "search_original"), "cpu")
-        self.specs = input_specs(original)
-        self.dataset, self.metric, self.feed = dataset, metric, feed
+        reference = open_session(session_source(original, workdir, "search_original"), "cpu")
+        self.evaluate = Evaluator(reference, dataset, input_specs(original), metric, FLOAT_EVAL_BATCH)
+        self.feed = feed
 
     def __call__(self, sparsity: float, candidate: onnx.ModelProto) -> CurvePoint:
         session = open_session(session_source(candidate, self.workdir, "search_candidate"), "cpu")
-        result = evaluate(self.original, session, self.dataset, self.specs, self.metric, FLOAT_EVAL_BATCH)
+        result = self.evaluate(session)
         stats = measure_interleaved({"candidate": session}, self.feed, PROBE_WARMUP, PROBE_RUNS, PROBE_MIN_TIME_S)
         return CurvePoint(
             sparsity=sparsity,
