@@ -45,9 +45,13 @@ def best_channel_scales(
     workdir: Path,
     options: ScaleOptions,
     error: ProductError,
+    required_gain: float = 0.0,
+    negligible_error: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Input tensor → the per-channel ``s`` among ``options`` with the least ``error`` of the product with the
-    weights (initializer names) it feeds, for the inputs where some ``s`` beats no scaling."""
+    weights (initializer names) it feeds, for the inputs where that ``s`` cuts the error of no scaling by more than
+    ``required_gain`` (a fraction) and that error is above ``negligible_error`` (relative to the product's energy):
+    scaling may cost a node of its own."""
     if not weights_by_input:
         return {}
     stats = activation_statistics(model, sorted(weights_by_input), batches, workdir)
@@ -62,7 +66,10 @@ def best_channel_scales(
             weight = weight[:, np.sort(rng.choice(weight.shape[1], SAMPLE_COLUMNS, replace=False))]
         x = stats[name].rows
         reference = x @ weight
-        best_error, best = error(x, weight, reference, np.ones(weight.shape[0], np.float32)), None
+        unscaled = error(x, weight, reference, np.ones(weight.shape[0], np.float32))
+        if unscaled <= negligible_error * float(np.sum(reference**2)):
+            continue
+        best_error, best = unscaled * (1 - required_gain), None
         for scale in options(stats[name], weight):
             candidate_error = error(x, weight, reference, scale)
             if candidate_error < best_error:
