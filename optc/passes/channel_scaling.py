@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import helper, numpy_helper
 
 from optc.measure.providers import check_options
 from optc.passes.calibration import with_outputs
@@ -77,6 +78,15 @@ def best_channel_scales(
         if best is not None:
             scales[name] = best
     return scales
+
+
+def divided_input(
+    source: str, scale: np.ndarray, dtype: np.dtype, tag: str, output: str
+) -> tuple[onnx.NodeProto, onnx.TensorProto]:
+    """The ``Mul`` that divides ``source``'s channels by ``scale`` into ``output`` (node ``<source>_<tag>``), and
+    its ``<source>_<tag>_inverse`` initializer: the activation side of a scaling whose weight rows are multiplied."""
+    inverse = numpy_helper.from_array((1.0 / scale).astype(dtype), f"{source}_{tag}_inverse")
+    return helper.make_node("Mul", [source, inverse.name], [output], name=f"{source}_{tag}"), inverse
 
 
 def activation_statistics(

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.quant_utils import quantize_data
 
 from optc.model_facts import reader_counts
+from optc.passes.channel_scaling import divided_input
 from optc.tensors import tensor_values
 
 WEIGHT_TYPES = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
@@ -55,11 +56,9 @@ def quantize_matmuls(
         if source not in quantized_inputs:
             quantized_inputs.add(source)
             if source in scales:
-                inverse = numpy_helper.from_array((1 / scales[source]).astype(np.float32), f"{source}_smooth_inverse")
+                mul, inverse = divided_input(source, scales[source], np.float32, "smooth", f"{source}_smoothed")
                 added.append(inverse)
-                rebuilt.append(
-                    helper.make_node("Mul", [source, inverse.name], [f"{source}_smoothed"], name=f"{source}_smooth")
-                )
+                rebuilt.append(mul)
             rebuilt.append(
                 helper.make_node(
                     "DynamicQuantizeLinear",

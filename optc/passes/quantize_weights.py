@@ -29,6 +29,7 @@ from optc.errors import OptcError, PassError
 from optc.model_facts import reader_counts
 from optc.passes.blockwise import Blockwise, by_column_chunks, hqq, matmulnbits_tensors, qdq_tensors, rtn
 from optc.passes.calibration import CalibrationConfig
+from optc.passes.channel_scaling import divided_input
 from optc.passes.exclude import excluded_nodes
 from optc.passes.fallback import probe_of
 from optc.passes.quantize_awq import awq_scales
@@ -286,13 +287,9 @@ def quantize_weights(
             weight = weight * scales[source][:, None]
             if source not in scaled_inputs:
                 scaled_inputs[source] = f"{source}_awq_scaled"
-                inverse = (1.0 / scales[source]).astype(dtype)
-                new_initializers.append(numpy_helper.from_array(inverse, f"{source}_awq_inverse"))
-                replaced.setdefault(node.name, []).append(
-                    helper.make_node(
-                        "Mul", [source, f"{source}_awq_inverse"], [scaled_inputs[source]], name=f"{source}_awq"
-                    )
-                )
+                mul, inverse = divided_input(source, scales[source], dtype, "awq", scaled_inputs[source])
+                new_initializers.append(inverse)
+                replaced.setdefault(node.name, []).append(mul)
             source = scaled_inputs[source]
         bits = 8 if node.name in eight_bit else settings.bits
         quantized = _quantize(weight, bits, settings)
