@@ -43,7 +43,13 @@ def start_slow_compress(tmp_path: Path, fast_recipe, dest: Path) -> subprocess.P
         "--quiet",
     ]
     return subprocess.Popen(
-        [sys.executable, "-c", SLOW_WRITER, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", SLOW_WRITER, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell runs background jobs (`make test &`) with SIGINT ignored, and Python then installs no handler for it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
