@@ -1,8 +1,9 @@
 """Quantization passes: ``type: quantize`` with ``mode: dynamic``, ``static`` or ``weight_only``.
 
 Dynamic int8 (int8 weights, activations quantized at run time): MatMuls with constant weights are quantized by optc
-(``quantize_matmul_dynamic``, inputs smoothed by ``quantize_smooth``), other op types asked for by ONNX Runtime's
-``quantize_dynamic``. By default only MatMul/Gemm are quantized: a dynamically quantized Conv becomes ConvInteger,
+(``quantize_matmul_dynamic``, inputs smoothed by ``quantize_smooth``), and so are embedding tables
+(``quantize_gather``); other op types asked for go through ONNX Runtime's ``quantize_dynamic``. By default only
+MatMul/Gemm/Gather are quantized: a dynamically quantized Conv becomes ConvInteger,
 which is slower than fp32 Conv on ONNX Runtime's CPU provider. ONNX Runtime has no integer Gemm, so Gemm nodes with
 constant weights are first rewritten to MatMul + Add. Static int8 (activations calibrated ahead of time) lives in
 ``quantize_static``, weight-only in ``quantize_weights``; all modes share this one config, whose fields of one mode
@@ -23,13 +24,14 @@ from pydantic import Field, model_validator
 from optc.data import input_specs, stream_batches
 from optc.errors import OptcError, PassError
 from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
-from optc.modelio import adopt_model
+from optc.modelio import adopt_model, tensor_bytes
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import PROBE_SAMPLES, probe_of
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import meet_fidelity_targets
+from optc.passes.quantize_gather import embedding_gathers, quantize_gathers
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
@@ -39,7 +41,10 @@ from optc.passes.quantize_weights import WeightOnlyConfig, run_weight_only
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
 
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
-
+OUTPUT_RANKING_BYTES = 8 * 2**30
+QUANTIZED_BY_OPTC = ("MatMul", "Gather")  # the rest of DYNAMIC_OP_TYPES through ONNX Runtime's quantize_dynamic
+# One of each per quantized node: MatMul (MatMulInteger), Conv, fused Attention, embedding Gather (DequantizeLinear).
+QUANTIZED_BY_DYNAMIC = ("MatMulInteger", "ConvInteger", "QAttention", "DequantizeLinear")
 
 WEIGHT_ONLY_FIELDS = {"type", "mode", "weights", "exclude", "min_cosine", "accuracy_budget"}
 STATIC_ONLY_FIELDS = (
@@ -91,7 +96,8 @@ class QuantizeConfig(PassConfig):
     weight_symmetric: bool = Field(default=True, description="static: symmetric weight ranges (zero point 0).")
     op_types: list[str] | None = Field(
         default=None,
-        description="Op types to quantize. Default for dynamic: MatMul, Gemm (ConvInteger is slow on CPU); "
+        description="Op types to quantize. Default for dynamic: MatMul, Gemm, Gather (embedding tables stored in "
+        "int8; ConvInteger is slow on CPU); "
         "for static: every op type ONNX Runtime's static quantizer supports.",
     )
     preprocess: bool = Field(
@@ -158,7 +164,7 @@ class QuantizeConfig(PassConfig):
         return {}
 
     def dynamic_op_types(self) -> list[str]:
-        return list(self.op_types) if self.op_types is not None else ["MatMul", "Gemm"]
+        return list(self.op_types) if self.op_types is not None else ["MatMul", "Gemm", "Gather"]
 
     def reads_lazy_weights(self) -> bool:
         return True
@@ -238,10 +244,11 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         config,
         context,
         context.batch_size,
+        rank_at_outputs=_rank_at_outputs(model, op_types, len(weighted)),
     )
     before, after = op_histogram(model), op_histogram(result)
     produced = {output for node in result.graph.node for output in node.output}
-    quantized = sum(after.get(op, 0) - before.get(op, 0) for op in ("MatMulInteger", "ConvInteger", "QAttention"))
+    quantized = sum(after.get(op, 0) - before.get(op, 0) for op in QUANTIZED_BY_DYNAMIC)
     if quantized == 0:
         raise PassError(
             context.label,
@@ -269,9 +276,15 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
 
 
 def _weighted_nodes(model: onnx.ModelProto, op_types: list[str]) -> set[str]:
-    """Names of the ``op_types`` nodes whose weight (second input) is a constant: what dynamic int8 can quantize."""
+    """Names of the ``op_types`` nodes with a constant weight (second input; a Gather's table, its first): what
+    dynamic int8 can quantize."""
     constants = {t.name for t in model.graph.initializer}
-    return {n.name for n in model.graph.node if n.op_type in op_types and len(n.input) > 1 and n.input[1] in constants}
+    gathers = embedding_gathers(model) if "Gather" in op_types else set()
+    return gathers | {
+        n.name
+        for n in model.graph.node
+        if n.op_type in op_types and n.op_type != "Gather" and len(n.input) > 1 and n.input[1] in constants
+    }
 
 
 def _dynamic_quantizer(
@@ -281,25 +294,27 @@ def _dynamic_quantizer(
     scales: dict[str, np.ndarray],
     context: PassContext,
 ) -> Callable[[set[str]], onnx.ModelProto]:
-    """A function from the node names to keep in float to the dynamically quantized model. MatMul (the default,
-    Gemm having become MatMul + Add) is quantized here one weight at a time, its inputs smoothed by ``scales``;
+    """A function from the node names to keep in float to the dynamically quantized model. MatMul (Gemm having
+    become MatMul + Add) and Gather are quantized here one weight at a time, MatMul inputs smoothed by ``scales``;
     other op types (a fused Attention, Conv) then go through ONNX Runtime's ``quantize_dynamic``, which reads the
     whole model into memory."""
     matmuls = _weighted_nodes(model, ["MatMul"]) if "MatMul" in op_types else set()
-    others = [op for op in op_types if op != "MatMul"]
+    gathers = _weighted_nodes(model, ["Gather"]) if "Gather" in op_types else set()
+    others = [op for op in op_types if op not in QUANTIZED_BY_OPTC]
 
-    def quantize_matmuls_of(kept: set[str]) -> onnx.ModelProto:
-        return quantize_matmuls(
+    def quantize_by_optc(kept: set[str]) -> onnx.ModelProto:
+        with_matmuls = quantize_matmuls(
             model, matmuls - kept, config.weight_type, config.per_channel, config.reduce_range, scales
         )
+        return quantize_gathers(with_matmuls, gathers - kept, config.weight_type, config.per_channel)
 
     if not others:
-        return quantize_matmuls_of
+        return quantize_by_optc
     source = context.workdir / "quantize_in.onnx"
     target = context.workdir / "quantize_out.onnx"
 
     def quantize(kept: set[str]) -> onnx.ModelProto:
-        large = save_for_tool(quantize_matmuls_of(kept), source)
+        large = save_for_tool(quantize_by_optc(kept), source)
         with quiet_root_logger(), inside(context.workdir):
             quantize_dynamic(
                 str(source),
@@ -314,6 +329,14 @@ def _dynamic_quantizer(
         return adopt_model(target)
 
     return quantize
+
+
+def _rank_at_outputs(model: onnx.ModelProto, op_types: list[str], candidates: int) -> bool:
+    """Whether the fallback can afford to rank nodes by their damage at the outputs, one converted model per
+    candidate: only optc's own rewrite is cheap enough (ONNX Runtime's quantizer reloads the whole model each time),
+    and only while the models loaded add up to OUTPUT_RANKING_BYTES (all-MiniLM-L6: 38 × 90 MB, 40 s)."""
+    own = all(op in QUANTIZED_BY_OPTC for op in op_types)
+    return own and candidates * tensor_bytes(model) <= OUTPUT_RANKING_BYTES
 
 
 def _smoothing_data(context: PassContext) -> Path | str | None:

@@ -2,7 +2,8 @@
 
 Two targets, either or both: ``min_cosine`` (every output's cosine to the float model on a probe of the data) and
 ``accuracy_budget`` (the recipe's metric drop on the evaluation data). The nodes are ranked in one pass
-(``fallback.rank_by_damage``) and kept in float in that order, as few as the targets allow.
+(``fallback.rank_by_damage``), or by their damage at the outputs where the conversion is cheap
+(``fallback.rank_by_output_damage``), and kept in float in that order, as few as the targets allow.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from optc.measure.providers import check_options
 from optc.passes.fallback import (
     Convert,
     NodeDamage,
+    OutputDamage,
     keep_in_float_until,
     output_agreement,
     rank_by_damage,
+    rank_by_output_damage,
     run_outputs,
 )
 from optc.passes.registry import PassContext
@@ -45,9 +48,11 @@ def meet_fidelity_targets(
     config: QuantizeConfig,
     context: PassContext,
     eval_batch: int,
+    rank_at_outputs: bool = False,
 ) -> tuple[onnx.ModelProto, dict]:
     """The quantized model meeting ``config``'s targets, and the report's details of the search; ``kept`` (node →
-    facts) gains the nodes kept in float for them. ``first`` is ``convert`` of what ``kept`` holds already."""
+    facts) gains the nodes kept in float for them. ``first`` is ``convert`` of what ``kept`` holds already;
+    ``rank_at_outputs`` when ``convert`` is cheap enough to run once per candidate."""
     if config.min_cosine is None and config.accuracy_budget is None:
         return first, {}
     workdir = context.workdir
@@ -62,7 +67,10 @@ def meet_fidelity_targets(
             ok = ok and facts["accuracy_drop"] <= config.accuracy_budget
         return ok, facts
 
-    def rank() -> list[NodeDamage]:
+    def rank() -> list[NodeDamage] | list[OutputDamage]:
+        if rank_at_outputs:
+            names = [n.name for n in float_model.graph.node if n.name not in kept and candidate(n)]
+            return rank_by_output_damage(float_model, convert, names, set(kept), probe, workdir)
         return rank_by_damage(float_model, first, probe, workdir, lambda n: n.name not in kept and candidate(n))
 
     fallback = keep_in_float_until(convert, first, rank, acceptable, set(kept), context.label)
@@ -74,7 +82,8 @@ def meet_fidelity_targets(
     ranking = fallback.ranking  # empty when the first conversion met the targets: no search, no table
     damage = {d.node: d for d in ranking}
     for name in fallback.kept:
-        kept[name] = {"reason": f"fidelity target ({targets})", "drop_db": round(damage[name].drop_db, 2)}
+        measured = {k: v for k, v in damage[name].as_row().items() if k not in ("node", "op_type")}
+        kept[name] = {"reason": f"fidelity target ({targets})", **measured}
     return fallback.model, {
         "fidelity_targets": targets,
         "fidelity_search": fallback.tried,

@@ -69,7 +69,7 @@ def quantize_matmuls(
             )
         if weight.name not in quantized_weights:
             quantized_weights.add(weight.name)
-            added += _quantized_weight(weight, scales.get(source), weight_type, per_channel, reduce_range)
+            added += quantized_weight(weight, scales.get(source), weight_type, per_channel, reduce_range)
         readers[weight.name] -= 1
         rebuilt += _matmul_integer(node, source, weight.name)
     del graph.node[:]
@@ -80,7 +80,7 @@ def quantize_matmuls(
     return out
 
 
-def _quantized_weight(
+def quantized_weight(
     weight: onnx.TensorProto, row_scale: np.ndarray | None, weight_type: str, per_channel: bool, reduce_range: bool
 ) -> list[onnx.TensorProto]:
     """``<W>_quantized`` [K, N], ``<W>_scale`` and ``<W>_zero_point`` ([N] per channel, scalars otherwise), as
