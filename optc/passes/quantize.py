@@ -41,6 +41,8 @@ from optc.passes.quantize_weights import WeightOnlyConfig, run_weight_only
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
 
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
+# The fallback ranks nodes by their damage at the outputs, one converted model per candidate, while the models
+# loaded add up to this (all-MiniLM-L6: 38 × 90 MB, 40 s); beyond it, in one pass.
 OUTPUT_RANKING_BYTES = 8 * 2**30
 QUANTIZED_BY_OPTC = ("MatMul", "Gather")  # the rest of DYNAMIC_OP_TYPES through ONNX Runtime's quantize_dynamic
 # One of each per quantized node: MatMul (MatMulInteger), Conv, fused Attention, embedding Gather (DequantizeLinear).
@@ -244,7 +246,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         config,
         context,
         context.batch_size,
-        rank_at_outputs=_rank_at_outputs(model, op_types, len(weighted)),
+        rank_at_outputs=len(weighted) * tensor_bytes(model) <= OUTPUT_RANKING_BYTES,
     )
     before, after = op_histogram(model), op_histogram(result)
     produced = {output for node in result.graph.node for output in node.output}
@@ -312,9 +314,13 @@ def _dynamic_quantizer(
         return quantize_by_optc
     source = context.workdir / "quantize_in.onnx"
     target = context.workdir / "quantize_out.onnx"
+    by_onnxruntime = _weighted_nodes(model, others)
 
     def quantize(kept: set[str]) -> onnx.ModelProto:
-        large = save_for_tool(quantize_by_optc(kept), source)
+        ours = quantize_by_optc(kept)
+        if by_onnxruntime <= kept:  # as when ranking converts a MatMul alone: nothing left for ONNX Runtime
+            return ours
+        large = save_for_tool(ours, source)
         with quiet_root_logger(), inside(context.workdir):
             quantize_dynamic(
                 str(source),
@@ -329,14 +335,6 @@ def _dynamic_quantizer(
         return adopt_model(target)
 
     return quantize
-
-
-def _rank_at_outputs(model: onnx.ModelProto, op_types: list[str], candidates: int) -> bool:
-    """Whether the fallback can afford to rank nodes by their damage at the outputs, one converted model per
-    candidate: only optc's own rewrite is cheap enough (ONNX Runtime's quantizer reloads the whole model each time),
-    and only while the models loaded add up to OUTPUT_RANKING_BYTES (all-MiniLM-L6: 38 × 90 MB, 40 s)."""
-    own = all(op in QUANTIZED_BY_OPTC for op in op_types)
-    return own and candidates * tensor_bytes(model) <= OUTPUT_RANKING_BYTES
 
 
 def _smoothing_data(context: PassContext) -> Path | str | None:
