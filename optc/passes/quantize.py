@@ -31,7 +31,7 @@ from optc.passes.fallback import PROBE_SAMPLES, probe_of
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import meet_fidelity_targets
-from optc.passes.quantize_gather import embedding_gathers, quantize_gathers
+from optc.passes.quantize_gather import embedding_gathers, int8_gathers, quantize_gathers
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
@@ -45,8 +45,11 @@ DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "Gather", "Em
 # loaded add up to this (all-MiniLM-L6: 38 × 90 MB, 40 s); beyond it, in one pass.
 OUTPUT_RANKING_BYTES = 8 * 2**30
 QUANTIZED_BY_OPTC = ("MatMul", "Gather")  # the rest of DYNAMIC_OP_TYPES through ONNX Runtime's quantize_dynamic
-# One of each per quantized node: MatMul (MatMulInteger), Conv, fused Attention, embedding Gather (DequantizeLinear).
-QUANTIZED_BY_DYNAMIC = ("MatMulInteger", "ConvInteger", "QAttention", "DequantizeLinear")
+QUANTIZED_BY_DYNAMIC = (
+    "MatMulInteger",
+    "ConvInteger",
+    "QAttention",
+)  # one of each per quantized MatMul, Conv, Attention
 
 WEIGHT_ONLY_FIELDS = {"type", "mode", "weights", "exclude", "min_cosine", "accuracy_budget"}
 STATIC_ONLY_FIELDS = (
@@ -250,7 +253,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     )
     before, after = op_histogram(model), op_histogram(result)
     produced = {output for node in result.graph.node for output in node.output}
-    quantized = sum(after.get(op, 0) - before.get(op, 0) for op in QUANTIZED_BY_DYNAMIC)
+    quantized = int8_gathers(result) + sum(after.get(op, 0) - before.get(op, 0) for op in QUANTIZED_BY_DYNAMIC)
     if quantized == 0:
         raise PassError(
             context.label,
@@ -308,7 +311,7 @@ def _dynamic_quantizer(
         with_matmuls = quantize_matmuls(
             model, matmuls - kept, config.weight_type, config.per_channel, config.reduce_range, scales
         )
-        return quantize_gathers(with_matmuls, gathers - kept, config.weight_type, config.per_channel)
+        return quantize_gathers(with_matmuls, gathers - kept, config.per_channel)
 
     if not others:
         return quantize_by_optc
