@@ -91,6 +91,28 @@ def test_transformer_auto_fuses_tiny_bert_and_says_it_needs_onnxruntime(runner, 
     assert report["measurements"][0]["accuracy"]["optimized"] == pytest.approx(100.0)
 
 
+@pytest.mark.parametrize("setting", [True, False])
+def test_embed_layer_norm_setting_reaches_the_transformer_optimizer(
+    runner, fast_recipe, tmp_path, monkeypatch, setting
+):
+    """tiny_bert's embeddings are not a shape EmbedLayerNormalization fuses, so the setting is checked where it goes;
+    on all-MiniLM-L6 the fusion swallowed the word-embedding Gather, which bert-int8 now quantizes."""
+    import optc.passes.fuse.transformer as transformer
+
+    seen = []
+
+    def spy(model, **kwargs):
+        seen.append(kwargs["optimization_options"].enable_embed_layer_norm)
+        return optimize_model(model, **kwargs)
+
+    optimize_model = transformer.optimize_model
+    monkeypatch.setattr(transformer, "optimize_model", spy)
+    fuse = f"    transformer: auto\n    embed_layer_norm: {str(setting).lower()}\n"
+    result, _, _ = compress(runner, fast_recipe, tmp_path, BERT, BERT_TEST, fuse)
+    assert result.exit_code == 0, result.output
+    assert seen == [setting]
+
+
 def test_bert_int8_recipe_quantizes_the_fused_attention(runner, tmp_path):
     out = tmp_path / "bert.int8.onnx"
     args = ["compress", str(BERT), "-r", "bert-int8", "-o", str(out), "--data", str(BERT_TEST)]
@@ -98,7 +120,10 @@ def test_bert_int8_recipe_quantizes_the_fused_attention(runner, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(report_of(out).read_text())
     assert [p["type"] for p in report["passes"]] == ["fuse", "quantize"]
-    assert ops(onnx.load_model(str(out)))["QAttention"] == 2
+    quantized = onnx.load_model(str(out))
+    assert ops(quantized)["QAttention"] == 2
+    tables = {t.name for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    assert any(n.op_type == "Gather" and n.input[0] in tables for n in quantized.graph.node)  # the word embeddings
     assert report["measurements"][0]["accuracy"]["drop"] <= 1.0
 
 

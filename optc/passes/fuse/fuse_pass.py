@@ -39,6 +39,11 @@ class FuseConfig(PassConfig):
     )
     num_heads: int | None = Field(default=None, ge=1, description="Attention heads (transformer only).")
     hidden_size: int | None = Field(default=None, ge=1, description="Hidden size (transformer only).")
+    embed_layer_norm: bool = Field(
+        default=True,
+        description="Fuse the embedding lookups and their LayerNorm into EmbedLayerNormalization (transformer only). "
+        "Off keeps the Gathers, so dynamic int8 can store the embedding tables in int8 (bert-int8).",
+    )
     ort_level: Literal["basic", "extended"] | None = Field(
         default=None,
         description="Also apply ONNX Runtime's offline graph optimizations. basic stays portable across execution "
@@ -57,8 +62,10 @@ class FuseConfig(PassConfig):
             raise ValueError("portable: true excludes transformer fusion (it produces ONNX Runtime contrib ops)")
         if self.portable and self.ort_level == "extended":
             raise ValueError("portable: true excludes ort_level: extended (it produces ONNX Runtime contrib ops)")
-        if (self.num_heads or self.hidden_size) and not self.transformer:
-            raise ValueError("num_heads and hidden_size only apply with transformer: bert, gpt2 or auto")
+        if (self.num_heads or self.hidden_size or "embed_layer_norm" in self.model_fields_set) and not self.transformer:
+            raise ValueError(
+                "num_heads, hidden_size and embed_layer_norm only apply with transformer: bert, gpt2 or auto"
+            )
         if self.num_heads and self.hidden_size and self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         return self
@@ -75,7 +82,13 @@ def run_fuse(model: onnx.ModelProto, config: FuseConfig, context: PassContext) -
     warnings: list[str] = []
     if config.transformer:
         model, fused_ops, details["transformer"] = fuse_transformer(
-            model, config.transformer, config.num_heads, config.hidden_size, context.label, context.workdir
+            model,
+            config.transformer,
+            config.num_heads,
+            config.hidden_size,
+            config.embed_layer_norm,
+            context.label,
+            context.workdir,
         )
         fusions += [{"fusion": f"transformer: {op}", "applied": n} for op, n in fused_ops.items()]
         if not fused_ops.get("Attention"):

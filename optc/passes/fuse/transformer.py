@@ -16,6 +16,7 @@ from pathlib import Path
 
 import onnx
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 
 from optc.errors import OptcError, PassError
@@ -65,6 +66,7 @@ def fuse_transformer(
     model_type: str,
     num_heads: int | None,
     hidden_size: int | None,
+    embed_layer_norm: bool,
     label: str,
     workdir: Path,
 ) -> tuple[onnx.ModelProto, dict[str, int], dict]:
@@ -84,6 +86,8 @@ def fuse_transformer(
         raise OptcError(f"{label}: transformer: gpt2 needs num_heads and hidden_size")
     # The optimizer logs producer mismatches and per-fusion chatter as warnings, and shape inference writes scratch
     # files into the working directory.
+    options = FusionOptions(model_type)
+    options.enable_embed_layer_norm = embed_layer_norm
     with quiet_root_logger(), inside(workdir):
         # opt_level 0: only the Python fusions; ONNX Runtime's own graph optimizations are the separate ort_level.
         optimizer = optimize_model(  # it edits the ModelProto it is given: hand it a copy
@@ -91,6 +95,7 @@ def fuse_transformer(
             model_type=model_type,
             num_heads=num_heads or 0,
             hidden_size=hidden_size or 0,
+            optimization_options=options,
             opt_level=0,
         )
     fused_ops = {op: n for op, n in optimizer.get_fused_operator_statistics().items() if n}
