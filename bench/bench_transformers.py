@@ -88,7 +88,7 @@ def encoder_section(name: str, tmp: Path) -> list[str]:
             paths[f"optc {recipe}"] = out
         notes.append(
             f"optc {recipe}: exit {run.returncode}, {run.wall_s:.1f} s"
-            + (f" ({payload['error'][:160]})" if "error" in payload else "")
+            + (f" ({payload['error'][:160]})" if "error" in payload else _quantized_facts(payload))
         )
     with quiet_root_logger():
         quantize_dynamic(str(model), str(tmp / f"{name}.ort.onnx"))
@@ -112,6 +112,17 @@ def encoder_section(name: str, tmp: Path) -> list[str]:
             f"{path.stat().st_size / model.stat().st_size:.3f} | {cosines[label]:.5f} |"
         )
     return [*lines, "", *(f"- {note}" for note in notes), ""]
+
+
+def _quantized_facts(payload: dict) -> str:
+    """How many of the quantizable nodes the fidelity target kept in float, and which."""
+    details = next((p["details"] for p in payload["report"]["passes"] if p["type"] == "quantize"), None)
+    if details is None:
+        return ""
+    kept = [row["node"] for row in details["kept_in_float"] if row["reason"].startswith("fidelity target")]
+    return f"; {details['ops_quantized']} of {details['candidates']} nodes quantized" + (
+        f", kept in float for the target: {', '.join(kept)}" if kept else ""
+    )
 
 
 def run() -> str:
