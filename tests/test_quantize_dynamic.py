@@ -173,3 +173,35 @@ def test_a_weight_shared_by_two_matmuls_is_stored_once():
     # int8 rounding costs up to 0.04 here; a wrong or missing weight would be off by about 1
     np.testing.assert_allclose(ya, feed["a"] @ weight, atol=0.15)
     np.testing.assert_allclose(yb, feed["b"] @ weight, atol=0.15)
+
+
+def test_warns_when_dynamic_int8_leaves_most_weights_in_float(tmp_path: Path):
+    """A CNN with a small classifier head: only the head is quantized, and the report says the model is left
+    mostly as it was, naming the op type that holds the rest."""
+    rng = np.random.default_rng(0)
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "K"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("ReduceMean", ["c"], ["pooled"], name="pool", axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "W"], ["y"], name="head"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [
+            numpy_helper.from_array(rng.standard_normal((64, 16, 3, 3)).astype(np.float32), "K"),
+            numpy_helper.from_array(rng.standard_normal((64, 4)).astype(np.float32), "W"),
+        ],
+    )
+    x = rng.standard_normal((8, 16, 8, 8)).astype(np.float32)
+    context = PassContext(
+        label="passes[0] quantize (dynamic)",
+        workdir=tmp_path,
+        seed=0,
+        dataset=Dataset(inputs={"x": x}, labels=None, source="synthetic"),
+    )
+    outcome = run_quantize(model, config(), context)
+    assert outcome.details["weights_int8_share"] == pytest.approx(256 / (256 + 9216), abs=1e-4)
+    [warning] = outcome.warnings
+    assert "only 2.7% of the model's weights came out int8" in warning and "Conv 100%" in warning
+    assert "int8 recipe" in warning
+    assert run_quantize(mlp_model(), config(), context).warnings == []
