@@ -112,9 +112,10 @@ def test_dynamic_int8_keeps_in_float_the_node_that_hurts_the_outputs(tmp_path: P
     assert op_histogram(outcome.model).get("MatMulInteger") == 1
 
 
-def test_dynamic_int8_ranks_in_one_pass_when_a_conversion_per_node_is_too_dear(tmp_path: Path, monkeypatch):
-    """Over the budget the one-pass ranking decides, and on this model it keeps ``damped`` first, then both."""
-    monkeypatch.setattr("optc.passes.quantize.OUTPUT_RANKING_BYTES", 0)
+@pytest.mark.parametrize("budget", ["OUTPUT_RANKING_BYTES", "OUTPUT_RANKING_NODES"])
+def test_dynamic_int8_ranks_in_one_pass_when_a_conversion_per_node_is_too_dear(tmp_path: Path, monkeypatch, budget):
+    """Over either budget the one-pass ranking decides, and on this model it keeps ``damped`` first, then both."""
+    monkeypatch.setattr(f"optc.passes.quantize.{budget}", 1)
     context = PassContext(
         label="passes[0] quantize (dynamic)",
         workdir=tmp_path,
