@@ -5,13 +5,20 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optc.data import Dataset
 from optc.errors import PassError
 from optc.model_facts import op_histogram
-from optc.passes.fallback import RANKING_INPUT_BYTES, rank_by_damage, rank_by_output_damage
+from optc.passes.fallback import (
+    RANKING_INPUT_BYTES,
+    RANKING_SELECTOR,
+    rank_by_damage,
+    rank_by_output_damage,
+    switchable_model,
+)
 from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls
 from optc.passes.registry import PassContext
@@ -94,6 +101,35 @@ def test_output_ranking_charges_each_node_with_what_reaches_the_outputs(tmp_path
     assert at_outputs[0].noise_db > at_outputs[1].noise_db + 6  # measured 13 dB apart
 
 
+def test_one_switchable_model_gives_each_candidate_converted_alone(tmp_path: Path):
+    """The ranking runs one session in which an input picks the candidate converted; its outputs must be exactly
+    those of the model converted with every other candidate in float."""
+    model = damped_and_direct()
+    inputs = outlier_inputs(4)
+
+    def convert(kept: set[str]) -> onnx.ModelProto:
+        return quantize_matmuls(model, {"damped", "direct"} - kept, "int8", True, True)
+
+    switchable = switchable_model(model, convert(set()), ["damped", "direct"])
+    onnx.checker.check_model(switchable, full_check=True)
+    session = ort.InferenceSession(switchable.SerializeToString(), providers=["CPUExecutionProvider"])
+    for index, name in enumerate(["damped", "direct"]):
+        alone = convert({"damped", "direct"} - {name})
+        expected = ort.InferenceSession(alone.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
+        got = session.run(None, {**inputs, RANKING_SELECTOR: np.array(index, dtype=np.int64)})
+        np.testing.assert_array_equal(got[0], expected[0])
+    float_outputs = session.run(None, {**inputs, RANKING_SELECTOR: np.array(-1, dtype=np.int64)})
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
+    np.testing.assert_allclose(float_outputs[0], expected[0], rtol=1e-6)
+
+
+def test_no_switchable_model_when_the_conversion_renames_an_output():
+    model = damped_and_direct()
+    converted = quantize_matmuls(model, {"damped", "direct"}, "int8", True, True)
+    next(n for n in converted.graph.node if "yb" in n.output).output[0] = "renamed"
+    assert switchable_model(model, converted, ["damped", "direct"]) is None
+
+
 @pytest.mark.parametrize("op_types", [None, ["MatMul", "Conv"]], ids=["optc-only", "with-onnxruntime-op-types"])
 def test_dynamic_int8_keeps_in_float_the_node_that_hurts_the_outputs(tmp_path: Path, op_types):
     """Also where ONNX Runtime quantizes some op types (bert-int8's Attention): a conversion that leaves it nothing
@@ -112,10 +148,9 @@ def test_dynamic_int8_keeps_in_float_the_node_that_hurts_the_outputs(tmp_path: P
     assert op_histogram(outcome.model).get("MatMulInteger") == 1
 
 
-@pytest.mark.parametrize("budget", ["OUTPUT_RANKING_BYTES", "OUTPUT_RANKING_NODES"])
-def test_dynamic_int8_ranks_in_one_pass_when_a_conversion_per_node_is_too_dear(tmp_path: Path, monkeypatch, budget):
-    """Over either budget the one-pass ranking decides, and on this model it keeps ``damped`` first, then both."""
-    monkeypatch.setattr(f"optc.passes.quantize.{budget}", 1)
+def test_dynamic_int8_ranks_in_one_pass_when_a_conversion_per_node_is_too_dear(tmp_path: Path, monkeypatch):
+    """Over the budget the one-pass ranking decides, and on this model it keeps ``damped`` first, then both."""
+    monkeypatch.setattr("optc.passes.quantize.OUTPUT_RANKING_BYTES", 1)
     context = PassContext(
         label="passes[0] quantize (dynamic)",
         workdir=tmp_path,

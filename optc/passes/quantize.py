@@ -43,12 +43,10 @@ from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
 
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
 LITTLE_QUANTIZED_SHARE = 0.1  # below it, dynamic int8 warns that the model is left mostly as it was
-# The fallback ranks nodes by their damage at the outputs, one converted model per candidate (all-MiniLM-L6: 38 ×
-# 90 MB, 40 s), while the models loaded add up to OUTPUT_RANKING_BYTES and the candidates number at most
-# OUTPUT_RANKING_NODES: each conversion costs a session (0.46 s on a 3.6 MB Thai segmenter with 191 MatMuls, whose
-# ranking would take 90 s). Beyond either, it ranks in one pass.
+# The fallback ranks nodes by their damage at the outputs, 8 runs per candidate of a model holding float and int8
+# weights (all-MiniLM-L6: 38 candidates of 90 MB), while candidates × model bytes stay within this (a proxy
+# for those runs' time); beyond it, in one pass.
 OUTPUT_RANKING_BYTES = 8 * 2**30
-OUTPUT_RANKING_NODES = 100
 QUANTIZED_BY_OPTC = ("MatMul", "Gather")  # the rest of DYNAMIC_OP_TYPES through ONNX Runtime's quantize_dynamic
 QUANTIZED_BY_DYNAMIC = (
     "MatMulInteger",
@@ -254,8 +252,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         config,
         context,
         context.batch_size,
-        rank_at_outputs=len(weighted) <= OUTPUT_RANKING_NODES
-        and len(weighted) * tensor_bytes(model) <= OUTPUT_RANKING_BYTES,
+        rank_at_outputs=len(weighted) * tensor_bytes(model) <= OUTPUT_RANKING_BYTES,
     )
     before, after = op_histogram(model), op_histogram(result)
     produced = {output for node in result.graph.node for output in node.output}
