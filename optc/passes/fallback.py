@@ -6,9 +6,9 @@ they share exposed, and each node is charged with the signal-to-noise ratio it l
 conversion per node; this costs one run of each model. Then nodes are kept in float in that order, 1, 2, 4, ... at a
 time and finally bisected, until ``acceptable`` holds — a handful of conversions however large the model.
 
-Where a conversion is cheap and its candidates few (dynamic int8: optc's own rewrite of a few dozen MatMuls and
+Where the converted graph keeps its candidates' output names (dynamic int8: optc's own rewrite of MatMuls and
 embedding tables), ``rank_by_output_damage`` ranks by what the one-pass ranking can only guess: the noise each node's
-conversion alone brings to the model's outputs, one converted model per node over a few samples. The local SQNR loss
+conversion alone brings to the model's outputs, a few samples per node through one switchable model. The local SQNR loss
 misorders transformers: on all-MiniLM-L6 it put the attention's query/key projections first (their local loss is the
 largest, but softmax damps it) and the embedding Gathers (exact inputs) before them, so keeping 16 of 38 nodes in
 float bought nothing and 29 had to stay float for cosine 0.99.
@@ -198,17 +198,25 @@ def _float_beside(original: onnx.NodeProto, output: str, index: int) -> list[onn
 
 
 def _worst_noise_db(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
-    worst = 0.0
+    worst = max(_relative_errors(reference, candidate).values(), default=0.0)
+    if not np.isfinite(worst):
+        return IDENTICAL_DB
+    return 20 * np.log10(worst) if worst > 0 else -IDENTICAL_DB
+
+
+def _relative_errors(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, float]:
+    """``||candidate - reference|| / ||reference||`` of each float output; inf where the candidate is not finite
+    where the reference is."""
+    errors = {}
     for name, ref in reference.items():
         if ref.dtype.kind != "f":
             continue
         ref64, cand64 = ref.astype(np.float64), candidate[name].astype(np.float64)
         if not np.all(np.isfinite(cand64[np.isfinite(ref64)])):
-            return IDENTICAL_DB
-        finite = np.isfinite(ref64)
-        noise = float(np.sum((cand64[finite] - ref64[finite]) ** 2))
-        worst = max(worst, noise / max(float(np.sum(ref64[finite] ** 2)), 1e-30))
-    return 10 * np.log10(worst) if worst > 0 else -IDENTICAL_DB
+            errors[name] = float("inf")
+            continue
+        errors[name] = float(np.linalg.norm(cand64 - ref64) / max(np.linalg.norm(ref64), 1e-12))
+    return errors
 
 
 def _first_bytes(feeds: Iterable[dict[str, np.ndarray]], limit: int) -> list[dict[str, np.ndarray]]:
@@ -314,16 +322,11 @@ def _outputs_of(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]
 def output_agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict:
     """How close ``candidate``'s float outputs are to ``reference``'s: the worst cosine (pooled for tiny outputs, as
     the report measures it), the worst relative L2 error and the output it belongs to."""
-    cosines, errors = [], {}
-    for name, ref in reference.items():
-        cand = candidate[name]
-        if ref.dtype.kind != "f":
-            continue
-        if not np.all(np.isfinite(cand[np.isfinite(ref)])):
-            return {"min_cosine": 0.0, "max_relative_error": float("inf"), "worst_output": name}
-        cosines.append(output_fidelity(name, ref, cand).cosine)
-        ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
-        errors[name] = float(np.linalg.norm(cand64 - ref64) / max(np.linalg.norm(ref64), 1e-12))
+    errors = _relative_errors(reference, candidate)
+    broken = next((name for name, error in errors.items() if not np.isfinite(error)), None)
+    if broken is not None:
+        return {"min_cosine": 0.0, "max_relative_error": float("inf"), "worst_output": broken}
+    cosines = [output_fidelity(name, reference[name], candidate[name]).cosine for name in errors]
     worst = max(errors, key=errors.get, default=None)
     return {
         "min_cosine": round(min(cosines, default=1.0), 6),

@@ -48,11 +48,8 @@ LITTLE_QUANTIZED_SHARE = 0.1  # below it, dynamic int8 warns that the model is l
 # for those runs' time); beyond it, in one pass.
 OUTPUT_RANKING_BYTES = 8 * 2**30
 QUANTIZED_BY_OPTC = ("MatMul", "Gather")  # the rest of DYNAMIC_OP_TYPES through ONNX Runtime's quantize_dynamic
-QUANTIZED_BY_DYNAMIC = (
-    "MatMulInteger",
-    "ConvInteger",
-    "QAttention",
-)  # one of each per quantized MatMul, Conv, Attention
+# One of each per quantized MatMul, Conv, fused Attention (embedding Gathers are counted by their int8 tables).
+QUANTIZED_BY_DYNAMIC = ("MatMulInteger", "ConvInteger", "QAttention")
 
 WEIGHT_ONLY_FIELDS = {"type", "mode", "weights", "exclude", "min_cosine", "accuracy_budget"}
 STATIC_ONLY_FIELDS = (
