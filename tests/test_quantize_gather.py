@@ -84,6 +84,7 @@ def context(tmp_path: Path, model: onnx.ModelProto) -> PassContext:
         label="passes[0] quantize (dynamic)",
         workdir=tmp_path,
         seed=0,
+        target="x86-avx2",  # the same int8 defaults (7-bit weights) whatever CPU runs the test
         dataset=Dataset(inputs=ids(model), labels=None, source="synthetic"),
     )
 
