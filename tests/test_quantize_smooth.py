@@ -88,3 +88,56 @@ def test_smooth_is_refused_outside_dynamic_mode():
         QuantizeConfig(type="quantize", mode="static", smooth=False)
     with pytest.raises(ValidationError, match="smooth"):
         QuantizeConfig(type="quantize", mode="weight_only", smooth=True)
+
+
+def dominant_channel_model() -> onnx.ModelProto:
+    """x → MatMul(W) → y where one input channel dwarfs the others and its weight row is as large as theirs (a
+    GELU output feeding BERT's FFN output projection): smoothing cannot balance it without ruining that row."""
+    weight = np.random.default_rng(3).standard_normal((CHANNELS, 32)).astype(np.float32)
+    return make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="project")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", CHANNELS])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+
+
+def dominant_channel_inputs(rows: int, seed: int) -> np.ndarray:
+    x = np.abs(np.random.default_rng(seed).standard_normal((rows, CHANNELS))).astype(np.float32)
+    x[:, 7] *= 40
+    return x
+
+
+def test_a_dominant_channel_is_multiplied_in_float_beside_the_int8_product(tmp_path: Path):
+    def quantize(smooth: bool) -> onnx.ModelProto:
+        context = PassContext(
+            label="passes[0] quantize (dynamic)",
+            workdir=tmp_path,
+            seed=0,
+            dataset=Dataset(inputs={"x": dominant_channel_inputs(64, seed=1)}, labels=None, source="evaluation.npz"),
+            target="x86-avx2",
+        )
+        config = QuantizeConfig(type="quantize", mode="dynamic", smooth=smooth)
+        return run_quantize(dominant_channel_model(), config, context)
+
+    split, plain = quantize(smooth=True), quantize(smooth=False)
+    graph = split.model.graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    gather = next(n for n in graph.node if n.op_type == "Gather")
+    assert gather.input[0] == "x" and helper.get_attribute_value(gather.attribute[0]) == -1
+    assert initializers[gather.input[1]].tolist() == [7]
+    weight = numpy_helper.to_array(dominant_channel_model().graph.initializer[0])
+    np.testing.assert_array_equal(initializers["W_float_rows"], weight[[7]])
+    assert not initializers["W_quantized"][7].any()  # the channel's row left the int8 weight
+    (zeroing,) = [n for n in graph.node if n.output[0] == "x_smoothed"]
+    assert initializers[zeroing.input[1]][7] == 0
+    assert split.details["channels_in_float"] == 1 and plain.details.get("channels_in_float", 0) == 0
+
+    x = dominant_channel_inputs(8, seed=2)
+    expected = x @ weight
+
+    def error(model: onnx.ModelProto) -> float:
+        got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        return float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
+
+    assert error(split.model) < error(plain.model) / 4

@@ -274,6 +274,9 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
             "weight_type": config.weight_type,
             "reduce_range": config.reduce_range,
             "smoothed_inputs": sum(f"{source}_smoothed" in produced for source in scales),
+            "channels_in_float": sum(
+                int(np.isinf(scale).sum()) for source, scale in scales.items() if f"{source}_smoothed" in produced
+            ),
             "smoothed_on": None if smoothed_on is None else str(smoothed_on),
             "kept_in_float": [
                 {"node": name, "op_type": ops.get(name, "?"), **facts} for name, facts in sorted(kept.items())

@@ -11,6 +11,7 @@ in memory whole.
 
 ``scales`` (from ``quantize_smooth``) divide an input's channels before its ``DynamicQuantizeLinear`` and multiply
 the matching weight rows before they are quantized: the float product is unchanged, the int8 one more accurate.
+A channel scaled by ``inf`` is zeroed in the int8 product and its weight row is multiplied in float, then added.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def quantize_matmuls(
     quantized_inputs: set[str] = set()
     quantized_weights: set[str] = set()  # a weight shared by several MatMuls (tf2onnx's TimeDistributed) is stored once
     added: list[onnx.TensorProto] = []
+    float_channels: set[str] = set()
     for node in graph.node:
         weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and node.name in nodes else None
         if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
@@ -67,11 +69,43 @@ def quantize_matmuls(
                     name=f"{source}_QuantizeLinear",
                 )
             )
+        in_float = np.flatnonzero(np.isinf(scales[source])) if source in scales else np.empty(0, np.int64)
         if weight.name not in quantized_weights:
             quantized_weights.add(weight.name)
             added += quantized_weight(weight, scales.get(source), weight_type, per_channel, reduce_range)
+            if in_float.size:
+                rows = tensor_values(weight)[in_float].astype(np.float32)
+                added.append(numpy_helper.from_array(rows, f"{weight.name}_float_rows"))
         readers[weight.name] -= 1
-        rebuilt += _matmul_integer(node, source, weight.name)
+        if not in_float.size:
+            rebuilt += _matmul_integer(node, source, weight.name, node.output[0])
+            continue
+        if f"{source}_float_channels" not in float_channels:
+            float_channels.add(f"{source}_float_channels")
+            indices = numpy_helper.from_array(in_float.astype(np.int64), f"{source}_float_channel_indices")
+            added.append(indices)
+            rebuilt.append(
+                helper.make_node(
+                    "Gather",
+                    [source, indices.name],
+                    [f"{source}_float_channels"],
+                    name=f"{source}_float_channels",
+                    axis=-1,
+                )
+            )
+        output = node.output[0]
+        rebuilt += _matmul_integer(node, source, weight.name, f"{output}_int8_part")
+        rebuilt += [
+            helper.make_node(
+                "MatMul",
+                [f"{source}_float_channels", f"{weight.name}_float_rows"],
+                [f"{output}_float_part"],
+                name=f"{node.name}_float_channels",
+            ),
+            helper.make_node(
+                "Add", [f"{output}_int8_part", f"{output}_float_part"], [output], name=f"{node.name}_float_add"
+            ),
+        ]
     del graph.node[:]
     graph.node.extend(rebuilt)
     kept = [t for t in graph.initializer if readers.get(t.name, 0) > 0]
@@ -89,8 +123,8 @@ def quantized_weight(
     qtype = WEIGHT_TYPES[weight_type]
     symmetric = weight_type == "int8"
     values = tensor_values(weight)
-    if row_scale is not None:
-        values = values * row_scale[:, None]
+    if row_scale is not None:  # rows of channels multiplied in float (inf) are zero here
+        values = values * np.where(np.isinf(row_scale), 0, row_scale)[:, None]
     if per_channel:
         columns = [quantize_data(values[:, j], qtype, symmetric, reduce_range) for j in range(values.shape[1])]
         zero_points = np.array([c[0] for c in columns]).reshape(-1)
@@ -107,8 +141,7 @@ def quantized_weight(
     ]
 
 
-def _matmul_integer(node: onnx.NodeProto, source: str, weight: str) -> list[onnx.NodeProto]:
-    output = node.output[0]
+def _matmul_integer(node: onnx.NodeProto, source: str, weight: str, output: str) -> list[onnx.NodeProto]:
     scales = f"{node.name}_quant_scales_mul:0"
     return [
         helper.make_node("Mul", [f"{source}_scale", f"{weight}_scale"], [scales], name=f"{node.name}_quant_scales_mul"),
