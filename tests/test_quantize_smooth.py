@@ -108,19 +108,21 @@ def dominant_channel_inputs(rows: int, seed: int) -> np.ndarray:
     return x
 
 
-def test_a_dominant_channel_is_multiplied_in_float_beside_the_int8_product(tmp_path: Path):
-    def quantize(smooth: bool) -> onnx.ModelProto:
-        context = PassContext(
-            label="passes[0] quantize (dynamic)",
-            workdir=tmp_path,
-            seed=0,
-            dataset=Dataset(inputs={"x": dominant_channel_inputs(64, seed=1)}, labels=None, source="evaluation.npz"),
-            target="x86-avx2",
-        )
-        config = QuantizeConfig(type="quantize", mode="dynamic", smooth=smooth)
-        return run_quantize(dominant_channel_model(), config, context)
+def dominant_channel_outcome(tmp_path: Path, **fields):
+    context = PassContext(
+        label="passes[0] quantize (dynamic)",
+        workdir=tmp_path,
+        seed=0,
+        dataset=Dataset(inputs={"x": dominant_channel_inputs(64, seed=1)}, labels=None, source="evaluation.npz"),
+        target="x86-avx2",  # 7-bit weights, integer-exact kernels: the cosines below hold on any x86 CPU
+    )
+    return run_quantize(dominant_channel_model(), QuantizeConfig(type="quantize", mode="dynamic", **fields), context)
 
-    split, plain = quantize(smooth=True), quantize(smooth=False)
+
+def test_a_dominant_channel_is_multiplied_in_float_where_smoothing_misses_the_target(tmp_path: Path):
+    # Smoothed only, this model's output cosine is 0.99993; with the dominant channel in float, 0.99998.
+    split = dominant_channel_outcome(tmp_path, min_cosine=0.99996)
+    plain = dominant_channel_outcome(tmp_path, smooth=False)
     graph = split.model.graph
     initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     gather = next(n for n in graph.node if n.op_type == "Gather")
@@ -131,7 +133,9 @@ def test_a_dominant_channel_is_multiplied_in_float_beside_the_int8_product(tmp_p
     assert not initializers["W_quantized"][7].any()  # the channel's row left the int8 weight
     (zeroing,) = [n for n in graph.node if n.output[0] == "x_smoothed"]
     assert initializers[zeroing.input[1]][7] == 0
-    assert split.details["channels_in_float"] == 1 and plain.details.get("channels_in_float", 0) == 0
+    assert split.details["channels_in_float"] == 1 and plain.details["channels_in_float"] == 0
+    assert split.details["kept_in_float"] == []
+    assert split.details["fidelity_search"][0]["conversion"] == "cheaper"  # smoothing alone was tried first
 
     x = dominant_channel_inputs(8, seed=2)
     expected = x @ weight
@@ -141,3 +145,9 @@ def test_a_dominant_channel_is_multiplied_in_float_beside_the_int8_product(tmp_p
         return float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
 
     assert error(split.model) < error(plain.model) / 4
+
+
+def test_no_channel_goes_to_float_where_smoothing_meets_the_target(tmp_path: Path):
+    outcome = dominant_channel_outcome(tmp_path, min_cosine=0.999)
+    assert outcome.details["channels_in_float"] == 0 and outcome.details["smoothed_inputs"] == 1
+    assert not any(n.op_type == "Gather" for n in outcome.model.graph.node)

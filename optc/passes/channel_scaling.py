@@ -42,8 +42,7 @@ ProductError = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
 def best_channel_scales(
     model: onnx.ModelProto,
     weights_by_input: dict[str, list[str]],
-    batches: Iterable[dict[str, np.ndarray]],
-    workdir: Path,
+    stats: dict[str, ActivationStats],
     options: ScaleOptions,
     error: ProductError,
     required_gain: float = 0.0,
@@ -52,10 +51,7 @@ def best_channel_scales(
     """Input tensor → the per-channel ``s`` among ``options`` with the least ``error`` of the product with the
     weights (initializer names) it feeds, for the inputs where that ``s`` cuts the error of no scaling by more than
     ``required_gain`` (a fraction) and that error is above ``negligible_error`` (relative to the product's energy):
-    scaling may cost a node of its own."""
-    if not weights_by_input:
-        return {}
-    stats = activation_statistics(model, sorted(weights_by_input), batches, workdir)
+    scaling may cost a node of its own. ``stats`` (from ``activation_statistics``) covers the inputs."""
     initializers = {t.name: t for t in model.graph.initializer}
     rng = np.random.default_rng(0)
     scales = {}

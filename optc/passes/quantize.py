@@ -34,9 +34,9 @@ from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import meet_fidelity_targets
 from optc.passes.quantize_gather import embedding_gathers, int8_gathers, quantize_gathers
 from optc.passes.quantize_keep_float import float_sensitive_nodes
-from optc.passes.quantize_matmul_dynamic import quantize_matmuls
+from optc.passes.quantize_matmul_dynamic import quantize_matmuls, smoothing_facts
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
-from optc.passes.quantize_smooth import smoothing_scales
+from optc.passes.quantize_smooth import smoothing
 from optc.passes.quantize_static import run_static
 from optc.passes.quantize_weights import WeightOnlyConfig, run_weight_only
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
@@ -221,10 +221,10 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
             kept.setdefault(name, {"reason": reason})
     probe = probe_of(context.dataset.batches(context.dataset.feed_batch_size(input_specs(model), context.batch_size)))
     smoothed_on = _smoothing_data(context) if config.smooth and "MatMul" in op_types else None
-    scales = (
-        {}
+    search = (
+        None
         if smoothed_on is None
-        else smoothing_scales(
+        else smoothing(
             model,
             weighted - set(kept),
             list(stream_batches(smoothed_on, input_specs(model), 1, PROBE_SAMPLES))
@@ -236,8 +236,13 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
             context.workdir,
         )
     )
-    quantize = _dynamic_quantizer(model, config, op_types, scales, context)
+    quantize = _dynamic_quantizer(model, config, op_types, search.scales(False) if search else {}, context)
     full = quantize(set(kept))
+
+    def with_float_channels() -> tuple[Callable[[set[str]], onnx.ModelProto], onnx.ModelProto]:
+        converter = _dynamic_quantizer(model, config, op_types, search.scales(True), context)
+        return converter, converter(set(kept))
+
     result, details = meet_fidelity_targets(
         model,
         model,
@@ -250,9 +255,9 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         context,
         context.batch_size,
         rank_at_outputs=len(weighted) * tensor_bytes(model) <= OUTPUT_RANKING_BYTES,
+        costlier=with_float_channels if search is not None and search.has_dominant_channels else None,
     )
     before, after = op_histogram(model), op_histogram(result)
-    produced = {output for node in result.graph.node for output in node.output}
     quantized = int8_gathers(result) + sum(after.get(op, 0) - before.get(op, 0) for op in QUANTIZED_BY_DYNAMIC)
     if quantized == 0:
         raise PassError(
@@ -273,10 +278,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
             "per_channel": config.per_channel,
             "weight_type": config.weight_type,
             "reduce_range": config.reduce_range,
-            "smoothed_inputs": sum(f"{source}_smoothed" in produced for source in scales),
-            "channels_in_float": sum(
-                int(np.isinf(scale).sum()) for source, scale in scales.items() if f"{source}_smoothed" in produced
-            ),
+            **smoothing_facts(result),
             "smoothed_on": None if smoothed_on is None else str(smoothed_on),
             "kept_in_float": [
                 {"node": name, "op_type": ops.get(name, "?"), **facts} for name, facts in sorted(kept.items())

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from optc.passes.blockwise import hqq, rtn
-from optc.passes.channel_scaling import ActivationStats, best_channel_scales
+from optc.passes.channel_scaling import ActivationStats, activation_statistics, best_channel_scales
 
 if TYPE_CHECKING:
     from optc.passes.quantize_weights import Candidate, WeightOnlyConfig
@@ -49,4 +49,7 @@ def awq_scales(
             quantized = rtn(weight * scale[:, None], settings.bits, settings.block_size, settings.symmetric)
         return float(np.sum((x @ (quantized.dequantized() / scale[:, None]) - reference) ** 2))
 
-    return best_channel_scales(model, weights_by_input, batches, workdir, options, error)
+    if not weights_by_input:
+        return {}
+    stats = activation_statistics(model, sorted(weights_by_input), batches, workdir)
+    return best_channel_scales(model, weights_by_input, stats, options, error)

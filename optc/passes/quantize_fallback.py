@@ -3,7 +3,8 @@
 Two targets, either or both: ``min_cosine`` (every output's cosine to the float model on a probe of the data) and
 ``accuracy_budget`` (the recipe's metric drop on the evaluation data). The nodes are ranked in one pass
 (``fallback.rank_by_damage``), or by their damage at the outputs where the conversion is cheap
-(``fallback.rank_by_output_damage``), and kept in float in that order, as few as the targets allow.
+(``fallback.rank_by_output_damage``), and kept in float in that order, as few as the targets allow. A pass may
+offer a costlier conversion to try before any node is kept in float (dynamic int8's channels in float).
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def meet_fidelity_targets(
     context: PassContext,
     eval_batch: int,
     rank_at_outputs: bool = False,
+    costlier: Callable[[], tuple[Convert, onnx.ModelProto]] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """The quantized model meeting ``config``'s targets, and the report's details of the search; ``kept`` (node →
     facts) gains the nodes kept in float for them. ``first`` is ``convert`` of what ``kept`` holds already;
-    ``rank_at_outputs`` when ``convert`` is cheap enough to run once per candidate."""
+    ``rank_at_outputs`` when ``convert`` is cheap enough to run once per candidate. ``costlier`` gives another
+    conversion and its first model, slower to run but more accurate, to search with when ``first`` misses."""
     if config.min_cosine is None and config.accuracy_budget is None:
         return first, {}
     workdir = context.workdir
@@ -73,6 +76,12 @@ def meet_fidelity_targets(
             return rank_by_output_damage(float_model, convert, names, set(kept), probe, workdir)
         return rank_by_damage(float_model, first, probe, workdir, lambda n: n.name not in kept and candidate(n))
 
+    missed: list[dict] = []
+    if costlier is not None:
+        ok, facts = acceptable(first)
+        if not ok:
+            missed.append({"kept_in_float": 0, "ok": ok, "conversion": "cheaper", **facts})
+            convert, first = costlier()
     fallback = keep_in_float_until(convert, first, rank, acceptable, set(kept), context.label)
     targets = ", ".join(
         f"{name} {value:g}"
@@ -86,7 +95,7 @@ def meet_fidelity_targets(
         kept[name] = {"reason": f"fidelity target ({targets})", **measured}
     return fallback.model, {
         "fidelity_targets": targets,
-        "fidelity_search": fallback.tried,
+        "fidelity_search": missed + fallback.tried,
         "sensitivity": [d.as_row() | {"kept_in_float": d.node in fallback.kept} for d in ranking[:SENSITIVITY_ROWS]],
     }
 

@@ -114,6 +114,19 @@ def quantize_matmuls(
     return out
 
 
+def smoothing_facts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many inputs of ``model``'s dynamic int8 MatMuls are smoothed, and how many of their channels are
+    multiplied in float, read from the nodes and initializers ``quantize_matmuls`` names."""
+    return {
+        "smoothed_inputs": sum(
+            n.op_type == "Mul" and n.output[0] == f"{n.input[0]}_smoothed" for n in model.graph.node
+        ),
+        "channels_in_float": sum(
+            int(np.prod(t.dims)) for t in model.graph.initializer if t.name.endswith("_float_channel_indices")
+        ),
+    }
+
+
 def quantized_weight(
     weight: onnx.TensorProto, row_scale: np.ndarray | None, weight_type: str, per_channel: bool, reduce_range: bool
 ) -> list[onnx.TensorProto]:

@@ -19,6 +19,7 @@ few channels and a ``[k, N]`` MatMul) — -39 dB for one channel on that project
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import onnx
 from onnx import TensorProto
 
 from optc.model_facts import reader_counts
-from optc.passes.channel_scaling import ActivationStats, best_channel_scales
+from optc.passes.channel_scaling import ActivationStats, activation_statistics, best_channel_scales
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SCALE_RANGE = (1e-2, 1e2)  # keeps a near-zero channel or weight row from turning a scale into a blow-up
@@ -42,14 +43,68 @@ OUTLIER_RATIO = 4.0
 MAX_FLOAT_CHANNELS = 8
 FLOAT_CHANNELS_OPSET = 11  # Gather with axis -1
 # Channels in float cost more than a Mul: a Gather, a thin MatMul and an Add of the two products, and the bias Add no
-# longer fuses into ONNX Runtime's int8 kernel (about 20 µs per MatMul at 64 tokens on AVX2). They are chosen only
-# where their simulated error is half the best smoothing's or less: on all-MiniLM-L6 with two sets of sentences that
-# took 31-49 channels of 20 inputs to float and cosine 0.993-0.976 (all int8, smoothed) to 0.997-0.998, where a
-# penalty of 4 split 0-8 channels and left 0.996 (two FFN projections kept in float on one set).
+# longer fuses into ONNX Runtime's int8 kernel (about 20 µs per MatMul at 64 tokens on AVX2; a 33 µs wake-word
+# model went from 1.23× to 1.09× fp32 with nothing gained). So they are tried only where smoothing alone misses the
+# fidelity target, and then chosen only where their simulated error is half the best smoothing's or less: on
+# all-MiniLM-L6 with two sets of sentences that took 31-49 channels of 20 inputs to float and cosine 0.993-0.976
+# (all int8, smoothed) to 0.997-0.998, where a penalty of 4 split 0-8 channels and left 0.996 (two FFN projections
+# kept in float on one set).
 FLOAT_CHANNELS_PENALTY = 2.0
 
 
-def smoothing_scales(
+@dataclass(frozen=True)
+class Smoothing:
+    """What the smoothing search knows of one model's MatMul inputs: the weights each feeds and its activation
+    statistics (one pass over the data), from which ``scales`` picks per input."""
+
+    model: onnx.ModelProto
+    weights_by_input: dict[str, list[str]]
+    stats: dict[str, ActivationStats]
+    weight_type: str
+    per_channel: bool
+    reduce_range: bool
+
+    @property
+    def has_dominant_channels(self) -> bool:
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        return opset >= FLOAT_CHANNELS_OPSET and any(len(_outlier_channels(s.max_abs)) for s in self.stats.values())
+
+    def scales(self, float_channels: bool) -> dict[str, np.ndarray]:
+        """Input tensor → per-channel ``s`` for the inputs where it lowers the simulated int8 error, with ``inf``
+        for channels multiplied in float when ``float_channels``: those cost nodes at run time (FLOAT_CHANNELS_PENALTY),
+        so a caller asks for them only where smoothing alone misses its fidelity target."""
+
+        def options(stats: ActivationStats, weight: np.ndarray) -> Iterable[np.ndarray]:
+            x_max = np.maximum(stats.max_abs, 1e-5)
+            w_max = np.maximum(np.abs(weight).max(1), 1e-5)
+            smoothings = [
+                np.clip(x_max**alpha / w_max ** (1 - alpha), *SCALE_RANGE).astype(np.float32) for alpha in ALPHAS
+            ]
+            yield from smoothings
+            outliers = _outlier_channels(stats.max_abs) if float_channels else []
+            for count in sorted({min(c, len(outliers)) for c in (1, 2, 4, MAX_FLOAT_CHANNELS)} - {0}):
+                for base in [np.ones_like(x_max, dtype=np.float32), *smoothings]:
+                    scale = base.copy()
+                    scale[outliers[:count]] = np.inf
+                    yield scale
+
+        levels = 128 if self.reduce_range else 256
+        weight_axis = 0 if self.per_channel else None
+
+        def error(x: np.ndarray, weight: np.ndarray, reference: np.ndarray, scale: np.ndarray) -> float:
+            in_float = np.isinf(scale)
+            int8 = ~in_float
+            activations = _fake_quantized(x[:, int8] / scale[int8], None, 256, symmetric=False)
+            weights = _fake_quantized(weight[int8] * scale[int8, None], weight_axis, levels, self.weight_type == "int8")
+            product = activations @ weights + x[:, in_float] @ weight[in_float]
+            return float(np.sum((product - reference) ** 2)) * (FLOAT_CHANNELS_PENALTY if in_float.any() else 1.0)
+
+        return best_channel_scales(
+            self.model, self.weights_by_input, self.stats, options, error, REQUIRED_GAIN, NEGLIGIBLE_ERROR
+        )
+
+
+def smoothing(
     model: onnx.ModelProto,
     nodes: set[str],
     batches: Iterable[dict[str, np.ndarray]],
@@ -57,10 +112,9 @@ def smoothing_scales(
     per_channel: bool,
     reduce_range: bool,
     workdir: Path,
-) -> dict[str, np.ndarray]:
-    """Input tensor → per-channel ``s`` (``inf`` for a channel multiplied in float) for the inputs of the MatMuls
-    in ``nodes`` where smoothing lowers the simulated int8 error. An input is left alone when one of its weights is
-    also read elsewhere: that weight is stored once, so it cannot be scaled for one reader only."""
+) -> Smoothing:
+    """The smoothing search for the inputs of the MatMuls in ``nodes``. An input is left alone when one of its
+    weights is also read elsewhere: that weight is stored once, so it cannot be scaled for one reader only."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     weights_by_input: dict[str, list[str]] = {}
@@ -74,35 +128,8 @@ def smoothing_scales(
         for source, weights in weights_by_input.items()
         if all(readers[w] == weights.count(w) == 1 for w in weights)
     }
-
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    split_outliers = opset >= FLOAT_CHANNELS_OPSET
-
-    def options(stats: ActivationStats, weight: np.ndarray) -> Iterable[np.ndarray]:
-        x_max = np.maximum(stats.max_abs, 1e-5)
-        w_max = np.maximum(np.abs(weight).max(1), 1e-5)
-        smoothings = [np.clip(x_max**alpha / w_max ** (1 - alpha), *SCALE_RANGE).astype(np.float32) for alpha in ALPHAS]
-        yield from smoothings
-        outliers = _outlier_channels(stats.max_abs) if split_outliers else []
-        for count in sorted({min(c, len(outliers)) for c in (1, 2, 4, MAX_FLOAT_CHANNELS)} - {0}):
-            for base in [np.ones_like(x_max, dtype=np.float32), *smoothings]:
-                scale = base.copy()
-                scale[outliers[:count]] = np.inf
-                yield scale
-
-    levels = 128 if reduce_range else 256
-
-    def error(x: np.ndarray, weight: np.ndarray, reference: np.ndarray, scale: np.ndarray) -> float:
-        in_float = np.isinf(scale)
-        int8 = ~in_float
-        activations = _fake_quantized(x[:, int8] / scale[int8], None, 256, symmetric=False)
-        weights = _fake_quantized(
-            weight[int8] * scale[int8, None], 0 if per_channel else None, levels, weight_type == "int8"
-        )
-        product = activations @ weights + x[:, in_float] @ weight[in_float]
-        return float(np.sum((product - reference) ** 2)) * (FLOAT_CHANNELS_PENALTY if in_float.any() else 1.0)
-
-    return best_channel_scales(model, smoothable, batches, workdir, options, error, REQUIRED_GAIN, NEGLIGIBLE_ERROR)
+    stats = activation_statistics(model, sorted(smoothable), batches, workdir) if smoothable else {}
+    return Smoothing(model, smoothable, stats, weight_type, per_channel, reduce_range)
 
 
 def _outlier_channels(max_abs: np.ndarray) -> np.ndarray:
