@@ -31,7 +31,7 @@ from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import PROBE_SAMPLES, probe_of
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
-from optc.passes.quantize_fallback import meet_fidelity_targets
+from optc.passes.quantize_fallback import CostlierConversion, meet_fidelity_targets
 from optc.passes.quantize_gather import embedding_gathers, int8_gathers, quantize_gathers
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls, smoothing_facts
@@ -255,7 +255,9 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         context,
         context.batch_size,
         rank_at_outputs=len(weighted) * tensor_bytes(model) <= OUTPUT_RANKING_BYTES,
-        costlier=with_float_channels if search is not None and search.has_dominant_channels else None,
+        costlier=CostlierConversion("smoothed", "channels in float", with_float_channels)
+        if search is not None and search.has_dominant_channels
+        else None,
     )
     before, after = op_histogram(model), op_histogram(result)
     quantized = int8_gathers(result) + sum(after.get(op, 0) - before.get(op, 0) for op in QUANTIZED_BY_DYNAMIC)

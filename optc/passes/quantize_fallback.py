@@ -10,6 +10,7 @@ offer a costlier conversion to try before any node is kept in float (dynamic int
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,6 +39,16 @@ if TYPE_CHECKING:
 SENSITIVITY_ROWS = 50  # of the ranking, in the report
 
 
+@dataclass(frozen=True)
+class CostlierConversion:
+    """A conversion slower to run but more accurate than the pass's first one, to search with when the first misses
+    the targets; the names label the report's ``fidelity_search`` rows."""
+
+    first_name: str
+    name: str
+    make: Callable[[], tuple[Convert, onnx.ModelProto]]  # its convert function and its first model
+
+
 def meet_fidelity_targets(
     float_model: onnx.ModelProto,
     original: onnx.ModelProto,
@@ -50,12 +61,12 @@ def meet_fidelity_targets(
     context: PassContext,
     eval_batch: int,
     rank_at_outputs: bool = False,
-    costlier: Callable[[], tuple[Convert, onnx.ModelProto]] | None = None,
+    costlier: CostlierConversion | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """The quantized model meeting ``config``'s targets, and the report's details of the search; ``kept`` (node →
     facts) gains the nodes kept in float for them. ``first`` is ``convert`` of what ``kept`` holds already;
-    ``rank_at_outputs`` when ``convert`` is cheap enough to run once per candidate. ``costlier`` gives another
-    conversion and its first model, slower to run but more accurate, to search with when ``first`` misses."""
+    ``rank_at_outputs`` when ``convert`` is cheap enough to run once per candidate; ``costlier`` replaces
+    ``convert`` when ``first`` misses the targets, before any node is kept in float."""
     if config.min_cosine is None and config.accuracy_budget is None:
         return first, {}
     workdir = context.workdir
@@ -80,9 +91,12 @@ def meet_fidelity_targets(
     if costlier is not None:
         ok, facts = acceptable(first)
         if not ok:
-            missed.append({"kept_in_float": 0, "ok": ok, "conversion": "cheaper", **facts})
-            convert, first = costlier()
+            missed.append({"conversion": costlier.first_name, "kept_in_float": 0, "ok": ok, **facts})
+            convert, first = costlier.make()
     fallback = keep_in_float_until(convert, first, rank, acceptable, set(kept), context.label)
+    tried = fallback.tried
+    if missed:
+        tried = missed + [{"conversion": costlier.name, **row} for row in fallback.tried]
     targets = ", ".join(
         f"{name} {value:g}"
         for name, value in (("min_cosine", config.min_cosine), ("accuracy_budget", config.accuracy_budget))
@@ -95,7 +109,7 @@ def meet_fidelity_targets(
         kept[name] = {"reason": f"fidelity target ({targets})", **measured}
     return fallback.model, {
         "fidelity_targets": targets,
-        "fidelity_search": missed + fallback.tried,
+        "fidelity_search": tried,
         "sensitivity": [d.as_row() | {"kept_in_float": d.node in fallback.kept} for d in ranking[:SENSITIVITY_ROWS]],
     }
 
