@@ -125,13 +125,17 @@ def encoder_section(name: str, tmp: Path) -> list[str]:
 
 
 def _quantized_facts(payload: dict) -> str:
-    """How many of the quantizable nodes the fidelity target kept in float, and which."""
+    """How many of the quantizable nodes the fidelity target kept in float, and which; activation channels
+    multiplied in float beside the int8 products."""
     details = next((p["details"] for p in payload["report"]["passes"] if p["type"] == "quantize"), None)
     if details is None:
         return ""
     kept = [row["node"] for row in details["kept_in_float"] if row["reason"].startswith("fidelity target")]
-    return f"; {details['ops_quantized']} of {details['candidates']} nodes quantized" + (
-        f", kept in float for the target: {', '.join(kept)}" if kept else ""
+    channels = details.get("channels_in_float", 0)
+    return (
+        f"; {details['ops_quantized']} of {details['candidates']} nodes quantized"
+        + (f", kept in float for the target: {', '.join(kept)}" if kept else "")
+        + (f", {channels} activation channels multiplied in float" if channels else "")
     )
 
 
