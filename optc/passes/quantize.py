@@ -12,7 +12,6 @@ are refused in another.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +27,7 @@ from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
 from optc.modelio import adopt_model, tensor_bytes
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
-from optc.passes.fallback import PROBE_SAMPLES, probe_of
+from optc.passes.fallback import PROBE_SAMPLES, Convert, probe_of
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import CostlierConversion, meet_fidelity_targets
@@ -236,11 +235,12 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
             context.workdir,
         )
     )
-    quantize = _dynamic_quantizer(model, config, op_types, search.scales(False) if search else {}, context)
+    smoothed = search.scales(float_channels=False) if search else {}
+    quantize = _dynamic_quantizer(model, config, op_types, smoothed, context)
     full = quantize(set(kept))
 
-    def with_float_channels() -> tuple[Callable[[set[str]], onnx.ModelProto], onnx.ModelProto]:
-        converter = _dynamic_quantizer(model, config, op_types, search.scales(True), context)
+    def with_float_channels() -> tuple[Convert, onnx.ModelProto]:
+        converter = _dynamic_quantizer(model, config, op_types, search.scales(float_channels=True), context)
         return converter, converter(set(kept))
 
     result, details = meet_fidelity_targets(
@@ -334,7 +334,7 @@ def _dynamic_quantizer(
     op_types: list[str],
     scales: dict[str, np.ndarray],
     context: PassContext,
-) -> Callable[[set[str]], onnx.ModelProto]:
+) -> Convert:
     """A function from the node names to keep in float to the dynamically quantized model. MatMul (Gemm having
     become MatMul + Add) and Gather are quantized here one weight at a time, MatMul inputs smoothed by ``scales``;
     other op types (a fused Attention, Conv) then go through ONNX Runtime's ``quantize_dynamic``, which reads the
