@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
 from optc.data import Dataset
+from optc.passes import quantize_smooth
 from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.registry import PassContext
 from tests.conftest import make_model
@@ -152,3 +153,34 @@ def test_no_channel_goes_to_float_where_smoothing_meets_the_target(tmp_path: Pat
     outcome = dominant_channel_outcome(tmp_path, min_cosine=0.999)
     assert outcome.details["channels_in_float"] == 0 and outcome.details["smoothed_inputs"] == 1
     assert not any(n.op_type == "Gather" for n in outcome.model.graph.node)
+
+
+def test_the_search_stays_smoothed_where_float_channels_would_gain_too_little(tmp_path: Path, monkeypatch):
+    """x (one dominant channel) → MatMul → MatMul: smoothed, the pair misses cosine 0.9999 (0.99982). Where no input
+    gains enough from channels in float, the search keeps nodes in float from the smoothed conversion, and its
+    report rows name no second conversion."""
+    monkeypatch.setattr(quantize_smooth, "FLOAT_CHANNELS_PENALTY", 1e9)
+    rng = np.random.default_rng(3)
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"], name="project"),
+            helper.make_node("MatMul", ["h", "W2"], ["y"], name="mix"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", CHANNELS])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
+        [
+            numpy_helper.from_array(rng.standard_normal((CHANNELS, 32)).astype(np.float32), "W"),
+            numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "W2"),
+        ],
+    )
+    context = PassContext(
+        label="passes[0] quantize (dynamic)",
+        workdir=tmp_path,
+        seed=0,
+        dataset=Dataset(inputs={"x": dominant_channel_inputs(64, seed=1)}, labels=None, source="evaluation.npz"),
+        target="x86-avx2",
+    )
+    outcome = run_quantize(model, QuantizeConfig(type="quantize", mode="dynamic", min_cosine=0.9999), context)
+    assert outcome.details["channels_in_float"] == 0
+    assert [row["node"] for row in outcome.details["kept_in_float"]]
+    assert all("conversion" not in row for row in outcome.details["fidelity_search"])

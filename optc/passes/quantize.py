@@ -239,8 +239,11 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     quantize = _dynamic_quantizer(model, config, op_types, smoothed, context)
     full = quantize(set(kept))
 
-    def with_float_channels() -> tuple[Convert, onnx.ModelProto]:
-        converter = _dynamic_quantizer(model, config, op_types, search.scales(float_channels=True), context)
+    def with_float_channels() -> tuple[Convert, onnx.ModelProto] | None:
+        scales = search.scales(float_channels=True)
+        if not any(np.isinf(scale).any() for scale in scales.values()):
+            return None  # no input gains enough from them: the smoothed conversion again
+        converter = _dynamic_quantizer(model, config, op_types, scales, context)
         return converter, converter(set(kept))
 
     result, details = meet_fidelity_targets(

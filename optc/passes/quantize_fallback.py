@@ -46,7 +46,8 @@ class CostlierConversion:
 
     first_name: str
     name: str
-    make: Callable[[], tuple[Convert, onnx.ModelProto]]  # its convert function and its first model
+    # its convert function and its first model; None where it would convert as the first one does
+    make: Callable[[], tuple[Convert, onnx.ModelProto] | None]
 
 
 def meet_fidelity_targets(
@@ -90,9 +91,10 @@ def meet_fidelity_targets(
     missed: list[dict] = []
     if costlier is not None:
         ok, facts = acceptable(first)
-        if not ok:
+        swapped = None if ok else costlier.make()
+        if swapped is not None:
             missed.append({"conversion": costlier.first_name, "kept_in_float": 0, "ok": ok, **facts})
-            convert, first = costlier.make()
+            convert, first = swapped
     fallback = keep_in_float_until(convert, first, rank, acceptable, set(kept), context.label)
     tried = fallback.tried
     if missed:
