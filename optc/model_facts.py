@@ -183,3 +183,11 @@ def summarize(model: onnx.ModelProto, path: str, size_bytes: int, with_nodes: bo
         quantized=is_quantized(model),
         node_names=[f"{n.name} ({n.op_type})" for n in model.graph.node] if with_nodes else None,
     )
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of ``node``'s attribute ``name``, or ``default`` where the node does not set it."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default

@@ -109,7 +109,7 @@ def dominant_channel_inputs(rows: int, seed: int) -> np.ndarray:
     return x
 
 
-def dominant_channel_outcome(tmp_path: Path, **fields):
+def dominant_channel_outcome(tmp_path: Path, model: onnx.ModelProto | None = None, **fields):
     context = PassContext(
         label="passes[0] quantize (dynamic)",
         workdir=tmp_path,
@@ -117,7 +117,8 @@ def dominant_channel_outcome(tmp_path: Path, **fields):
         dataset=Dataset(inputs={"x": dominant_channel_inputs(64, seed=1)}, labels=None, source="evaluation.npz"),
         target="x86-avx2",  # 7-bit weights, integer-exact kernels: the cosines below hold on any x86 CPU
     )
-    return run_quantize(dominant_channel_model(), QuantizeConfig(type="quantize", mode="dynamic", **fields), context)
+    config = QuantizeConfig(type="quantize", mode="dynamic", **fields)
+    return run_quantize(model or dominant_channel_model(), config, context)
 
 
 def test_a_dominant_channel_is_multiplied_in_float_where_smoothing_misses_the_target(tmp_path: Path):
@@ -173,14 +174,7 @@ def test_the_search_stays_smoothed_where_float_channels_would_gain_too_little(tm
             numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "W2"),
         ],
     )
-    context = PassContext(
-        label="passes[0] quantize (dynamic)",
-        workdir=tmp_path,
-        seed=0,
-        dataset=Dataset(inputs={"x": dominant_channel_inputs(64, seed=1)}, labels=None, source="evaluation.npz"),
-        target="x86-avx2",
-    )
-    outcome = run_quantize(model, QuantizeConfig(type="quantize", mode="dynamic", min_cosine=0.9999), context)
+    outcome = dominant_channel_outcome(tmp_path, model, min_cosine=0.9999)
     assert outcome.details["channels_in_float"] == 0
     assert [row["node"] for row in outcome.details["kept_in_float"]]
     assert all("conversion" not in row for row in outcome.details["fidelity_search"])

@@ -130,17 +130,21 @@ def test_no_switchable_model_when_the_conversion_renames_an_output():
     assert switchable_model(model, converted, ["damped", "direct"]) is None
 
 
-@pytest.mark.parametrize("op_types", [None, ["MatMul", "Conv"]], ids=["optc-only", "with-onnxruntime-op-types"])
-def test_dynamic_int8_keeps_in_float_the_node_that_hurts_the_outputs(tmp_path: Path, op_types):
-    """Also where ONNX Runtime quantizes some op types (bert-int8's Attention): a conversion that leaves it nothing
-    to do skips it, so ranking at the outputs stays cheap."""
-    context = PassContext(
+def dynamic_context(tmp_path: Path) -> PassContext:
+    return PassContext(
         label="passes[0] quantize (dynamic)",
         workdir=tmp_path,
         seed=0,
         target="x86-avx2",  # the same int8 defaults (7-bit weights) whatever CPU runs the test
         dataset=Dataset(inputs=outlier_inputs(), labels=None, source="synthetic"),
     )
+
+
+@pytest.mark.parametrize("op_types", [None, ["MatMul", "Conv"]], ids=["optc-only", "with-onnxruntime-op-types"])
+def test_dynamic_int8_keeps_in_float_the_node_that_hurts_the_outputs(tmp_path: Path, op_types):
+    """Also where ONNX Runtime quantizes some op types (bert-int8's Attention): a conversion that leaves it nothing
+    to do skips it, so ranking at the outputs stays cheap."""
+    context = dynamic_context(tmp_path)
     config = QuantizeConfig(type="quantize", mode="dynamic", min_cosine=0.99999, op_types=op_types)
     outcome = run_quantize(damped_and_direct(), config, context)
     kept = [row for row in outcome.details["kept_in_float"] if row["reason"].startswith("fidelity target")]
@@ -152,13 +156,7 @@ def test_dynamic_int8_keeps_in_float_the_node_that_hurts_the_outputs(tmp_path: P
 def test_dynamic_int8_ranks_in_one_pass_when_a_conversion_per_node_is_too_dear(tmp_path: Path, monkeypatch):
     """Over the budget the one-pass ranking decides, and on this model it keeps ``damped`` first, then both."""
     monkeypatch.setattr("optc.passes.quantize.OUTPUT_RANKING_BYTES", 1)
-    context = PassContext(
-        label="passes[0] quantize (dynamic)",
-        workdir=tmp_path,
-        seed=0,
-        target="x86-avx2",  # the same int8 defaults (7-bit weights) whatever CPU runs the test
-        dataset=Dataset(inputs=outlier_inputs(), labels=None, source="synthetic"),
-    )
+    context = dynamic_context(tmp_path)
     config = QuantizeConfig(type="quantize", mode="dynamic", min_cosine=0.99999)
     with pytest.raises(PassError, match="all 2 MatMul/Gather node"):
         run_quantize(damped_and_direct(), config, context)

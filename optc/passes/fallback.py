@@ -251,13 +251,15 @@ def keep_in_float_until(
     always_kept: set[str],
     label: str,
     limit: int | None = None,
+    first_verdict: tuple[bool, dict] | None = None,
 ) -> Fallback:
     """The fewest leading nodes of the ranking (at most ``limit``) to keep in float for ``acceptable`` to hold.
 
-    ``first`` is the conversion with only ``always_kept`` in float, already made by the caller. ``rank`` runs only
+    ``first`` is the conversion with only ``always_kept`` in float, already made (and, where ``first_verdict`` is
+    given, already checked) by the caller. ``rank`` runs only
     when ``first`` is not acceptable: it runs both models with every tensor exposed, the costliest step here.
     """
-    ok, facts = acceptable(first)
+    ok, facts = first_verdict or acceptable(first)
     tried = [{"kept_in_float": 0, "ok": ok, **facts}]
     if ok:
         return Fallback(first, [], tried)

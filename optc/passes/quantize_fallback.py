@@ -89,13 +89,15 @@ def meet_fidelity_targets(
         return rank_by_damage(float_model, first, probe, workdir, lambda n: n.name not in kept and candidate(n))
 
     missed: list[dict] = []
+    verdict = None
     if costlier is not None:
-        ok, facts = acceptable(first)
-        swapped = None if ok else costlier.make()
+        verdict = acceptable(first)
+        swapped = None if verdict[0] else costlier.make()
         if swapped is not None:
-            missed.append({"conversion": costlier.first_name, "kept_in_float": 0, "ok": ok, **facts})
+            missed.append({"conversion": costlier.first_name, "kept_in_float": 0, "ok": False, **verdict[1]})
             convert, first = swapped
-    fallback = keep_in_float_until(convert, first, rank, acceptable, set(kept), context.label)
+            verdict = None
+    fallback = keep_in_float_until(convert, first, rank, acceptable, set(kept), context.label, first_verdict=verdict)
     tried = fallback.tried
     if missed:
         tried = missed + [{"conversion": costlier.name, **row} for row in fallback.tried]

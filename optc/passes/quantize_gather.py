@@ -14,7 +14,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from optc.model_facts import reader_counts
+from optc.model_facts import attribute, reader_counts
 from optc.passes.quantize_matmul_dynamic import quantized_weight
 
 MIN_TABLE_ELEMENTS = 1024  # a smaller table (BERT's 2-row token types) saves fewer bytes than its new nodes take
@@ -34,7 +34,7 @@ def embedding_gathers(model: onnx.ModelProto) -> set[str]:
             and table.data_type == TensorProto.FLOAT
             and len(table.dims) == 2
             and table.dims[0] * table.dims[1] >= MIN_TABLE_ELEMENTS
-            and _axis(node) in (0, -2)
+            and attribute(node, "axis", 0) in (0, -2)
             and node.input[1] not in initializers
         ):
             gathers.setdefault(table.name, []).append(node.name)
@@ -85,7 +85,3 @@ def int8_gathers(model: onnx.ModelProto) -> int:
     """How many Gathers of ``model`` read an int8 table."""
     tables = {t.name for t in model.graph.initializer if t.data_type == TensorProto.INT8}
     return sum(node.op_type == "Gather" and node.input[0] in tables for node in model.graph.node)
-
-
-def _axis(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "axis"), 0)

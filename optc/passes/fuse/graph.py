@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from optc.model_facts import all_nodes, node_reads, subgraphs
+from optc.model_facts import attribute as attribute  # the fuse rewrites read it from here
 from optc.modelio import too_large_to_serialize
 from optc.passes.ort_tools import in_scratch_folder, quiet_root_logger
 from optc.tensors import tensor_values
@@ -173,13 +174,6 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001
         return None
-
-
-def attribute(node: onnx.NodeProto, name: str, default=None):
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
 
 
 def set_attribute(node: onnx.NodeProto, name: str, value) -> None:

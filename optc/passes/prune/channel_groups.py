@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from optc.passes.prune.layers import WeightedLayer, attribute, weighted_layer
+from optc.model_facts import attribute
+from optc.passes.prune.layers import WeightedLayer, weighted_layer
 from optc.passes.prune.outputs import names_read
 
 UNARY_PASSTHROUGH = frozenset(

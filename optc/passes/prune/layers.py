@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper
 
 from optc.errors import OptcError
+from optc.model_facts import attribute
 from optc.passes.exclude import excluded_nodes
 from optc.passes.prune.config import PruneConfig
 
@@ -20,13 +20,6 @@ class WeightedLayer:
     weight: str  # initializer name
     out_axis: int  # the weight axis indexing output channels (Conv) or output features (Gemm/MatMul)
     in_axis: int  # the weight axis indexing input channels or features
-
-
-def attribute(node: onnx.NodeProto, name: str, default: object) -> object:
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
 
 
 def weighted_layer(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> WeightedLayer | None:
