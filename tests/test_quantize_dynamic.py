@@ -176,8 +176,8 @@ def test_a_weight_shared_by_two_matmuls_is_stored_once():
 
 
 def test_warns_when_dynamic_int8_leaves_most_weights_in_float(tmp_path: Path):
-    """A CNN with a small classifier head: only the head is quantized, and the report says the model is left
-    mostly as it was, naming the op type that holds the rest."""
+    """A CNN with a small classifier head and its Conv weights left float: only the head is quantized, and the
+    report says the model is left mostly as it was, naming the op type that holds the rest."""
     rng = np.random.default_rng(0)
     model = make_model(
         [
@@ -199,9 +199,11 @@ def test_warns_when_dynamic_int8_leaves_most_weights_in_float(tmp_path: Path):
         seed=0,
         dataset=Dataset(inputs={"x": x}, labels=None, source="synthetic"),
     )
-    outcome = run_quantize(model, config(), context)
+    outcome = run_quantize(model, config(conv_weights="float"), context)
     assert outcome.details["weights_int8_share"] == pytest.approx(256 / (256 + 9216), abs=1e-4)
     [warning] = outcome.warnings
     assert "only 2.7% of the model's weights came out int8" in warning and "Conv 100%" in warning
-    assert "int8 recipe" in warning
+    assert "int8 recipe" in warning and "conv_weights: int8" in warning
     assert run_quantize(mlp_model(), config(), context).warnings == []
+    by_default = run_quantize(model, config(), context)  # the Conv's weight stored in int8 too
+    assert by_default.details["weights_int8_share"] == 1.0 and by_default.warnings == []

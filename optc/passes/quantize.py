@@ -3,8 +3,9 @@
 Dynamic int8 (int8 weights, activations quantized at run time): MatMuls with constant weights are quantized by optc
 (``quantize_matmul_dynamic``, inputs smoothed by ``quantize_smooth``), and so are embedding tables
 (``quantize_gather``); other op types asked for go through ONNX Runtime's ``quantize_dynamic``. By default only
-MatMul/Gemm/Gather are quantized: a dynamically quantized Conv becomes ConvInteger,
-which is slower than fp32 Conv on ONNX Runtime's CPU provider. ONNX Runtime has no integer Gemm, so Gemm nodes with
+MatMul/Gemm/Gather are quantized, and Conv weights are stored in int8 for float compute (``quantize_conv_weights``):
+a dynamically quantized Conv becomes ConvInteger, which is slower than fp32 Conv on ONNX Runtime's CPU provider.
+ONNX Runtime has no integer Gemm, so Gemm nodes with
 constant weights are first rewritten to MatMul + Add. Static int8 (activations calibrated ahead of time) lives in
 ``quantize_static``, weight-only in ``quantize_weights``; all modes share this one config, whose fields of one mode
 are refused in another.
@@ -29,6 +30,7 @@ from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import PROBE_SAMPLES, Convert, probe_of
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
+from optc.passes.quantize_conv_weights import conv_weight_nodes, int8_conv_weights, store_conv_weights_int8
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import CostlierConversion, meet_fidelity_targets
 from optc.passes.quantize_gather import embedding_gathers, int8_gathers, quantize_gathers
@@ -115,6 +117,12 @@ class QuantizeConfig(PassConfig):
         description="Keep in float what int8 cannot represent: the chains feeding Log/Sqrt/Pow/Reciprocal and Div "
         "denominators, and LSTM/GRU/RNN cells with their state readers.",
     )
+    conv_weights: Literal["int8", "float"] = Field(
+        default="int8",
+        description="dynamic: Conv/ConvTranspose weights (unless op_types asks for ConvInteger) stored in int8, one "
+        "scale per output channel, behind a Cast and a Mul that ONNX Runtime folds when it loads the model: about 4x "
+        "smaller, computed in float at float speed. float leaves them alone.",
+    )
     smooth: bool = Field(
         default=True,
         description="dynamic: SmoothQuant — divide each MatMul input's channels by a scale and multiply the weight "
@@ -146,8 +154,12 @@ class QuantizeConfig(PassConfig):
             misplaced = [name for name in self.model_fields_set if name not in WEIGHT_ONLY_FIELDS]
             if misplaced:
                 raise ValueError(f"{', '.join(sorted(misplaced))} do not apply to mode: weight_only")
-        if self.mode == "static" and "smooth" in self.model_fields_set:
-            raise ValueError("smooth only applies to mode: dynamic")
+        if self.mode == "static":
+            misplaced = [name for name in ("smooth", "conv_weights") if name in self.model_fields_set]
+            if misplaced:
+                raise ValueError(
+                    f"{' and '.join(misplaced)} only appl{'ies' if len(misplaced) == 1 else 'y'} to mode: dynamic"
+                )
         if self.mode == "dynamic":
             misplaced = [name for name in STATIC_ONLY_FIELDS if name in self.model_fields_set]
             if misplaced:
@@ -207,13 +219,10 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         model = gemm_to_matmul(model)
         op_types = [op for op in op_types if op != "Gemm"] + (["MatMul"] if "MatMul" not in op_types else [])
     model = name_unnamed_nodes(normalize_opsets(model))
-    weighted = _weighted_nodes(model, op_types)
+    convs = _stored_convs(model, config, op_types)
+    weighted = _weighted_nodes(model, op_types) | convs
     if not weighted:
-        raise OptcError(
-            f"{context.label}: the model has no {'/'.join(op_types)} node with constant weights, so dynamic int8 "
-            "has nothing to quantize",
-            hint="for convolutional networks use the int8 recipe (static int8, with --calibration-data)",
-        )
+        _refuse_nothing_to_quantize(model, config, op_types, context.label)
     kept = {name: {"reason": "exclude"} for name in excluded}
     if config.keep_float_sensitive:
         for name, reason in float_sensitive_nodes(model.graph, outputs=False).items():
@@ -236,14 +245,14 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         )
     )
     smoothed = search.scales(float_channels=False) if search else {}
-    quantize = _dynamic_quantizer(model, config, op_types, smoothed, context)
+    quantize = _dynamic_quantizer(model, config, op_types, convs, smoothed, context)
     full = quantize(set(kept))
 
     def with_float_channels() -> tuple[Convert, onnx.ModelProto] | None:
         scales = search.scales(float_channels=True)
         if not any(np.isinf(scale).any() for scale in scales.values()):
             return None  # no input gains enough from them: the smoothed conversion again
-        converter = _dynamic_quantizer(model, config, op_types, scales, context)
+        converter = _dynamic_quantizer(model, config, op_types, convs, scales, context)
         return converter, converter(set(kept))
 
     result, details = meet_fidelity_targets(
@@ -263,7 +272,11 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         else None,
     )
     before, after = op_histogram(model), op_histogram(result)
-    quantized = int8_gathers(result) + sum(after.get(op, 0) - before.get(op, 0) for op in QUANTIZED_BY_DYNAMIC)
+    quantized = (
+        int8_gathers(result)
+        + int8_conv_weights(result)
+        + sum(after.get(op, 0) - before.get(op, 0) for op in QUANTIZED_BY_DYNAMIC)
+    )
     if quantized == 0:
         raise PassError(
             context.label,
@@ -283,6 +296,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
             "per_channel": config.per_channel,
             "weight_type": config.weight_type,
             "reduce_range": config.reduce_range,
+            "conv_weights_int8": int8_conv_weights(result),
             **smoothing_facts(result),
             "smoothed_on": None if smoothed_on is None else str(smoothed_on),
             "kept_in_float": [
@@ -315,7 +329,8 @@ def _little_quantized(label: str, share: float, left_by_op: dict[str, int]) -> s
     return (
         f"{label}: only {amount} of the model's weights came out int8; the float rest is read by {readers} — the "
         "model will be about as large and as fast as before (kept_in_float lists what the fidelity target kept; "
-        "for Conv networks, the int8 recipe with --calibration-data quantizes the convolutions)"
+        "for Conv networks, conv_weights: int8 stores their weights in int8 and the int8 recipe with "
+        "--calibration-data quantizes the convolutions)"
     )
 
 
@@ -331,17 +346,42 @@ def _weighted_nodes(model: onnx.ModelProto, op_types: list[str]) -> set[str]:
     }
 
 
+def _stored_convs(model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str]) -> set[str]:
+    """The Conv nodes whose weights dynamic int8 stores in int8 for float compute: none where ``conv_weights`` is
+    float or op_types asks for ConvInteger."""
+    if config.conv_weights == "float" or "Conv" in op_types:
+        return set()
+    ops = {n.name: n.op_type for n in model.graph.node}
+    return {name for name in conv_weight_nodes(model) if ops[name] not in config.exclude.op_types}
+
+
+def _refuse_nothing_to_quantize(
+    model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str], label: str
+) -> None:
+    with_convs = bool(conv_weight_nodes(model))
+    kinds = "/".join(op_types) + ("" if config.conv_weights == "float" or "Conv" in op_types else " or Conv")
+    raise OptcError(
+        f"{label}: the model has no {kinds} node with constant weights, so dynamic int8 has nothing to quantize",
+        hint="set conv_weights: int8 to store its Conv weights in int8, or use the int8 recipe (static int8, with "
+        "--calibration-data)"
+        if with_convs and config.conv_weights == "float"
+        else "int8 shrinks the weights of MatMul, Gemm, Gather and Conv nodes; `optc inspect` shows what this "
+        "model holds",
+    )
+
+
 def _dynamic_quantizer(
     model: onnx.ModelProto,
     config: QuantizeConfig,
     op_types: list[str],
+    convs: set[str],
     scales: dict[str, np.ndarray],
     context: PassContext,
 ) -> Convert:
     """A function from the node names to keep in float to the dynamically quantized model. MatMul (Gemm having
-    become MatMul + Add) and Gather are quantized here one weight at a time, MatMul inputs smoothed by ``scales``;
-    other op types (a fused Attention, Conv) then go through ONNX Runtime's ``quantize_dynamic``, which reads the
-    whole model into memory."""
+    become MatMul + Add) and Gather are quantized here one weight at a time, MatMul inputs smoothed by ``scales``,
+    and the weights of ``convs`` stored in int8; other op types (a fused Attention, Conv as ConvInteger) then go
+    through ONNX Runtime's ``quantize_dynamic``, which reads the whole model into memory."""
     matmuls = _weighted_nodes(model, ["MatMul"]) if "MatMul" in op_types else set()
     gathers = _weighted_nodes(model, ["Gather"]) if "Gather" in op_types else set()
     others = [op for op in op_types if op not in QUANTIZED_BY_OPTC]
@@ -350,7 +390,8 @@ def _dynamic_quantizer(
         with_matmuls = quantize_matmuls(
             model, matmuls - kept, config.weight_type, config.per_channel, config.reduce_range, scales
         )
-        return quantize_gathers(with_matmuls, gathers - kept, config.per_channel)
+        with_gathers = quantize_gathers(with_matmuls, gathers - kept, config.per_channel)
+        return store_conv_weights_int8(with_gathers, convs - kept) if convs - kept else with_gathers
 
     if not others:
         return quantize_by_optc
