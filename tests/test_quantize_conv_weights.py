@@ -108,13 +108,21 @@ def test_dynamic_int8_stores_a_conv_networks_weights_in_int8(tmp_path: Path):
     assert outcome.details["weights_int8_share"] == 1.0 and outcome.warnings == []
 
 
-def test_with_conv_weights_float_a_conv_network_is_refused_with_the_way_out(tmp_path: Path):
-    config = QuantizeConfig(type="quantize", mode="dynamic", conv_weights="float")
-    with pytest.raises(OptcError, match="no MatMul/Gather node with constant weights") as info:
+def test_weight_only_stores_conv_weights_in_8_bits(tmp_path: Path):
+    """The int4 recipes refused Conv networks outright; their convolutions now get 8-bit weights."""
+    outcome = run_quantize(conv_net(), QuantizeConfig(type="quantize", mode="weight_only"), context(tmp_path))
+    assert outcome.details["conv_weights_int8"] == 2 and outcome.details["weights_quantized"] == 0
+    assert [n.op_type for n in outcome.model.graph.node].count("Cast") == 2
+
+
+@pytest.mark.parametrize(("mode", "candidates"), [("dynamic", "MatMul/Gather"), ("weight_only", "MatMul")])
+def test_with_conv_weights_float_a_conv_network_is_refused_with_the_way_out(tmp_path: Path, mode, candidates):
+    config = QuantizeConfig(type="quantize", mode=mode, conv_weights="float")
+    with pytest.raises(OptcError, match=f"no {candidates} node with constant weights") as info:
         run_quantize(conv_net(), config, context(tmp_path))
     assert "conv_weights: int8" in info.value.hint
 
 
 def test_conv_weights_is_a_dynamic_setting():
-    with pytest.raises(ValueError, match="conv_weights only applies to mode: dynamic"):
+    with pytest.raises(ValueError, match="conv_weights only applies to modes dynamic and weight_only"):
         QuantizeConfig(type="quantize", mode="static", conv_weights="float")

@@ -30,7 +30,12 @@ from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import PROBE_SAMPLES, Convert, probe_of
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
-from optc.passes.quantize_conv_weights import conv_weight_nodes, int8_conv_weights, store_conv_weights_int8
+from optc.passes.quantize_conv_weights import (
+    conv_weight_nodes,
+    int8_conv_weights,
+    nothing_to_quantize,
+    store_conv_weights_int8,
+)
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import CostlierConversion, meet_fidelity_targets
 from optc.passes.quantize_gather import embedding_gathers, int8_gathers, quantize_gathers
@@ -52,7 +57,7 @@ QUANTIZED_BY_OPTC = ("MatMul", "Gather")  # the rest of DYNAMIC_OP_TYPES through
 # One of each per quantized MatMul, Conv, fused Attention (embedding Gathers are counted by their int8 tables).
 QUANTIZED_BY_DYNAMIC = ("MatMulInteger", "ConvInteger", "QAttention")
 
-WEIGHT_ONLY_FIELDS = {"type", "mode", "weights", "exclude", "min_cosine", "accuracy_budget"}
+WEIGHT_ONLY_FIELDS = {"type", "mode", "weights", "exclude", "min_cosine", "accuracy_budget", "conv_weights"}
 STATIC_ONLY_FIELDS = (
     "format",
     "activation_type",
@@ -119,9 +124,9 @@ class QuantizeConfig(PassConfig):
     )
     conv_weights: Literal["int8", "float"] = Field(
         default="int8",
-        description="dynamic: Conv/ConvTranspose weights (unless op_types asks for ConvInteger) stored in int8, one "
-        "scale per output channel, behind a Cast and a Mul that ONNX Runtime folds when it loads the model: about 4x "
-        "smaller, computed in float at float speed. float leaves them alone.",
+        description="dynamic and weight_only: Conv/ConvTranspose weights (unless op_types asks for ConvInteger) "
+        "stored in int8, one scale per output channel, behind a Cast and a Mul that ONNX Runtime folds when it loads "
+        "the model: about 4x smaller, computed in float at float speed. float leaves them alone.",
     )
     smooth: bool = Field(
         default=True,
@@ -154,12 +159,10 @@ class QuantizeConfig(PassConfig):
             misplaced = [name for name in self.model_fields_set if name not in WEIGHT_ONLY_FIELDS]
             if misplaced:
                 raise ValueError(f"{', '.join(sorted(misplaced))} do not apply to mode: weight_only")
-        if self.mode == "static":
-            misplaced = [name for name in ("smooth", "conv_weights") if name in self.model_fields_set]
-            if misplaced:
-                raise ValueError(
-                    f"{' and '.join(misplaced)} only appl{'ies' if len(misplaced) == 1 else 'y'} to mode: dynamic"
-                )
+        if self.mode == "static" and "smooth" in self.model_fields_set:
+            raise ValueError("smooth only applies to mode: dynamic")
+        if self.mode == "static" and "conv_weights" in self.model_fields_set:
+            raise ValueError("conv_weights only applies to modes dynamic and weight_only")
         if self.mode == "dynamic":
             misplaced = [name for name in STATIC_ONLY_FIELDS if name in self.model_fields_set]
             if misplaced:
@@ -222,7 +225,8 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     convs = _stored_convs(model, config, op_types)
     weighted = _weighted_nodes(model, op_types) | convs
     if not weighted:
-        _refuse_nothing_to_quantize(model, config, op_types, context.label)
+        conv_weights = "float" if "Conv" in op_types else config.conv_weights
+        raise nothing_to_quantize(model, context.label, "/".join(op_types), "dynamic int8", conv_weights)
     kept = {name: {"reason": "exclude"} for name in excluded}
     if config.keep_float_sensitive:
         for name, reason in float_sensitive_nodes(model.graph, outputs=False).items():
@@ -277,13 +281,14 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         + int8_conv_weights(result)
         + sum(after.get(op, 0) - before.get(op, 0) for op in QUANTIZED_BY_DYNAMIC)
     )
+    ops = {n.name: n.op_type for n in model.graph.node}
     if quantized == 0:
+        kinds = "/".join(sorted({ops[name] for name in weighted}))
         raise PassError(
             context.label,
-            f"all {len(weighted)} {'/'.join(op_types)} node(s) stayed in float, so the model would come out unchanged",
+            f"all {len(weighted)} {kinds} node(s) stayed in float, so the model would come out unchanged",
             hint="see kept_in_float in the report; check exclude",
         )
-    ops = {n.name: n.op_type for n in model.graph.node}
     share, left_by_op = _int8_share(model, result)
     return PassOutcome(
         model=result,
@@ -349,25 +354,7 @@ def _weighted_nodes(model: onnx.ModelProto, op_types: list[str]) -> set[str]:
 def _stored_convs(model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str]) -> set[str]:
     """The Conv nodes whose weights dynamic int8 stores in int8 for float compute: none where ``conv_weights`` is
     float or op_types asks for ConvInteger."""
-    if config.conv_weights == "float" or "Conv" in op_types:
-        return set()
-    ops = {n.name: n.op_type for n in model.graph.node}
-    return {name for name in conv_weight_nodes(model) if ops[name] not in config.exclude.op_types}
-
-
-def _refuse_nothing_to_quantize(
-    model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str], label: str
-) -> None:
-    with_convs = bool(conv_weight_nodes(model))
-    kinds = "/".join(op_types) + ("" if config.conv_weights == "float" or "Conv" in op_types else " or Conv")
-    raise OptcError(
-        f"{label}: the model has no {kinds} node with constant weights, so dynamic int8 has nothing to quantize",
-        hint="set conv_weights: int8 to store its Conv weights in int8, or use the int8 recipe (static int8, with "
-        "--calibration-data)"
-        if with_convs and config.conv_weights == "float"
-        else "int8 shrinks the weights of MatMul, Gemm, Gather and Conv nodes; `optc inspect` shows what this "
-        "model holds",
-    )
+    return set() if config.conv_weights == "float" or "Conv" in op_types else conv_weight_nodes(model)
 
 
 def _dynamic_quantizer(

@@ -1,4 +1,4 @@
-"""Conv weights stored in int8 for float compute, the dynamic int8 recipe's answer for convolutions.
+"""Conv weights stored in int8 for float compute: what dynamic int8 and weight-only quantization do with convolutions.
 
 Each constant float Conv/ConvTranspose weight becomes an int8 initializer with one scale per slice of its first axis
 (a Conv's output channels), read back through ``Cast → Mul``. ONNX Runtime constant-folds that pair when it loads
@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from optc.errors import OptcError
 from optc.model_facts import reader_counts
 from optc.tensors import tensor_values
 
@@ -95,3 +96,17 @@ def store_conv_weights_int8(model: onnx.ModelProto, nodes: set[str]) -> onnx.Mod
 def int8_conv_weights(model: onnx.ModelProto) -> int:
     """How many Conv weights of ``model`` are stored in int8, read from the nodes ``store_conv_weights_int8`` names."""
     return sum(n.op_type == "Mul" and n.name == f"{n.output[0]}_dequantize" for n in model.graph.node)
+
+
+def nothing_to_quantize(model: onnx.ModelProto, label: str, what: str, mode: str, conv_weights: str) -> OptcError:
+    """The refusal of a model holding neither ``what`` (a mode's own candidates) nor, where ``conv_weights`` is
+    int8, a Conv weight to store."""
+    kinds = what if conv_weights == "float" else f"{what} or Conv"
+    return OptcError(
+        f"{label}: the model has no {kinds} node with constant weights, so {mode} has nothing to quantize",
+        hint="set conv_weights: int8 to store its Conv weights in int8, or use the int8 recipe (static int8, with "
+        "--calibration-data)"
+        if conv_weight_nodes(model) and conv_weights == "float"
+        else "int8 shrinks the weights of MatMul, Gemm, Gather and Conv nodes; `optc inspect` shows what this "
+        "model holds",
+    )

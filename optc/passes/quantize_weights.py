@@ -1,5 +1,6 @@
 """``type: quantize`` with ``mode: weight_only``: MatMul weights stored in 4 (or 8) bits, blockwise; activations stay
-float, so there is nothing to calibrate for plain round-to-nearest.
+float, so there is nothing to calibrate for plain round-to-nearest. Conv weights go to 8 bits for float compute
+(``quantize_conv_weights``), outside the search below.
 
 Output formats: ONNX Runtime's ``MatMulNBits`` (its fast CPU and CUDA kernels; ``accuracy_level`` from the target:
 4, int8 compute, on CPUs — 4x faster than level 0 at batch 1 on AVX2, see the README), or standard ONNX
@@ -33,6 +34,12 @@ from optc.passes.channel_scaling import divided_input
 from optc.passes.exclude import excluded_nodes
 from optc.passes.fallback import probe_of
 from optc.passes.quantize_awq import awq_scales
+from optc.passes.quantize_conv_weights import (
+    conv_weight_nodes,
+    int8_conv_weights,
+    nothing_to_quantize,
+    store_conv_weights_int8,
+)
 from optc.passes.quantize_fallback import meet_fidelity_targets
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.registry import PassContext, PassOutcome
@@ -108,25 +115,25 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
     # Gemm has no weight-only kernel; as MatMul + Add (under the Gemm's name) its weight can be quantized.
     model = name_unnamed_nodes(normalize_opsets(gemm_to_matmul(model)))
     candidates = _candidates(model, excluded)
-    if not candidates:
-        raise OptcError(
-            f"{context.label}: the model has no MatMul with a constant 2-D weight, so weight-only quantization has "
-            "nothing to do",
-            hint="for convolutional networks use the int8 recipe",
-        )
+    # 8 bits, not 4: 4-bit round-to-nearest Conv weights (blocks of 32) took a DBNet text detector to cosine 0.92
+    # and a CAPTCHA detector to 0.68, where 8 bits per channel kept both above 0.997
+    convs = set() if config.conv_weights == "float" else conv_weight_nodes(model) - excluded
+    if not candidates and not convs:
+        raise nothing_to_quantize(model, context.label, "MatMul", "weight-only quantization", config.conv_weights)
     accuracy_level = settings.accuracy_level
     if accuracy_level is None and settings.format == "matmulnbits":
         accuracy_level = ACCURACY_LEVEL.get(context.target, DEFAULT_ACCURACY_LEVEL)
     eight_bit = _eight_bit_layers(model, candidates, settings.eight_bit, context.label)
     scales, calibrated_on = {}, None
-    if settings.algorithm == "awq":
+    if settings.algorithm == "awq" and candidates:
         batches, calibrated_on = _calibration_batches(model, settings, context)
         scales = awq_scales(model, candidates, batches, settings, context.workdir)
     if settings.format == "qdq" and _opset(model) < QDQ_OPSET:
         model = _upgraded(model, context.label)
 
     def convert(upgraded: set[str]) -> onnx.ModelProto:
-        return quantize_weights(model, candidates, settings, accuracy_level, set(eight_bit) | upgraded, scales)
+        quantized = quantize_weights(model, candidates, settings, accuracy_level, set(eight_bit) | upgraded, scales)
+        return store_conv_weights_int8(quantized, convs) if convs else quantized
 
     full = convert(set())
     kept = {name: {"reason": reason} for name, reason in eight_bit.items()}
@@ -151,6 +158,7 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
         model=result,
         details={
             "weights_quantized": len(candidates),
+            "conv_weights_int8": int8_conv_weights(result),
             "bits": settings.bits,
             "four_bit_layers": len(four_bit),
             "block_size": settings.block_size,

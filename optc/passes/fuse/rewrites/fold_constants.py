@@ -5,7 +5,8 @@ shape arithmetic: a Shape node whose input has a fully known shape (from ONNX sh
 which lets the Gather/Concat/Unsqueeze chains built on it fold away.
 
 Values are computed with ONNX's reference evaluator, node by node. Not folded: random ops (a new value per run),
-DequantizeLinear (folding it would undo the compression of a quantized weight), non-standard domains, nodes that
+DequantizeLinear and the Cast of an int8/uint8 constant (folding them would undo the compression of a quantized
+weight, such as the Conv weights dynamic int8 stores for ONNX Runtime to fold at load), non-standard domains, nodes that
 produce graph outputs, and results much larger than their inputs (an Expand of a scalar to a big tensor would only
 bloat the file).
 """
@@ -37,7 +38,7 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     for node in list(model.graph.node):
         if not is_standard(node) or has_subgraph(node) or node.op_type in NOT_FOLDED:
             continue
-        if any(name in index.graph_outputs for name in node.output):
+        if any(name in index.graph_outputs for name in node.output) or _widens_int8_constant(node, index):
             continue
         outputs = (
             _shape_value(node, index) if node.op_type == "Shape" else _evaluate(node, index, folded_values, opsets)
@@ -51,6 +52,13 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 model.graph.initializer.append(numpy_helper.from_array(value, name))
         applied += 1
     return model, applied
+
+
+def _widens_int8_constant(node: onnx.NodeProto, index: GraphIndex) -> bool:
+    if node.op_type != "Cast":
+        return False
+    value = index.const(node.input[0])
+    return value is not None and value.dtype in (np.int8, np.uint8)
 
 
 def _evaluate(node, index: GraphIndex, folded: dict[str, np.ndarray], opsets) -> list[np.ndarray] | None:
