@@ -126,3 +126,38 @@ def test_with_conv_weights_float_a_conv_network_is_refused_with_the_way_out(tmp_
 def test_conv_weights_is_a_dynamic_setting():
     with pytest.raises(ValueError, match="conv_weights only applies to modes dynamic and weight_only"):
         QuantizeConfig(type="quantize", mode="static", conv_weights="float")
+
+
+def test_weight_only_keeps_a_conv_in_float_where_8_bits_miss_the_target(tmp_path: Path):
+    """A text recognizer's Conv lost its int8 storage's accuracy (cosine 0.9987 → 0.982): the search must be able
+    to keep such a Conv in float, or int4-accurate fails its own target on a model it handled before. Here one
+    weight of 1000 on an input channel the data never uses sets its output channel's scale, zeroing the rest."""
+    spoiled = (RNG.standard_normal((4, 4, 3, 3)) / 4).astype(np.float32)
+    spoiled[0, 3, 1, 1] = 1000.0
+    benign = (RNG.standard_normal((4, 4, 3, 3)) / 4).astype(np.float32)
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "S"], ["h"], name="spoiled", pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", ["h", "B"], ["y"], name="benign", pads=[1, 1, 1, 1]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 6, 6])],
+        [numpy_helper.from_array(spoiled, "S"), numpy_helper.from_array(benign, "B")],
+    )
+    x = RNG.standard_normal((16, 4, 6, 6)).astype(np.float32)
+    x[:, 3] = 0  # the channel the outlier weight reads
+    data = PassContext(
+        label="passes[0] quantize (weight_only)",
+        workdir=tmp_path,
+        seed=0,
+        dataset=Dataset(inputs={"x": x}, labels=None, source="x"),
+    )
+    stored_anyway = run_quantize(model, QuantizeConfig(type="quantize", mode="weight_only"), data).model
+    [expected], [damaged] = outputs(model, x), outputs(stored_anyway, x)
+    assert np.dot(expected.ravel(), damaged.ravel()) / np.linalg.norm(expected) / np.linalg.norm(damaged) < 0.99
+    config = QuantizeConfig(type="quantize", mode="weight_only", min_cosine=0.999)
+    outcome = run_quantize(model, config, data)
+    assert [row["node"] for row in outcome.details["convs_kept_in_float"]] == ["spoiled"]
+    assert outcome.details["conv_weights_int8"] == 1 and outcome.details["eight_bit_layers"] == []
+    [got] = outputs(outcome.model, x)
+    assert np.dot(expected.ravel(), got.ravel()) / np.linalg.norm(expected) / np.linalg.norm(got) > 0.999

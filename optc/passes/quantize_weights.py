@@ -132,8 +132,9 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
         model = _upgraded(model, context.label)
 
     def convert(upgraded: set[str]) -> onnx.ModelProto:
+        """Upgraded MatMuls go to 8 bits, upgraded Convs (already at 8) to float."""
         quantized = quantize_weights(model, candidates, settings, accuracy_level, set(eight_bit) | upgraded, scales)
-        return store_conv_weights_int8(quantized, convs) if convs else quantized
+        return store_conv_weights_int8(quantized, convs - upgraded) if convs - upgraded else quantized
 
     full = convert(set())
     kept = {name: {"reason": reason} for name, reason in eight_bit.items()}
@@ -145,14 +146,16 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
         full,
         kept,
         probe,
-        lambda n: n.name in {c.node.name for c in candidates},
+        lambda n: n.name in {c.node.name for c in candidates} | convs,
         config,
         context,
         context.batch_size,
     )
-    if details:  # nodes the targets asked for go to 8 bits, not to float
+    if details:  # MatMuls the targets asked for go to 8 bits, not to float (Convs, at 8 already, do)
         for row in details.get("sensitivity", []):
-            row["kept_at_8_bits"] = row.pop("kept_in_float")
+            if row.get("node") not in convs:
+                row["kept_at_8_bits"] = row.pop("kept_in_float")
+    conv_float = {name: kept.pop(name) for name in convs & set(kept)}
     four_bit = [c.node.name for c in candidates if c.node.name not in kept] if settings.bits == 4 else []
     return PassOutcome(
         model=result,
@@ -168,6 +171,7 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
             "accuracy_level": accuracy_level,
             "embeddings": settings.embeddings,
             "eight_bit_layers": [{"node": name, **facts} for name, facts in sorted(kept.items())],
+            "convs_kept_in_float": [{"node": name, **facts} for name, facts in sorted(conv_float.items())],
             "awq_scaled_inputs": len(scales),
             **details,
         },
