@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optc.data import Dataset
-from optc.errors import OptcError
+from optc.errors import OptcError, PassError
 from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.quantize_conv_weights import int8_conv_weights, store_conv_weights_int8
 from optc.passes.registry import PassContext
@@ -161,3 +161,10 @@ def test_weight_only_keeps_a_conv_in_float_where_8_bits_miss_the_target(tmp_path
     assert outcome.details["conv_weights_int8"] == 1 and outcome.details["eight_bit_layers"] == []
     [got] = outputs(outcome.model, x)
     assert np.dot(expected.ravel(), got.ravel()) / np.linalg.norm(expected) / np.linalg.norm(got) > 0.999
+
+    alone = onnx.ModelProto()
+    alone.CopyFrom(model)
+    del alone.graph.node[1:]
+    alone.graph.output[0].name = "h"
+    with pytest.raises(PassError, match="all 1 Conv node"):  # not an unchanged model passed off as optimized
+        run_quantize(alone, config, data)

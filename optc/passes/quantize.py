@@ -23,7 +23,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from pydantic import Field, model_validator
 
 from optc.data import input_specs, stream_batches
-from optc.errors import OptcError, PassError
+from optc.errors import OptcError
 from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
 from optc.modelio import adopt_model, tensor_bytes
 from optc.passes.calibration import CalibrationConfig
@@ -37,7 +37,7 @@ from optc.passes.quantize_conv_weights import (
     store_conv_weights_int8,
 )
 from optc.passes.quantize_defaults import with_target_defaults
-from optc.passes.quantize_fallback import CostlierConversion, meet_fidelity_targets
+from optc.passes.quantize_fallback import CostlierConversion, all_kept_in_float, meet_fidelity_targets
 from optc.passes.quantize_gather import embedding_gathers, int8_gathers, quantize_gathers
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls, smoothing_facts
@@ -283,12 +283,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     )
     ops = {n.name: n.op_type for n in model.graph.node}
     if quantized == 0:
-        kinds = "/".join(sorted({ops[name] for name in weighted}))
-        raise PassError(
-            context.label,
-            f"all {len(weighted)} {kinds} node(s) stayed in float, so the model would come out unchanged",
-            hint="see kept_in_float in the report; check exclude",
-        )
+        raise all_kept_in_float(context.label, [ops[name] for name in weighted])
     share, left_by_op = _int8_share(model, result)
     return PassOutcome(
         model=result,

@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from optc.data import input_specs
+from optc.errors import PassError
 from optc.measure.accuracy import Evaluator
 from optc.measure.providers import check_options
 from optc.passes.fallback import (
@@ -129,3 +130,14 @@ def _drop_of(original: onnx.ModelProto, context: PassContext, batch: int) -> Cal
         session(original, "budget_reference"), context.dataset, input_specs(original), context.metric, batch
     )
     return lambda model: evaluator(session(model, "budget_candidate")).drop
+
+
+def all_kept_in_float(label: str, kinds: list[str]) -> PassError:
+    """The failure of a conversion whose fidelity targets kept every one of its candidates (of op types ``kinds``)
+    in float: writing the model unchanged would pass for an optimization."""
+    return PassError(
+        label,
+        f"all {len(kinds)} {'/'.join(sorted(set(kinds)))} node(s) stayed in float, so the model would come out "
+        "unchanged",
+        hint="see kept_in_float in the report; check exclude",
+    )

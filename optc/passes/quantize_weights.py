@@ -40,7 +40,7 @@ from optc.passes.quantize_conv_weights import (
     nothing_to_quantize,
     store_conv_weights_int8,
 )
-from optc.passes.quantize_fallback import meet_fidelity_targets
+from optc.passes.quantize_fallback import all_kept_in_float, meet_fidelity_targets
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.registry import PassContext, PassOutcome
 from optc.tensors import tensor_values
@@ -156,6 +156,8 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
             if row.get("node") not in convs:
                 row["kept_at_8_bits"] = row.pop("kept_in_float")
     conv_float = {name: kept.pop(name) for name in convs & set(kept)}
+    if not candidates and len(conv_float) == len(convs):
+        raise all_kept_in_float(context.label, [n.op_type for n in model.graph.node if n.name in convs])
     four_bit = [c.node.name for c in candidates if c.node.name not in kept] if settings.bits == 4 else []
     return PassOutcome(
         model=result,
