@@ -207,3 +207,38 @@ def test_warns_when_dynamic_int8_leaves_most_weights_in_float(tmp_path: Path):
     assert run_quantize(mlp_model(), config(), context).warnings == []
     by_default = run_quantize(model, config(), context)  # the Conv's weight stored in int8 too
     assert by_default.details["weights_int8_share"] == 1.0 and by_default.warnings == []
+
+
+def test_the_fidelity_search_counts_integer_outputs_as_the_gate_does(tmp_path: Path):
+    """A text recognizer's argmax ids fell to held-out cosine 0.98 (gate failed, exit 1) while its float outputs,
+    all the search compared, stayed at 0.9997. Here two near-tied class columns let int8 flip the ids."""
+    rng = np.random.default_rng(0)
+    tied = rng.standard_normal((64, 1)).astype(np.float32)
+    scores = np.concatenate([tied, tied + 1e-3 * rng.standard_normal((64, 1)).astype(np.float32)], axis=1)
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"], name="features"),
+            helper.make_node("MatMul", ["x", "C"], ["scores"], name="classes"),
+            helper.make_node("ArgMax", ["scores"], ["ids"], name="argmax", axis=1, keepdims=0),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", 64]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]),
+        ],
+        [
+            numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W"),
+            numpy_helper.from_array(scores, "C"),
+        ],
+    )
+    x = rng.standard_normal((64, 64)).astype(np.float32)
+    data = PassContext(
+        label="passes[0] quantize (dynamic)",
+        workdir=tmp_path,
+        seed=0,
+        dataset=Dataset(inputs={"x": x}, labels=None, source="x"),
+    )
+    outcome = run_quantize(model, config(min_cosine=0.999, smooth=False), data)
+    assert [row["node"] for row in outcome.details["kept_in_float"]] == ["classes"]
+    session = ort.InferenceSession(outcome.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(["ids"], {"x": x})[0], np.argmax(x @ scores, axis=1))

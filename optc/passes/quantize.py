@@ -287,7 +287,9 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     share, left_by_op = _int8_share(model, result)
     return PassOutcome(
         model=result,
-        warnings=[_little_quantized(context.label, share, left_by_op)] if share < LITTLE_QUANTIZED_SHARE else [],
+        warnings=[_little_quantized(context.label, share, left_by_op, config.conv_weights)]
+        if share < LITTLE_QUANTIZED_SHARE
+        else [],
         details={
             "ops_quantized": quantized,
             "weights_int8_share": round(share, 4),
@@ -321,7 +323,7 @@ def _int8_share(model: onnx.ModelProto, result: onnx.ModelProto) -> tuple[float,
     return (sum(size for name, size in sizes.items() if name not in kept) / total if total else 0.0), left_by_op
 
 
-def _little_quantized(label: str, share: float, left_by_op: dict[str, int]) -> str:
+def _little_quantized(label: str, share: float, left_by_op: dict[str, int], conv_weights: str) -> str:
     total = sum(left_by_op.values()) or 1
     largest = sorted(left_by_op.items(), key=lambda item: -item[1])[:3]
     readers = ", ".join(f"{op} {size / total:.0%}" for op, size in largest if size / total >= 0.01)
@@ -329,8 +331,9 @@ def _little_quantized(label: str, share: float, left_by_op: dict[str, int]) -> s
     return (
         f"{label}: only {amount} of the model's weights came out int8; the float rest is read by {readers} — the "
         "model will be about as large and as fast as before (kept_in_float lists what the fidelity target kept; "
-        "for Conv networks, conv_weights: int8 stores their weights in int8 and the int8 recipe with "
-        "--calibration-data quantizes the convolutions)"
+        "for Conv networks, "
+        + ("conv_weights: int8 stores their weights in int8 and " if conv_weights == "float" else "")
+        + "the int8 recipe with --calibration-data quantizes the convolutions)"
     )
 
 
