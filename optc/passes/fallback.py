@@ -323,9 +323,9 @@ def _outputs_of(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]
 
 def output_agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict:
     """How close ``candidate``'s outputs are to ``reference``'s: the worst cosine over every output (pooled for tiny
-    outputs, integer ones included, as the report's gate measures them) and the output it belongs to, and the worst
-    relative L2 error. Integer outputs count: a text recognizer's argmax ids fell to held-out
-    cosine 0.98 while its float outputs, all the search looked at, stayed at 0.9997."""
+    outputs, integer ones included, as the report's gate measures them), the output it belongs to, and the worst
+    relative L2 error. Integer outputs count: a text recognizer's argmax ids fell to held-out cosine 0.98 while its
+    float outputs, all the search looked at, stayed at 0.9997."""
     errors = _relative_errors(reference, candidate)
     broken = next((name for name, error in errors.items() if not np.isfinite(error)), None)
     if broken is not None:

@@ -1,6 +1,6 @@
 """``type: quantize`` with ``mode: weight_only``: MatMul weights stored in 4 (or 8) bits, blockwise; activations stay
 float, so there is nothing to calibrate for plain round-to-nearest. Conv weights go to 8 bits for float compute
-(``quantize_conv_weights``), outside the search below.
+(``quantize_conv_weights``); where a fidelity target asks, a MatMul is raised to 8 bits and a Conv to float.
 
 Output formats: ONNX Runtime's ``MatMulNBits`` (its fast CPU and CUDA kernels; ``accuracy_level`` from the target:
 4, int8 compute, on CPUs — 4x faster than level 0 at batch 1 on AVX2, see the README), or standard ONNX
