@@ -230,3 +230,42 @@ def test_checks_see_the_numbers_the_deployed_model_produces(tmp_path):
     deployed = ort.InferenceSession(quantized.SerializeToString(), session_options(1), ["CPUExecutionProvider"])
     checked = ort.InferenceSession(quantized.SerializeToString(), check_options(), ["CPUExecutionProvider"])
     np.testing.assert_array_equal(checked.run(None, X)[0], deployed.run(None, X)[0])
+
+
+def test_a_matmul_feeding_log_stays_float_where_int8_compute_would_zero_its_input(tmp_path):
+    """A log-mel front-end (openWakeWord's melspectrogram): at accuracy_level 4 MatMulNBits quantizes its input to
+    int8 per block, the quiet frequency bins of a power spectrum share blocks with loud ones and round to zero, and
+    the filterbank's Log turned that into errors of 59. A Pow reader is harmless and stays quantized."""
+    bins = np.arange(WIDTH)
+    spectrum = np.where(bins % 2 == 0, 1e-6, 1e2) * RNG.uniform(0.5, 1.5, (32, WIDTH))
+    quiet_filters = np.zeros((WIDTH, 8), np.float32)
+    for column in range(8):  # each reads a few quiet (even) bins only
+        quiet_filters[2 * column * 4 : 2 * column * 4 + 8 : 2, column] = 1.0
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "F"], ["mel"], name="filterbank"),
+            helper.make_node("Log", ["mel"], ["log_mel"], name="log"),
+            helper.make_node("MatMul", ["x", "W"], ["h"], name="dense"),
+            helper.make_node("Pow", ["h", "two"], ["energy"], name="square"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", WIDTH])],
+        [
+            helper.make_tensor_value_info("log_mel", TensorProto.FLOAT, ["n", 8]),
+            helper.make_tensor_value_info("energy", TensorProto.FLOAT, ["n", WIDTH]),
+        ],
+        [
+            numpy_helper.from_array(quiet_filters, "F"),
+            numpy_helper.from_array(heavy_tailed(WIDTH, WIDTH), "W"),
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        ],
+    )
+    feed = {"x": spectrum.astype(np.float32)}
+    outcome = run_quantize(model, weight_only(eight_bit="none"), context(tmp_path, feed))
+    assert [row["node"] for row in outcome.details["kept_in_float"]] == ["filterbank"]
+    assert "Log 'log'" in outcome.details["kept_in_float"][0]["reason"]
+    assert outcome.details["weights_quantized"] == 1  # the MatMul feeding Pow
+    got = outputs(outcome.model, feed)
+    assert np.isfinite(got).all() and cosine(got, outputs(model, feed)) > 0.9999
+    off = QuantizeConfig(type="quantize", mode="weight_only", keep_float_sensitive=False)
+    broken = run_quantize(model, off, context(tmp_path, feed)).model
+    assert not np.isfinite(outputs(broken, feed)).all() or cosine(outputs(broken, feed), outputs(model, feed)) < 0.99

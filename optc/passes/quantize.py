@@ -57,7 +57,16 @@ QUANTIZED_BY_OPTC = ("MatMul", "Gather")  # the rest of DYNAMIC_OP_TYPES through
 # One of each per quantized MatMul, Conv, fused Attention (embedding Gathers are counted by their int8 tables).
 QUANTIZED_BY_DYNAMIC = ("MatMulInteger", "ConvInteger", "QAttention")
 
-WEIGHT_ONLY_FIELDS = {"type", "mode", "weights", "exclude", "min_cosine", "accuracy_budget", "conv_weights"}
+WEIGHT_ONLY_FIELDS = {
+    "type",
+    "mode",
+    "weights",
+    "exclude",
+    "min_cosine",
+    "accuracy_budget",
+    "conv_weights",
+    "keep_float_sensitive",
+}
 STATIC_ONLY_FIELDS = (
     "format",
     "activation_type",
@@ -120,7 +129,8 @@ class QuantizeConfig(PassConfig):
     keep_float_sensitive: bool = Field(
         default=True,
         description="Keep in float what int8 cannot represent: the chains feeding Log/Sqrt/Pow/Reciprocal and Div "
-        "denominators, and LSTM/GRU/RNN cells with their state readers.",
+        "denominators, and LSTM/GRU/RNN cells with their state readers. weight_only (int8 compute): the MatMuls "
+        "feeding Log/Reciprocal and Div denominators, and those recurrent rules.",
     )
     conv_weights: Literal["int8", "float"] = Field(
         default="int8",

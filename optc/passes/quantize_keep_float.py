@@ -15,6 +15,9 @@ from __future__ import annotations
 import onnx
 
 SMALL_MAGNITUDE_OPS = {"Log": (0,), "Sqrt": (0,), "Pow": (0,), "Reciprocal": (0,), "Div": (1,)}
+# The subset where a value rounded to zero becomes infinite (weight-only's rule: its blockwise int8 compute keeps
+# small values far better than a per-tensor range, so only these still break).
+BLOW_UP_OPS = {"Log": (0,), "Reciprocal": (0,), "Div": (1,)}
 RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
 SQUASHING_OPS = {"Sigmoid", "Softmax", "LogSoftmax", "Tanh", "HardSigmoid", "Softplus"}
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
@@ -22,7 +25,9 @@ WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 MAX_CHAIN = 6
 
 
-def float_sensitive_nodes(graph: onnx.GraphProto, outputs: bool) -> dict[str, str]:
+def float_sensitive_nodes(
+    graph: onnx.GraphProto, outputs: bool, small_magnitude_ops: dict[str, tuple[int, ...]] = SMALL_MAGNITUDE_OPS
+) -> dict[str, str]:
     """Node name → why it stays in float."""
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name for t in graph.initializer}
@@ -33,7 +38,7 @@ def float_sensitive_nodes(graph: onnx.GraphProto, outputs: bool) -> dict[str, st
             if node is not None and node.op_type in SQUASHING_OPS:
                 reasons[node.name] = f"writes graph output {output.name!r}, a score int8 would round to 256 levels"
     for node in graph.node:
-        for index in SMALL_MAGNITUDE_OPS.get(node.op_type, ()):
+        for index in small_magnitude_ops.get(node.op_type, ()):
             if index >= len(node.input):
                 continue
             role = "denominator" if node.op_type == "Div" else "input"

@@ -41,6 +41,7 @@ from optc.passes.quantize_conv_weights import (
     store_conv_weights_int8,
 )
 from optc.passes.quantize_fallback import all_kept_in_float, meet_fidelity_targets
+from optc.passes.quantize_keep_float import BLOW_UP_OPS, float_sensitive_nodes
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.registry import PassContext, PassOutcome
 from optc.tensors import tensor_values
@@ -54,6 +55,7 @@ QDQ_OPSET = 21  # blockwise DequantizeLinear and int4 types
 # ignore the attribute.
 ACCURACY_LEVEL = {"cuda": None}
 DEFAULT_ACCURACY_LEVEL = 4
+INT8_COMPUTE = 4  # the accuracy_level at which MatMulNBits quantizes its input
 
 
 class WeightOnlyConfig(BaseModel):
@@ -114,15 +116,18 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
     excluded = excluded_nodes(model.graph, config.exclude, context.label)
     # Gemm has no weight-only kernel; as MatMul + Add (under the Gemm's name) its weight can be quantized.
     model = name_unnamed_nodes(normalize_opsets(gemm_to_matmul(model)))
-    candidates = _candidates(model, excluded)
+    accuracy_level = settings.accuracy_level
+    if accuracy_level is None and settings.format == "matmulnbits":
+        accuracy_level = ACCURACY_LEVEL.get(context.target, DEFAULT_ACCURACY_LEVEL)
+    in_float = (
+        _blow_up_readers(model, excluded) if config.keep_float_sensitive and accuracy_level == INT8_COMPUTE else {}
+    )
+    candidates = _candidates(model, excluded | set(in_float))
     # 8 bits, not 4: 4-bit round-to-nearest Conv weights (blocks of 32) took a DBNet text detector to cosine 0.92
     # and a CAPTCHA detector to 0.68, where 8 bits per channel kept both above 0.997
     convs = set() if config.conv_weights == "float" else conv_weight_nodes(model) - excluded
     if not candidates and not convs:
         raise nothing_to_quantize(model, context.label, "MatMul", "weight-only quantization", config.conv_weights)
-    accuracy_level = settings.accuracy_level
-    if accuracy_level is None and settings.format == "matmulnbits":
-        accuracy_level = ACCURACY_LEVEL.get(context.target, DEFAULT_ACCURACY_LEVEL)
     eight_bit = _eight_bit_layers(model, candidates, settings.eight_bit, context.label)
     scales, calibrated_on = {}, None
     if settings.algorithm == "awq" and candidates:
@@ -174,6 +179,7 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
             "embeddings": settings.embeddings,
             "eight_bit_layers": [{"node": name, **facts} for name, facts in sorted(kept.items())],
             "convs_kept_in_float": [{"node": name, **facts} for name, facts in sorted(conv_float.items())],
+            "kept_in_float": [{"node": name, "reason": reason} for name, reason in sorted(in_float.items())],
             "awq_scaled_inputs": len(scales),
             **details,
         },
@@ -194,6 +200,16 @@ def _candidates(model: onnx.ModelProto, excluded: set[str]) -> list[Candidate]:
 
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+
+
+def _blow_up_readers(model: onnx.ModelProto, excluded: set[str]) -> dict[str, str]:
+    """MatMul candidates whose output reaches, through a few non-weighted ops, a ``Log``, ``Reciprocal`` or ``Div``
+    denominator, with the reason: at accuracy_level 4 ``MatMulNBits`` quantizes its input to int8 per block, and a
+    value rounded to zero there becomes infinite after it (a log-mel front-end's filterbank MatMul, 8 bits or 4,
+    went to cosine 0.978 with errors of 59 in log space; in float its Convs' 8-bit weights alone kept 1.0000).
+    MatMuls reading a recurrent cell's state stay float too, as in the int8 modes."""
+    sensitive = float_sensitive_nodes(model.graph, outputs=False, small_magnitude_ops=BLOW_UP_OPS)
+    return {c.node.name: sensitive[c.node.name] for c in _candidates(model, excluded) if c.node.name in sensitive}
 
 
 def _eight_bit_layers(
