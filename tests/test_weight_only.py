@@ -235,7 +235,8 @@ def test_checks_see_the_numbers_the_deployed_model_produces(tmp_path):
 def test_a_matmul_feeding_log_stays_float_where_int8_compute_would_zero_its_input(tmp_path):
     """A log-mel front-end (openWakeWord's melspectrogram): at accuracy_level 4 MatMulNBits quantizes its input to
     int8 per block, the quiet frequency bins of a power spectrum share blocks with loud ones and round to zero, and
-    the filterbank's Log turned that into errors of 59. A Pow reader is harmless and stays quantized."""
+    the filterbank's Log turned that into errors of 59. A MatMul reaching a Div denominator through a reduction
+    (RMSNorm's mean of squares, behind every LLM projection) stays quantized: one rounded element averages away."""
     bins = np.arange(WIDTH)
     spectrum = np.where(bins % 2 == 0, 1e-6, 1e2) * RNG.uniform(0.5, 1.5, (32, WIDTH))
     quiet_filters = np.zeros((WIDTH, 8), np.float32)
@@ -246,12 +247,15 @@ def test_a_matmul_feeding_log_stays_float_where_int8_compute_would_zero_its_inpu
             helper.make_node("MatMul", ["x", "F"], ["mel"], name="filterbank"),
             helper.make_node("Log", ["mel"], ["log_mel"], name="log"),
             helper.make_node("MatMul", ["x", "W"], ["h"], name="dense"),
-            helper.make_node("Pow", ["h", "two"], ["energy"], name="square"),
+            helper.make_node("Pow", ["h", "two"], ["square"], name="square"),
+            helper.make_node("ReduceMean", ["square"], ["mean_square"], name="mean", axes=[1], keepdims=1),
+            helper.make_node("Sqrt", ["mean_square"], ["rms"], name="rms"),
+            helper.make_node("Div", ["h", "rms"], ["normed"], name="normalize"),
         ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", WIDTH])],
         [
             helper.make_tensor_value_info("log_mel", TensorProto.FLOAT, ["n", 8]),
-            helper.make_tensor_value_info("energy", TensorProto.FLOAT, ["n", WIDTH]),
+            helper.make_tensor_value_info("normed", TensorProto.FLOAT, ["n", WIDTH]),
         ],
         [
             numpy_helper.from_array(quiet_filters, "F"),
@@ -263,7 +267,7 @@ def test_a_matmul_feeding_log_stays_float_where_int8_compute_would_zero_its_inpu
     outcome = run_quantize(model, weight_only(eight_bit="none"), context(tmp_path, feed))
     assert [row["node"] for row in outcome.details["kept_in_float"]] == ["filterbank"]
     assert "Log 'log'" in outcome.details["kept_in_float"][0]["reason"]
-    assert outcome.details["weights_quantized"] == 1  # the MatMul feeding Pow
+    assert outcome.details["weights_quantized"] == 1  # the MatMul normalized by its RMS
     got = outputs(outcome.model, feed)
     assert np.isfinite(got).all() and cosine(got, outputs(model, feed)) > 0.9999
     off = QuantizeConfig(type="quantize", mode="weight_only", keep_float_sensitive=False)

@@ -130,7 +130,7 @@ class QuantizeConfig(PassConfig):
         default=True,
         description="Keep in float what int8 cannot represent: the chains feeding Log/Sqrt/Pow/Reciprocal and Div "
         "denominators, and LSTM/GRU/RNN cells with their state readers. weight_only (int8 compute): the MatMuls "
-        "feeding Log/Reciprocal and Div denominators, and those recurrent rules.",
+        "feeding Log/Reciprocal and Div denominators through elementwise ops.",
     )
     conv_weights: Literal["int8", "float"] = Field(
         default="int8",

@@ -15,9 +15,13 @@ from __future__ import annotations
 import onnx
 
 SMALL_MAGNITUDE_OPS = {"Log": (0,), "Sqrt": (0,), "Pow": (0,), "Reciprocal": (0,), "Div": (1,)}
-# The subset where a value rounded to zero becomes infinite (weight-only's rule: its blockwise int8 compute keeps
-# small values far better than a per-tensor range, so only these still break).
+# Where a value rounded to zero becomes infinite; weight-only's rule (``blow_up_readers``) checks only these, and only
+# through elementwise ops: its blockwise int8 input keeps small values far better than a per-tensor range, and a
+# reduction in between (RMSNorm's mean of squares before its Div) averages one rounded element away.
 BLOW_UP_OPS = {"Log": (0,), "Reciprocal": (0,), "Div": (1,)}
+ELEMENTWISE_OPS = frozenset(
+    {"Add", "Sub", "Mul", "Max", "Min", "Clip", "Abs", "Relu", "Pow", "Sqrt", "Cast", "Identity", "Neg"}
+)
 RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
 SQUASHING_OPS = {"Sigmoid", "Softmax", "LogSoftmax", "Tanh", "HardSigmoid", "Softplus"}
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
@@ -25,9 +29,7 @@ WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 MAX_CHAIN = 6
 
 
-def float_sensitive_nodes(
-    graph: onnx.GraphProto, outputs: bool, small_magnitude_ops: dict[str, tuple[int, ...]] = SMALL_MAGNITUDE_OPS
-) -> dict[str, str]:
+def float_sensitive_nodes(graph: onnx.GraphProto, outputs: bool) -> dict[str, str]:
     """Node name → why it stays in float."""
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name for t in graph.initializer}
@@ -38,7 +40,7 @@ def float_sensitive_nodes(
             if node is not None and node.op_type in SQUASHING_OPS:
                 reasons[node.name] = f"writes graph output {output.name!r}, a score int8 would round to 256 levels"
     for node in graph.node:
-        for index in small_magnitude_ops.get(node.op_type, ()):
+        for index in SMALL_MAGNITUDE_OPS.get(node.op_type, ()):
             if index >= len(node.input):
                 continue
             role = "denominator" if node.op_type == "Div" else "input"
@@ -54,8 +56,32 @@ def float_sensitive_nodes(
     return reasons
 
 
-def _producer_chain(tensor: str, producers: dict[str, onnx.NodeProto], initializers: set[str]) -> list[onnx.NodeProto]:
-    """The nodes computing ``tensor``, walking up through non-weighted ops until the nearest weighted one."""
+def blow_up_readers(graph: onnx.GraphProto) -> dict[str, str]:
+    """Weighted node name → why it stays in float, for the weighted nodes whose output reaches the input of ``Log`` or
+    ``Reciprocal``, or a ``Div`` denominator, through elementwise ops only."""
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name for t in graph.initializer}
+    reasons: dict[str, str] = {}
+    for node in graph.node:
+        for index in BLOW_UP_OPS.get(node.op_type, ()):
+            if index >= len(node.input):
+                continue
+            role = "denominator" if node.op_type == "Div" else "input"
+            why = f"feeds the {role} of {node.op_type} {node.name!r}, where a value rounded to zero becomes infinite"
+            for producer in _producer_chain(node.input[index], producers, initializers, ELEMENTWISE_OPS):
+                if producer.op_type in WEIGHTED_OPS:
+                    reasons.setdefault(producer.name, why)
+    return reasons
+
+
+def _producer_chain(
+    tensor: str,
+    producers: dict[str, onnx.NodeProto],
+    initializers: set[str],
+    walk_through: frozenset[str] | None = None,
+) -> list[onnx.NodeProto]:
+    """The nodes computing ``tensor``, walking up through non-weighted ops (of ``walk_through`` only, where given)
+    until the nearest weighted one."""
     chain: list[onnx.NodeProto] = []
     frontier = [tensor]
     while frontier and len(chain) < MAX_CHAIN:
@@ -63,6 +89,6 @@ def _producer_chain(tensor: str, producers: dict[str, onnx.NodeProto], initializ
         if node is None or node in chain:
             continue
         chain.append(node)
-        if node.op_type not in WEIGHTED_OPS:
+        if node.op_type not in WEIGHTED_OPS and (walk_through is None or node.op_type in walk_through):
             frontier.extend(name for name in node.input if name and name not in initializers)
     return chain

@@ -41,7 +41,7 @@ from optc.passes.quantize_conv_weights import (
     store_conv_weights_int8,
 )
 from optc.passes.quantize_fallback import all_kept_in_float, meet_fidelity_targets
-from optc.passes.quantize_keep_float import BLOW_UP_OPS, float_sensitive_nodes
+from optc.passes.quantize_keep_float import blow_up_readers
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.registry import PassContext, PassOutcome
 from optc.tensors import tensor_values
@@ -203,12 +203,11 @@ FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
 def _blow_up_readers(model: onnx.ModelProto, excluded: set[str]) -> dict[str, str]:
-    """MatMul candidates whose output reaches, through a few non-weighted ops, a ``Log``, ``Reciprocal`` or ``Div``
+    """MatMul candidates whose output reaches, through elementwise ops, a ``Log``, ``Reciprocal`` or ``Div``
     denominator, with the reason: at accuracy_level 4 ``MatMulNBits`` quantizes its input to int8 per block, and a
     value rounded to zero there becomes infinite after it (a log-mel front-end's filterbank MatMul, 8 bits or 4,
-    went to cosine 0.978 with errors of 59 in log space; in float its Convs' 8-bit weights alone kept 1.0000).
-    MatMuls reading a recurrent cell's state stay float too, as in the int8 modes."""
-    sensitive = float_sensitive_nodes(model.graph, outputs=False, small_magnitude_ops=BLOW_UP_OPS)
+    went to cosine 0.978 with errors of 59 in log space; in float its Convs' 8-bit weights alone kept 1.0000)."""
+    sensitive = blow_up_readers(model.graph)
     return {c.node.name: sensitive[c.node.name] for c in _candidates(model, excluded) if c.node.name in sensitive}
 
 
