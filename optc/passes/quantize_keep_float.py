@@ -12,6 +12,8 @@ wake-word score of 1e-4 into 0 or 2e-4.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import onnx
 
 SMALL_MAGNITUDE_OPS = {"Log": (0,), "Sqrt": (0,), "Pow": (0,), "Reciprocal": (0,), "Div": (1,)}
@@ -39,14 +41,10 @@ def float_sensitive_nodes(graph: onnx.GraphProto, outputs: bool) -> dict[str, st
             node = producers.get(output.name)
             if node is not None and node.op_type in SQUASHING_OPS:
                 reasons[node.name] = f"writes graph output {output.name!r}, a score int8 would round to 256 levels"
+    for tensor, why in _sensitive_inputs(graph, SMALL_MAGNITUDE_OPS, "where int8 rounds small values to zero"):
+        for producer in _producer_chain(tensor, producers, initializers):
+            reasons.setdefault(producer.name, why)
     for node in graph.node:
-        for index in SMALL_MAGNITUDE_OPS.get(node.op_type, ()):
-            if index >= len(node.input):
-                continue
-            role = "denominator" if node.op_type == "Div" else "input"
-            why = f"feeds the {role} of {node.op_type} {node.name!r}, where int8 rounds small values to zero"
-            for producer in _producer_chain(node.input[index], producers, initializers):
-                reasons.setdefault(producer.name, why)
         if node.op_type in RECURRENT_OPS:
             reasons.setdefault(node.name, f"recurrent cell ({node.op_type}): quantization error compounds over time")
             states = set(node.output[1:]) - {""}
@@ -62,16 +60,22 @@ def blow_up_readers(graph: onnx.GraphProto) -> dict[str, str]:
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name for t in graph.initializer}
     reasons: dict[str, str] = {}
-    for node in graph.node:
-        for index in BLOW_UP_OPS.get(node.op_type, ()):
-            if index >= len(node.input):
-                continue
-            role = "denominator" if node.op_type == "Div" else "input"
-            why = f"feeds the {role} of {node.op_type} {node.name!r}, where a value rounded to zero becomes infinite"
-            for producer in _producer_chain(node.input[index], producers, initializers, ELEMENTWISE_OPS):
-                if producer.op_type in WEIGHTED_OPS:
-                    reasons.setdefault(producer.name, why)
+    for tensor, why in _sensitive_inputs(graph, BLOW_UP_OPS, "where a value rounded to zero becomes infinite"):
+        for producer in _producer_chain(tensor, producers, initializers, ELEMENTWISE_OPS):
+            if producer.op_type in WEIGHTED_OPS:
+                reasons.setdefault(producer.name, why)
     return reasons
+
+
+def _sensitive_inputs(
+    graph: onnx.GraphProto, ops: dict[str, tuple[int, ...]], consequence: str
+) -> Iterator[tuple[str, str]]:
+    """Each input ``ops`` lists (a Div's denominator, a Log's argument), with the reason its producers give."""
+    for node in graph.node:
+        for index in ops.get(node.op_type, ()):
+            if index < len(node.input):
+                role = "denominator" if node.op_type == "Div" else "input"
+                yield node.input[index], f"feeds the {role} of {node.op_type} {node.name!r}, {consequence}"
 
 
 def _producer_chain(
