@@ -97,6 +97,7 @@ def context(tmp_path: Path) -> PassContext:
         workdir=tmp_path,
         seed=0,
         dataset=Dataset(inputs={"x": RNG.standard_normal((8, 8, 6, 6)).astype(np.float32)}, labels=None, source="x"),
+        target="x86-avx2",  # the same defaults on any CPU the suite runs on
     )
 
 
@@ -151,6 +152,7 @@ def test_weight_only_keeps_a_conv_in_float_where_8_bits_miss_the_target(tmp_path
         workdir=tmp_path,
         seed=0,
         dataset=Dataset(inputs={"x": x}, labels=None, source="x"),
+        target="x86-avx2",
     )
     stored_anyway = run_quantize(model, QuantizeConfig(type="quantize", mode="weight_only"), data).model
     [expected], [damaged] = outputs(model, x), outputs(stored_anyway, x)

@@ -237,6 +237,7 @@ def test_the_fidelity_search_counts_integer_outputs_as_the_gate_does(tmp_path: P
         workdir=tmp_path,
         seed=0,
         dataset=Dataset(inputs={"x": x}, labels=None, source="x"),
+        target="x86-avx2",  # 7-bit weights and integer-exact kernels on any x86 CPU
     )
     outcome = run_quantize(model, config(min_cosine=0.999, smooth=False), data)
     assert [row["node"] for row in outcome.details["kept_in_float"]] == ["classes"]

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from optc.model_facts import reader_counts
+from optc.model_facts import default_opset, reader_counts
 from optc.passes.channel_scaling import ActivationStats, activation_statistics, best_channel_scales
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -66,8 +66,9 @@ class Smoothing:
 
     @property
     def has_dominant_channels(self) -> bool:
-        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        return opset >= FLOAT_CHANNELS_OPSET and any(len(_outlier_channels(s.max_abs)) for s in self.stats.values())
+        return default_opset(self.model) >= FLOAT_CHANNELS_OPSET and any(
+            len(_outlier_channels(s.max_abs)) for s in self.stats.values()
+        )
 
     def scales(self, float_channels: bool) -> dict[str, np.ndarray]:
         """Input tensor → per-channel ``s`` for the inputs where it lowers the simulated int8 error, with ``inf``

@@ -119,10 +119,11 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
     accuracy_level = settings.accuracy_level
     if accuracy_level is None and settings.format == "matmulnbits":
         accuracy_level = ACCURACY_LEVEL.get(context.target, DEFAULT_ACCURACY_LEVEL)
+    candidates = _candidates(model, excluded)
     in_float = (
-        _blow_up_readers(model, excluded) if config.keep_float_sensitive and accuracy_level == INT8_COMPUTE else {}
+        _blow_up_readers(model, candidates) if config.keep_float_sensitive and accuracy_level == INT8_COMPUTE else {}
     )
-    candidates = _candidates(model, excluded | set(in_float))
+    candidates = [c for c in candidates if c.node.name not in in_float]
     # 8 bits, not 4: 4-bit round-to-nearest Conv weights (blocks of 32) took a DBNet text detector to cosine 0.92
     # and a CAPTCHA detector to 0.68, where 8 bits per channel kept both above 0.997
     convs = set() if config.conv_weights == "float" else conv_weight_nodes(model) - excluded
@@ -202,13 +203,13 @@ def _candidates(model: onnx.ModelProto, excluded: set[str]) -> list[Candidate]:
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
-def _blow_up_readers(model: onnx.ModelProto, excluded: set[str]) -> dict[str, str]:
+def _blow_up_readers(model: onnx.ModelProto, candidates: list[Candidate]) -> dict[str, str]:
     """MatMul candidates whose output reaches, through elementwise ops, a ``Log``, ``Reciprocal`` or ``Div``
     denominator, with the reason: at accuracy_level 4 ``MatMulNBits`` quantizes its input to int8 per block, and a
     value rounded to zero there becomes infinite after it (a log-mel front-end's filterbank MatMul, 8 bits or 4,
     went to cosine 0.978 with errors of 59 in log space; in float its Convs' 8-bit weights alone kept 1.0000)."""
     sensitive = blow_up_readers(model.graph)
-    return {c.node.name: sensitive[c.node.name] for c in _candidates(model, excluded) if c.node.name in sensitive}
+    return {c.node.name: sensitive[c.node.name] for c in candidates if c.node.name in sensitive}
 
 
 def _eight_bit_layers(
