@@ -18,7 +18,6 @@ from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from pydantic import Field, model_validator
 
@@ -37,7 +36,14 @@ from optc.passes.quantize_conv_weights import (
     store_conv_weights_int8,
 )
 from optc.passes.quantize_defaults import with_target_defaults
-from optc.passes.quantize_fallback import CostlierConversion, all_kept_in_float, meet_fidelity_targets
+from optc.passes.quantize_fallback import (
+    LITTLE_QUANTIZED_SHARE,
+    CostlierConversion,
+    all_kept_in_float,
+    int8_share,
+    largest_readers,
+    meet_fidelity_targets,
+)
 from optc.passes.quantize_gather import embedding_gathers, int8_gathers, quantize_gathers
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls, smoothing_facts
@@ -48,7 +54,6 @@ from optc.passes.quantize_weights import WeightOnlyConfig, run_weight_only
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
 
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
-LITTLE_QUANTIZED_SHARE = 0.1  # below it, dynamic int8 warns that the model is left mostly as it was
 # The fallback ranks nodes by their damage at the outputs, 8 runs per candidate of a model holding float and int8
 # weights (all-MiniLM-L6: 38 candidates of 90 MB), while candidates × model bytes stay within this (a proxy
 # for those runs' time); beyond it, in one pass.
@@ -294,7 +299,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     ops = {n.name: n.op_type for n in model.graph.node}
     if quantized == 0:
         raise all_kept_in_float(context.label, [ops[name] for name in weighted])
-    share, left_by_op = _int8_share(model, result)
+    share, left_by_op = int8_share(model, result)
     return PassOutcome(
         model=result,
         warnings=[_little_quantized(context.label, share, left_by_op, config.conv_weights)]
@@ -319,24 +324,8 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     )
 
 
-def _int8_share(model: onnx.ModelProto, result: onnx.ModelProto) -> tuple[float, dict[str, int]]:
-    """The share of ``model``'s float weight values that ``result`` stores in int8, and the float values it leaves,
-    by the op type reading them."""
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
-    kept = {t.name for t in result.graph.initializer}
-    left_by_op: dict[str, int] = {}
-    for node in result.graph.node:
-        for name in dict.fromkeys(node.input):
-            if name in sizes and name in kept:
-                left_by_op[node.op_type] = left_by_op.get(node.op_type, 0) + sizes[name]
-    total = sum(sizes.values())
-    return (sum(size for name, size in sizes.items() if name not in kept) / total if total else 0.0), left_by_op
-
-
 def _little_quantized(label: str, share: float, left_by_op: dict[str, int], conv_weights: str) -> str:
-    total = sum(left_by_op.values()) or 1
-    largest = sorted(left_by_op.items(), key=lambda item: -item[1])[:3]
-    readers = ", ".join(f"{op} {size / total:.0%}" for op, size in largest if size / total >= 0.01)
+    readers = largest_readers(left_by_op)
     amount = f"{share:.1%}" if share >= 0.001 else "under 0.1%"
     return (
         f"{label}: only {amount} of the model's weights came out int8; the float rest is read by {readers} — the "

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from optc.passes.quantize import QuantizeConfig
 
 SENSITIVITY_ROWS = 50  # of the ranking, in the report
+LITTLE_QUANTIZED_SHARE = 0.1  # below it, the int8 passes warn that the model is left mostly as it was
+COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
 
 
 @dataclass(frozen=True)
@@ -141,3 +143,29 @@ def all_kept_in_float(label: str, kinds: list[str]) -> PassError:
         "unchanged",
         hint="see kept_in_float in the report; check exclude",
     )
+
+
+def int8_share(
+    model: onnx.ModelProto, result: onnx.ModelProto, readers: frozenset[str] | None = None
+) -> tuple[float, dict[str, int]]:
+    """The share of ``model``'s float weight values (those read by ``readers`` op types, where given) that ``result``
+    no longer stores in float, and the float values it leaves, by the op type reading them."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    if readers is not None:
+        read = {name for node in model.graph.node if node.op_type in readers for name in node.input}
+        sizes = {name: size for name, size in sizes.items() if name in read}
+    kept = {t.name for t in result.graph.initializer}
+    left_by_op: dict[str, int] = {}
+    for node in result.graph.node:
+        for name in dict.fromkeys(node.input):
+            if name in sizes and name in kept:
+                left_by_op[node.op_type] = left_by_op.get(node.op_type, 0) + sizes[name]
+    total = sum(sizes.values())
+    return (sum(size for name, size in sizes.items() if name not in kept) / total if total else 1.0), left_by_op
+
+
+def largest_readers(left_by_op: dict[str, int]) -> str:
+    """ "Conv 80%, MatMul 20%": the op types reading the most float weight values left."""
+    total = sum(left_by_op.values()) or 1
+    largest = sorted(left_by_op.items(), key=lambda item: -item[1])[:3]
+    return ", ".join(f"{op} {size / total:.0%}" for op, size in largest if size / total >= 0.01)
