@@ -1,10 +1,13 @@
 """Nodes that int8 cannot serve, kept in float by default, each with the reason the report gives.
 
 Int8 with a range fitted to the whole tensor rounds small magnitudes to zero. That is harmless for most layers but
-fatal where a value's small magnitude matters: the argument of ``Log``/``Sqrt``/``Pow``/``Reciprocal`` and a ``Div``
-denominator (power spectra → log-mel turn into -inf or huge values). So the chain that produces such an input is kept
-in float, back to and including the nearest weighted op. Recurrent cells (``LSTM``/``GRU``/``RNN``) carry state across
-time steps, where quantization error compounds; they and the nodes reading their state outputs stay in float.
+fatal where a value's small magnitude matters: the argument of ``Log``/``Sqrt``/``Reciprocal``, of ``Pow`` by an
+exponent below 1, and a ``Div`` denominator (power spectra → log-mel turn into -inf or huge values). So the chain
+that produces such an input is kept in float, back to and including the nearest weighted op where that op's values
+reach the input one for one; behind a reduction (LayerNorm's or RMSNorm's mean of squares) one rounded element
+averages away, and a wake-word head's two Gemms before decomposed LayerNorms had been kept float for nothing.
+Recurrent cells (``LSTM``/``GRU``/``RNN``) carry state across time steps, where quantization error compounds; they
+and the nodes reading their state outputs stay in float.
 With ``outputs`` (static int8, where a quantized node's output is itself rounded to int8), squashing activations
 that write a graph output (Sigmoid, Softmax, ...) stay in float too: 256 levels across a probability's range turn a
 wake-word score of 1e-4 into 0 or 2e-4.
@@ -14,15 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 SMALL_MAGNITUDE_OPS = {"Log": (0,), "Sqrt": (0,), "Pow": (0,), "Reciprocal": (0,), "Div": (1,)}
-# Where a value rounded to zero becomes infinite; weight-only's rule (``blow_up_readers``) checks only these, and only
-# through elementwise ops: its blockwise int8 input keeps small values far better than a per-tensor range, and a
-# reduction in between (RMSNorm's mean of squares before its Div) averages one rounded element away.
+# Where a value rounded to zero becomes infinite; weight-only's rule (``blow_up_readers``) checks only these: its
+# blockwise int8 input keeps small values far better than a per-tensor range.
 BLOW_UP_OPS = {"Log": (0,), "Reciprocal": (0,), "Div": (1,)}
-ELEMENTWISE_OPS = frozenset(
-    {"Add", "Sub", "Mul", "Max", "Min", "Clip", "Abs", "Relu", "Pow", "Sqrt", "Cast", "Identity", "Neg"}
+# Ops each of whose output elements is one input element, or made from one element per input: a value rounded to
+# zero reaches the sensitive input as it is. Past any other op (a reduction such as a norm's mean of squares, a
+# Softmax, a pooling) one rounded element averages away, so a weighted node found beyond one stays quantized.
+VALUE_PRESERVING_OPS = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Max", "Min", "Clip", "Abs", "Relu", "Pow", "Sqrt", "Neg", "Exp", "Cast", "Identity"}
+    | {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather", "Concat", "Split", "Expand", "Pad"}
 )
 RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
 SQUASHING_OPS = {"Sigmoid", "Softmax", "LogSoftmax", "Tanh", "HardSigmoid", "Softplus"}
@@ -56,12 +64,12 @@ def float_sensitive_nodes(graph: onnx.GraphProto, outputs: bool) -> dict[str, st
 
 def blow_up_readers(graph: onnx.GraphProto) -> dict[str, str]:
     """Weighted node name → why it stays in float, for the weighted nodes whose output reaches the input of ``Log`` or
-    ``Reciprocal``, or a ``Div`` denominator, through elementwise ops only."""
+    ``Reciprocal``, or a ``Div`` denominator, value for value."""
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name for t in graph.initializer}
     reasons: dict[str, str] = {}
     for tensor, why in _sensitive_inputs(graph, BLOW_UP_OPS, "where a value rounded to zero becomes infinite"):
-        for producer in _producer_chain(tensor, producers, initializers, ELEMENTWISE_OPS):
+        for producer in _producer_chain(tensor, producers, initializers):
             if producer.op_type in WEIGHTED_OPS:
                 reasons.setdefault(producer.name, why)
     return reasons
@@ -70,29 +78,46 @@ def blow_up_readers(graph: onnx.GraphProto) -> dict[str, str]:
 def _sensitive_inputs(
     graph: onnx.GraphProto, ops: dict[str, tuple[int, ...]], consequence: str
 ) -> Iterator[tuple[str, str]]:
-    """Each input ``ops`` lists (a Div's denominator, a Log's argument), with the reason its producers give."""
+    """Each input ``ops`` lists (a Div's denominator, a Log's argument), with the reason its producers give. A ``Pow``
+    by a constant exponent of 1 or more (a norm's square) counts not: a small base rounded to zero stays small."""
+    exponents = _constant_values(graph)
     for node in graph.node:
+        if node.op_type == "Pow" and len(node.input) > 1 and (exponents.get(node.input[1], np.zeros(1)) >= 1).all():
+            continue
         for index in ops.get(node.op_type, ()):
             if index < len(node.input):
                 role = "denominator" if node.op_type == "Div" else "input"
                 yield node.input[index], f"feeds the {role} of {node.op_type} {node.name!r}, {consequence}"
 
 
-def _producer_chain(
-    tensor: str,
-    producers: dict[str, onnx.NodeProto],
-    initializers: set[str],
-    walk_through: frozenset[str] | None = None,
-) -> list[onnx.NodeProto]:
-    """The nodes computing ``tensor``, walking up through non-weighted ops (of ``walk_through`` only, where given)
-    until the nearest weighted one."""
+def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The small constant tensors (initializers and ``Constant`` outputs): exponents and the like."""
+    values = {
+        t.name: numpy_helper.to_array(t) for t in graph.initializer if np.prod(t.dims) <= 16 and not t.external_data
+    }
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            tensor = node.attribute[0].t
+            if np.prod(tensor.dims) <= 16:
+                values[node.output[0]] = numpy_helper.to_array(tensor)
+    return values
+
+
+def _producer_chain(tensor: str, producers: dict[str, onnx.NodeProto], initializers: set[str]) -> list[onnx.NodeProto]:
+    """The nodes computing ``tensor``, walking up through non-weighted ops until the nearest weighted one; a weighted
+    node counts only where every op between it and ``tensor`` is in ``VALUE_PRESERVING_OPS``."""
     chain: list[onnx.NodeProto] = []
-    frontier = [tensor]
+    frontier = [(tensor, True)]  # (tensor, reached value for value)
     while frontier and len(chain) < MAX_CHAIN:
-        node = producers.get(frontier.pop(0))
+        name, direct = frontier.pop(0)
+        node = producers.get(name)
         if node is None or node in chain:
             continue
+        if node.op_type in WEIGHTED_OPS:
+            if direct:
+                chain.append(node)
+            continue
         chain.append(node)
-        if node.op_type not in WEIGHTED_OPS and (walk_through is None or node.op_type in walk_through):
-            frontier.extend(name for name in node.input if name and name not in initializers)
+        passes = direct and node.op_type in VALUE_PRESERVING_OPS
+        frontier.extend((source, passes) for source in node.input if source and source not in initializers)
     return chain
