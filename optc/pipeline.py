@@ -52,10 +52,11 @@ def run_passes(
     records = []
     # What each pass is compared with; a pass's "after" is the next one's "before", so each is computed once.
     size, nodes, digest = serialized_size(model), node_count(model), _digest(model)
+    first = model
     for index, config in enumerate(passes):
         label = f"passes[{index}] {describe(config)}"
         registered = lookup(config.type)
-        context = dataclasses.replace(base_context, label=label)
+        context = dataclasses.replace(base_context, label=label, pipeline_input=first)
         with progress.stage(f"{label}"):
             if not config.reads_lazy_weights() and has_lazy_tensors(model):
                 materialize(model)

@@ -60,6 +60,9 @@ class PassContext:
     batch_size: int = 1
     # The machine the model is for (a name from optc.target.TARGETS, never "auto"): passes take defaults from it.
     target: str = field(default_factory=lambda: detect_cpu().isa)
+    # The model the recipe started from. Accuracy budgets are measured against it: the budget a pass promises is a
+    # gate on the finished model, so a pass after another that spent some (pruning, then int8) has only the rest.
+    pipeline_input: onnx.ModelProto | None = None
 
     def resolve(self, path: Path) -> Path:
         """A path written in the recipe, made absolute against the recipe's folder."""
