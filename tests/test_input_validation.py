@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import optc.compress
 from optc.cli.app import app
 from optc.gates import effective_gates
-from optc.recipe import parse_recipe
+from optc.recipe import load_recipe, parse_recipe
 from tests.conftest import CNN, CNN_TEST, DYNAMIC_PASS, SAMPLES, make_model, mlp_model
 
 STATIC_PASS = "  - type: quantize\n    mode: static\n"
@@ -183,6 +183,9 @@ def test_an_accuracy_budget_is_a_gate_on_the_finished_model():
     ).recipe
     gates, sources = effective_gates(recipe, {})
     assert gates.max_accuracy_drop == 1.0 and sources["max_accuracy_drop"] == "passes[0].accuracy_budget"
+    # Budgets are drops against the recipe's input: the last one bounds the finished model, as in prune-auto.
+    shared, sources = effective_gates(load_recipe("prune-auto").recipe, {})
+    assert shared.max_accuracy_drop == 1.0 and sources["max_accuracy_drop"] == "passes[2].accuracy_budget"
     tighter, sources = effective_gates(recipe, {"max_accuracy_drop": 0.5})
     assert tighter.max_accuracy_drop == 0.5 and sources["max_accuracy_drop"] == "--max-accuracy-drop"
 
