@@ -15,13 +15,16 @@ from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec
 from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.registry import PassContext
+from optc.target import detect_cpu
 from tests.conftest import make_model, mlp_model
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((64, 16)).astype(np.float32)
 
 
-def context(tmp_path: Path, calibration: Path | None = None, inputs: dict | None = None) -> PassContext:
+def context(
+    tmp_path: Path, calibration: Path | None = None, inputs: dict | None = None, target: str | None = None
+) -> PassContext:
     inputs = inputs or {"x": X}
     return PassContext(
         label="passes[0] quantize (static)",
@@ -30,6 +33,7 @@ def context(tmp_path: Path, calibration: Path | None = None, inputs: dict | None
         dataset=Dataset(inputs=inputs, labels=None, source="test.npz"),
         calibration_data=calibration,
         sample_inputs=[{k: v[:4] for k, v in inputs.items()}],
+        target=target or detect_cpu().isa,
     )
 
 
@@ -228,10 +232,11 @@ def test_an_accuracy_budget_is_measured_against_the_model_the_recipe_started_fro
     x = X.copy()
     x[:, 0] = 20.0
     config = static(accuracy_budget=0.63)
-    alone = run_quantize(pruned, config, context(tmp_path, calib_file(tmp_path, x=x), inputs={"x": x}))
+    # 7-bit weights: the same drops on any x86 CPU (full 8-bit ones on VNNI lose less and pass at once)
+    alone = run_quantize(pruned, config, context(tmp_path, calib_file(tmp_path, x=x), {"x": x}, "x86-avx2"))
     [only] = alone.details["fidelity_search"]
     assert only["ok"] and only["accuracy_drop"] < 0.3
-    ctx = context(tmp_path, calib_file(tmp_path, x=x), inputs={"x": x})
+    ctx = context(tmp_path, calib_file(tmp_path, x=x), {"x": x}, "x86-avx2")
     ctx.pipeline_input = started_from
     in_recipe = run_quantize(pruned, config, ctx)
     first, last = in_recipe.details["fidelity_search"][0], in_recipe.details["fidelity_search"][-1]
