@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import helper, numpy_helper
 
 from optc.cli import app
 from optc.passes.fuse import driver
 from optc.passes.fuse.graph import GraphIndex, copy_model
 from optc.passes.fuse.transformer import detect_encoder
-from tests.conftest import SAMPLES, report_of
+from tests.conftest import SAMPLES, make_model, report_of
 from tests.fuse_graphs import ops
 
 CNN, CNN_TEST = SAMPLES / "digits_cnn.onnx", SAMPLES / "digits_test.npz"
@@ -82,13 +84,28 @@ def test_transformer_auto_fuses_tiny_bert_and_says_it_needs_onnxruntime(runner, 
     details = report["passes"][0]["details"]
     counts = fusion_counts(details)
     assert counts["transformer: Attention"] == 2
-    assert counts["transformer: SkipLayerNormalization"] == 4
-    assert counts["transformer: BiasGelu"] == 2
-    assert details["transformer"] == {"model_type": "bert", "num_heads": 4, "hidden_size": 64, "detected": True}
+    # a CPU target (auto, the machine running the test): ONNX Runtime's CPU kernels for these are slower
+    assert "transformer: SkipLayerNormalization" not in counts and "transformer: BiasGelu" not in counts
+    assert details["transformer"] == {
+        "model_type": "bert",
+        "num_heads": 4,
+        "hidden_size": 64,
+        "detected": True,
+        "left_unfused_for_cpu": ["SkipLayerNormalization", "BiasGelu"],
+    }
     assert details["needs_onnxruntime"] and "com.microsoft.Attention" in details["contrib_ops"]
     assert any("needs ONNX Runtime" in w for w in report["warnings"])
     assert ops(onnx.load_model(str(out)))["Softmax"] == 0
     assert report["measurements"][0]["accuracy"]["optimized"] == pytest.approx(100.0)
+
+
+def test_transformer_fusion_for_a_cuda_target_keeps_skip_layer_norm_and_bias_gelu(runner, fast_recipe, tmp_path):
+    recipe = fast_recipe("  - type: fuse\n    transformer: auto\n", extra="target: cuda\n")
+    out = tmp_path / "out" / "model.onnx"
+    result = runner.invoke(app, ["compress", str(BERT), "-r", str(recipe), "-o", str(out), "--data", str(BERT_TEST)])
+    assert result.exit_code == 0, result.output
+    fused = ops(onnx.load_model(str(out)))
+    assert (fused["Attention"], fused["SkipLayerNormalization"], fused["BiasGelu"]) == (2, 4, 2)
 
 
 @pytest.mark.parametrize("setting", [True, False])
@@ -125,6 +142,54 @@ def test_bert_int8_recipe_quantizes_the_fused_attention(runner, tmp_path):
     tables = {t.name for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.INT8}
     assert any(n.op_type == "Gather" and n.input[0] in tables for n in quantized.graph.node)  # the word embeddings
     assert report["measurements"][0]["accuracy"]["drop"] <= 1.0
+
+
+def as_loaded_by_onnxruntime(path: Path, tmp_path: Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime's CPU provider runs, after the fusions it applies at load (extended level)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "as_loaded.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx.load_model(options.optimized_model_filepath)
+
+
+def test_shapes_written_for_the_passes_do_not_reach_the_output(runner, fast_recipe, tmp_path):
+    """Residual Add + LayerNormalization after a Reshape to a computed shape, as exporters write them: ONNX Runtime
+    cannot tell the Add's shapes, and the symbolic shape inference the transformer fusion runs can. Left in the
+    output, those shapes made ONNX Runtime fuse the pair into SkipLayerNormalization at load, a scalar CPU kernel
+    8x slower than LayerNormalization (bert-int8 on a MiniLM: 1.99x fp32 with it, 2.45x without)."""
+    rng = np.random.default_rng(0)
+    hidden = 8
+    nodes = [
+        helper.make_node("Shape", ["x"], ["x_shape"], end=2),
+        helper.make_node("Concat", ["x_shape", "heads_split"], ["split_shape"], axis=0),
+        helper.make_node("Reshape", ["x", "split_shape"], ["x_heads"]),
+        helper.make_node("Shape", ["x"], ["merged_shape"]),
+        helper.make_node("Reshape", ["x_heads", "merged_shape"], ["x_again"]),
+        helper.make_node("MatMul", ["x_again", "W"], ["h"]),
+        helper.make_node("Add", ["h", "x"], ["residual"]),
+        helper.make_node("LayerNormalization", ["residual", "gamma", "beta"], ["y"], axis=-1),
+    ]
+    weights = {
+        "W": rng.standard_normal((hidden, hidden)).astype(np.float32),
+        "gamma": np.ones(hidden, np.float32),
+        "beta": np.zeros(hidden, np.float32),
+        "heads_split": np.array([2, -1], np.int64),
+    }
+    io = (
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "sequence", hidden])],
+    )
+    model_path, data = tmp_path / "residual.onnx", tmp_path / "residual.npz"
+    onnx.save(make_model(nodes, *io, [numpy_helper.from_array(v, k) for k, v in weights.items()]), model_path)
+    np.savez(data, x=rng.standard_normal((8, 4, hidden)).astype(np.float32))
+    # constant_reshape_targets would write the shapes into the Reshapes themselves; here only value_info carries them
+    fuse = "    transformer: bert\n    num_heads: 2\n    hidden_size: 8\n    skip: [constant_reshape_targets]\n"
+    result, out, report = compress(runner, fast_recipe, tmp_path, model_path, data, fuse)
+    assert result.exit_code == 0, result.output
+    assert ops(as_loaded_by_onnxruntime(model_path, tmp_path))["SkipLayerNormalization"] == 0
+    assert ops(as_loaded_by_onnxruntime(out, tmp_path))["SkipLayerNormalization"] == 0
+    assert not onnx.load_model(str(out)).graph.value_info
 
 
 def test_ort_level_basic_stays_standard(runner, fast_recipe, tmp_path):

@@ -34,8 +34,9 @@ class FuseConfig(PassConfig):
     )
     transformer: Literal["bert", "gpt2", "auto"] | None = Field(
         default=None,
-        description="Run ONNX Runtime's transformer optimizer (Attention, SkipLayerNormalization, Gelu fusions). "
-        "auto: detect a BERT-like encoder and its heads and hidden size. The result needs ONNX Runtime.",
+        description="Run ONNX Runtime's transformer optimizer (Attention, SkipLayerNormalization, Gelu fusions; "
+        "for a CPU target without SkipLayerNormalization and BiasGelu, whose CPU kernels are slower than what they "
+        "replace). auto: detect a BERT-like encoder and its heads and hidden size. The result needs ONNX Runtime.",
     )
     num_heads: int | None = Field(default=None, ge=1, description="Attention heads (transformer only).")
     hidden_size: int | None = Field(default=None, ge=1, description="Hidden size (transformer only).")
@@ -87,11 +88,12 @@ def run_fuse(model: onnx.ModelProto, config: FuseConfig, context: PassContext) -
             config.num_heads,
             config.hidden_size,
             config.embed_layer_norm,
+            context.target != "cuda",
             context.label,
             context.workdir,
         )
         fusions += [{"fusion": f"transformer: {op}", "applied": n} for op, n in fused_ops.items()]
-        if not fused_ops.get("Attention"):
+        if context.target == "cuda" and not fused_ops.get("Attention"):
             warnings.append(f"{context.label}: ONNX Runtime's transformer optimizer fused no Attention block")
     model, counts = simplify(model, skip=config.skip)
     fusions += [{"fusion": name, "applied": n} for name, n in counts.items()]
