@@ -6,6 +6,7 @@ Heavy (hours on the full corpus), so not part of a plain ``make bench``:
     python bench/run.py corpus                 # runs it and puts this section into bench/RESULTS.md
     python bench/bench_corpus.py               # runs it and prints the section
     python bench/bench_corpus.py render        # re-renders the section from bench/.cache/corpus_results.json
+    python bench/bench_corpus.py merge A.json B.json   # one results file from runners that split the recipes
 
 Environment: ``OPTC_CORPUS_MODELS`` and ``OPTC_CORPUS_RECIPES`` (comma-separated names) pick a subset;
 ``OPTC_CORPUS_TIMEOUT`` is the limit per run in seconds (default 600); ``OPTC_CORPUS_SCRIPT`` is the corpus fetch
@@ -143,11 +144,15 @@ def optc_version() -> str:
     return f"{first_line(shown.stdout)} from {optc_root()}" + (f" ({commit.stdout.strip()})" if commit.stdout else "")
 
 
-def recipe_names() -> list[str]:
+def built_in_recipes() -> list[str]:
     listed = subprocess.run(
         optc_command("recipes", "list", "--json"), capture_output=True, text=True, check=True, cwd=optc_root()
     )
-    names = [r["name"] for r in json.loads(listed.stdout)]
+    return [r["name"] for r in json.loads(listed.stdout)]
+
+
+def recipe_names() -> list[str]:
+    names = built_in_recipes()
     wanted = env_list("OPTC_CORPUS_RECIPES")
     if wanted:
         unknown = sorted(set(wanted) - set(names))
@@ -645,6 +650,20 @@ def save_results(results: dict) -> None:
     part.replace(RESULTS_JSON)
 
 
+def merge_results(parts: list[dict]) -> dict:
+    """One results file from runners that split the recipes (one runner per core, each with its own checkout):
+    runs, tool runs and onnxslim rows put together, the recipes in order, the first part's machine."""
+    merged = {"runs": [], "ort": [], "slim": [], "models": {}, "machine": parts[0].get("machine", {})}
+    recipes: list[str] = []
+    for part in parts:
+        for key in ("runs", "ort", "slim"):
+            merged[key] += part.get(key, [])
+        merged["models"].update(part.get("models", {}))
+        recipes += [r for r in part.get("config", {}).get("recipes", []) if r not in recipes]
+    merged["config"] = {**parts[0].get("config", {}), "recipes": recipes}
+    return merged
+
+
 def fresh_results(keep: dict) -> dict:
     """Results to fill: the old ones when resuming (only missing runs are run), else empty."""
     base = keep if os.environ.get("OPTC_CORPUS_RESUME") == "1" else {"runs": [], "ort": [], "slim": [], "models": {}}
@@ -835,13 +854,23 @@ def models_table(results: dict) -> list[str]:
     return lines
 
 
+def _recipes_phrase(results: dict) -> str:
+    """'Every built-in recipe', or the ones this run covered where OPTC_CORPUS_RECIPES picked a subset."""
+    covered = results.get("config", {}).get("recipes") or []
+    built_in = built_in_recipes()
+    if not covered or set(built_in) <= set(covered):
+        return "Every built-in recipe"
+    return f"The built-in recipes {', '.join(f'`{r}`' for r in covered)} ({len(covered)} of {len(built_in)})"
+
+
 def render(results: dict) -> str:
     m = results.get("machine", {})
     lines = [
-        f"Every built-in recipe over {len(results['models'])} third-party models (bench/.cache/corpus, inputs from "
-        "`bench/corpus_inputs.py`), with realistic data (`--data` held-out set, seed 2; `--calibration-data`, seed 1) "
-        "and without any. Latency settings cut to 1 warm-up and 3 runs, so speed-ups are rough. Classified by the "
-        "runner, not by optc's report: **usable** = exit 0, loads in ONNX Runtime, finite, every float output's "
+        f"{_recipes_phrase(results)} over {len(results['models'])} third-party models "
+        "(bench/.cache/corpus, inputs from `bench/corpus_inputs.py`), with realistic data (`--data` held-out set, seed "
+        "2; `--calibration-data`, seed 1) and without any. Latency settings cut to 1 warm-up and 3 runs, so speed-ups "
+        "are rough. Classified by the runner, not by optc's report: **usable** = exit 0, loads in ONNX Runtime, "
+        "finite, every float output's "
         f"cosine to fp32 on the held-out set ≥ {USABLE_COSINE} (outputs under {SMALL_OUTPUT} values per sample "
         f"compared over the whole set) and integer outputs ≥ {USABLE_AGREEMENT:.0f} % equal; **flagged** = exit 1 "
         "(gate failed); **refused** = exit 2/3 with optc's message; **bad** = anything else (degraded or broken "
@@ -879,6 +908,10 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["worker"]:
         return worker_main(argv[1], argv[2])
     if argv[:1] == ["render"]:
+        print(render(load_results()))
+        return 0
+    if argv[:1] == ["merge"]:
+        save_results(merge_results([json.loads(Path(path).read_text()) for path in argv[1:]]))
         print(render(load_results()))
         return 0
     print(run())
