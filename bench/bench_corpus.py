@@ -660,6 +660,8 @@ def merge_results(parts: list[dict]) -> dict:
             merged[key] += part.get(key, [])
         merged["models"].update(part.get("models", {}))
         recipes += [r for r in part.get("config", {}).get("recipes", []) if r not in recipes]
+    # a resumed runner lists only the recipes it re-ran; its results file holds the others too
+    recipes += sorted({r["recipe"] for r in merged["runs"]} - set(recipes))
     merged["config"] = {**parts[0].get("config", {}), "recipes": recipes}
     return merged
 

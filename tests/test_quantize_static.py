@@ -242,3 +242,31 @@ def test_an_accuracy_budget_is_measured_against_the_model_the_recipe_started_fro
     first, last = in_recipe.details["fidelity_search"][0], in_recipe.details["fidelity_search"][-1]
     assert not first["ok"] and first["accuracy_drop"] > only["accuracy_drop"] + 0.3
     assert last["ok"] and last["kept_in_float"] == 1 and last["accuracy_drop"] <= 0.63
+
+
+def test_the_fidelity_search_checks_the_evaluation_data_the_ranges_were_not_fitted_to(tmp_path: Path):
+    """A Thai word segmenter at 8-bit weights scored cosine 0.992 on its calibration data, which fitted the ranges,
+    kept nothing in float for its 0.99 target and came out at 0.936 on the evaluation data (gate failed, exit 1).
+    Here input x of the evaluation data reaches three times the calibration range on half its samples, so x's
+    MatMul clips there and nowhere in the calibration data; z stays in range."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("MatMul", ["x", "Wx"], ["from_x"], name="mm_x"),
+        helper.make_node("MatMul", ["z", "Wz"], ["from_z"], name="mm_z"),
+    ]
+    io = (
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 16]) for n in ("x", "z")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 8]) for n in ("from_x", "from_z")],
+    )
+    weights = [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), n) for n in ("Wx", "Wz")]
+    model = make_model(nodes, *io, weights)
+    calibration = {n: rng.standard_normal((64, 16)).astype(np.float32) for n in ("x", "z")}
+    evaluation = {n: rng.standard_normal((64, 16)).astype(np.float32) for n in ("x", "z")}
+    evaluation["x"][::2] *= 3 * np.abs(calibration["x"]).max() / np.abs(evaluation["x"][::2]).max()
+    ctx = context(tmp_path, calib_file(tmp_path, **calibration), evaluation, "x86-avx2")
+    outcome = run_quantize(model, static(min_cosine=0.99), ctx)
+    first = outcome.details["fidelity_search"][0]
+    assert not first["ok"] and first["worst_output"] == "from_x"  # measured where the ranges clip
+    kept = [row["node"] for row in outcome.details["kept_in_float"] if row["reason"].startswith("fidelity target")]
+    assert kept == ["mm_x"]
+    assert outcome.details["ops_quantized"] >= 1  # mm_z

@@ -27,6 +27,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from optc.data import Dataset, input_specs
 from optc.errors import PassError
 from optc.measure.accuracy import output_fidelity
 from optc.measure.providers import check_options
@@ -337,6 +338,11 @@ def output_agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.n
         "max_relative_error": round(max(errors.values(), default=0.0), 6),
         "worst_output": worst,
     }
+
+
+def evaluation_probe(model: onnx.ModelProto, dataset: Dataset, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """The first samples of the evaluation data, in batches ``model`` takes."""
+    return probe_of(dataset.batches(dataset.feed_batch_size(input_specs(model), batch_size)))
 
 
 def probe_of(feeds, samples: int = PROBE_SAMPLES) -> list[dict[str, np.ndarray]]:

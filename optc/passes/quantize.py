@@ -27,7 +27,7 @@ from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
 from optc.modelio import adopt_model, tensor_bytes
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
-from optc.passes.fallback import PROBE_SAMPLES, Convert, probe_of
+from optc.passes.fallback import PROBE_SAMPLES, Convert, evaluation_probe
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_conv_weights import (
     conv_weight_nodes,
@@ -155,8 +155,8 @@ class QuantizeConfig(PassConfig):
         gt=0,
         le=1,
         description="Keep the most damaged nodes in float, as few as possible, until every output's cosine to the "
-        "float model on a probe of 64 samples (calibration data for static, evaluation data for dynamic) is at least "
-        "this.",
+        "float model on a probe of 64 samples of the evaluation data (static int8 without it: the calibration data) is "
+        "at least this.",
     )
     accuracy_budget: float | None = Field(
         default=None,
@@ -246,7 +246,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     if config.keep_float_sensitive:
         for name, reason in float_sensitive_nodes(model.graph, outputs=False).items():
             kept.setdefault(name, {"reason": reason})
-    probe = probe_of(context.dataset.batches(context.dataset.feed_batch_size(input_specs(model), context.batch_size)))
+    probe = evaluation_probe(model, context.dataset, context.batch_size)
     smoothed_on = _smoothing_data(context) if config.smooth and "MatMul" in op_types else None
     search = (
         None
