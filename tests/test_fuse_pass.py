@@ -240,3 +240,41 @@ def test_fuse_without_data_proves_on_synthetic_inputs(runner, fast_recipe, tmp_p
     details = json.loads(report_of(out).read_text())["passes"][0]["details"]
     assert details["proof_data"] == "synthetic" and details["proof"][0]["ok"]
     assert np.isfinite(details["proof"][0]["max_abs_diff"])
+
+
+def test_transformer_fusion_below_opset_17_leaves_layer_norm_decomposed(runner, fast_recipe, tmp_path):
+    """LayerNormalization is ONNX from opset 17: the optimizer's fused one in a ViT-S exported at opset 14 made the
+    fuse pass's result invalid (bert-int8 refused it, exit 3) once it was no longer folded into SkipLayerNormalization.
+    """
+    hidden = 8
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["centred"]),
+        helper.make_node("Pow", ["centred", "two"], ["squared"]),
+        helper.make_node("ReduceMean", ["squared"], ["variance"], axes=[-1]),
+        helper.make_node("Add", ["variance", "eps"], ["shifted"]),
+        helper.make_node("Sqrt", ["shifted"], ["std"]),
+        helper.make_node("Div", ["centred", "std"], ["normed"]),
+        helper.make_node("Mul", ["normed", "gamma"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "beta"], ["y"]),
+    ]
+    constants = {
+        "two": np.array(2.0, np.float32),
+        "eps": np.array(1e-5, np.float32),
+        "gamma": np.linspace(0.5, 1.5, hidden).astype(np.float32),
+        "beta": np.linspace(-0.1, 0.1, hidden).astype(np.float32),
+    }
+    io = (
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "sequence", hidden])],
+    )
+    model_path, data = tmp_path / "layer_norm_14.onnx", tmp_path / "x.npz"
+    initializers = [numpy_helper.from_array(v, k) for k, v in constants.items()]
+    onnx.save(make_model(nodes, *io, initializers, opset=14), model_path)
+    np.savez(data, x=np.random.default_rng(0).standard_normal((8, 4, hidden)).astype(np.float32))
+    fuse = "    transformer: bert\n    num_heads: 2\n    hidden_size: 8\n"
+    result, out, report = compress(runner, fast_recipe, tmp_path, model_path, data, fuse)
+    assert result.exit_code == 0, result.output
+    fused = onnx.load_model(str(out))
+    onnx.checker.check_model(fused, full_check=True)
+    assert ops(fused)["LayerNormalization"] == 0 and ops(fused)["ReduceMean"] == 2

@@ -29,12 +29,14 @@ from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 
 from optc.errors import OptcError, PassError
+from optc.model_facts import default_opset
 from optc.passes.fuse.graph import GraphIndex, attribute, copy_model
 from optc.passes.ort_tools import inside, quiet_root_logger
 
 CONTRIB_DOMAIN = "com.microsoft"
 # FusionOptions switches turned off for CPU targets (why: the module docstring).
 SLOW_ON_CPU = ("enable_skip_layer_norm", "enable_bias_skip_layer_norm", "enable_bias_gelu")
+LAYER_NORM_OPSET = 17  # the first ONNX opset with LayerNormalization
 HEAD_SPLIT_PERM = [0, 2, 1, 3]  # [batch, seq, heads, head_dim] -> [batch, heads, seq, head_dim]
 
 
@@ -103,6 +105,10 @@ def fuse_transformer(
     options.enable_embed_layer_norm = embed_layer_norm
     for switch in SLOW_ON_CPU if for_cpu else ():
         setattr(options, switch, False)
+    if default_opset(model) < LAYER_NORM_OPSET:
+        # The fused LayerNormalization would be invalid ONNX below opset 17 (a ViT-S at opset 14 was refused); it
+        # used to be folded into SkipLayerNormalization, a contrib op. ONNX Runtime fuses the decomposed form at load.
+        options.enable_layer_norm = False
     with quiet_root_logger(), inside(workdir):
         # opt_level 0: only the Python fusions; ONNX Runtime's own graph optimizations are the separate ort_level.
         optimizer = optimize_model(  # it edits the ModelProto it is given: hand it a copy
