@@ -913,7 +913,10 @@ def main(argv: list[str]) -> int:
         print(render(load_results()))
         return 0
     if argv[:1] == ["merge"]:
-        save_results(merge_results([json.loads(Path(path).read_text()) for path in argv[1:]]))
+        merged = merge_results([json.loads(Path(path).read_text()) for path in argv[1:]])
+        order = built_in_recipes()
+        merged["config"]["recipes"].sort(key=lambda r: order.index(r) if r in order else len(order))
+        save_results(merged)
         print(render(load_results()))
         return 0
     print(run())
