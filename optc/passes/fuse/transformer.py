@@ -10,13 +10,13 @@ optc (dynamic quantization in particular) can work on it:
   ``value_info`` for every tensor (the pipeline drops it again before the model is measured and written).
 
 For a CPU target, SkipLayerNormalization and BiasGelu are left unfused: ONNX Runtime's CPU kernels for them are
-scalar loops. One SkipLayerNormalization over 128 × 384 floats takes 250 µs on one thread where the LayerNormalization
-it replaces takes 30 µs (and the Add is cheaper still); BiasGelu is slower than the Gelu that ONNX Runtime fuses at
-load after a MatMul whose bias it folds. With them fused, bert-int8 ran a MiniLM at 1.97x fp32 where int8-dynamic
-reached 2.42-2.47x (AVX-512 VNNI, 1 thread). The optimizer's attention fusion starts from a SkipLayerNormalization, so
-on CPU targets attention stays as MatMuls: QAttention measured no faster than them there (2.44x against 2.45x on
-paraphrase-MiniLM-L3), and dynamic int8 quantizes them per channel, with smoothing, where QAttention's weights are
-per tensor.
+scalar loops. One SkipLayerNormalization over 128 × 384 floats takes 248 µs on one thread where the Add and
+LayerNormalization it replaces take 39 µs (bench/RESULTS.md, transformers section); BiasGelu is slower than the Gelu
+that ONNX Runtime fuses at load after a MatMul whose bias it folds. With them fused, bert-int8 ran a MiniLM at 1.97x
+fp32 where int8-dynamic reached 2.42-2.47x (AVX-512 VNNI, 1 thread). The optimizer's attention fusion starts from a
+SkipLayerNormalization, so on CPU targets attention stays as MatMuls: QAttention measured no faster than them there
+(2.44x against 2.45x on paraphrase-MiniLM-L3), and dynamic int8 quantizes them per channel, with smoothing, where
+QAttention's weights are per tensor.
 """
 
 from __future__ import annotations
