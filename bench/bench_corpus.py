@@ -650,18 +650,16 @@ def save_results(results: dict) -> None:
     part.replace(RESULTS_JSON)
 
 
-def merge_results(parts: list[dict]) -> dict:
+def merge_results(parts: list[dict], order: list[str]) -> dict:
     """One results file from runners that split the recipes (one runner per core, each with its own checkout):
-    runs, tool runs and onnxslim rows put together, the recipes in order, the first part's machine."""
+    runs, tool runs and onnxslim rows put together, the first part's machine, and every recipe that has runs, in
+    ``order`` (a resumed runner's config lists only the recipes it re-ran)."""
     merged = {"runs": [], "ort": [], "slim": [], "models": {}, "machine": parts[0].get("machine", {})}
-    recipes: list[str] = []
     for part in parts:
         for key in ("runs", "ort", "slim"):
             merged[key] += part.get(key, [])
         merged["models"].update(part.get("models", {}))
-        recipes += [r for r in part.get("config", {}).get("recipes", []) if r not in recipes]
-    # a resumed runner lists only the recipes it re-ran; its results file holds the others too
-    recipes += sorted({r["recipe"] for r in merged["runs"]} - set(recipes))
+    recipes = sorted({r["recipe"] for r in merged["runs"]}, key=lambda r: order.index(r) if r in order else len(order))
     merged["config"] = {**parts[0].get("config", {}), "recipes": recipes}
     return merged
 
@@ -913,10 +911,7 @@ def main(argv: list[str]) -> int:
         print(render(load_results()))
         return 0
     if argv[:1] == ["merge"]:
-        merged = merge_results([json.loads(Path(path).read_text()) for path in argv[1:]])
-        order = built_in_recipes()
-        merged["config"]["recipes"].sort(key=lambda r: order.index(r) if r in order else len(order))
-        save_results(merged)
+        save_results(merge_results([json.loads(Path(path).read_text()) for path in argv[1:]], built_in_recipes()))
         print(render(load_results()))
         return 0
     print(run())

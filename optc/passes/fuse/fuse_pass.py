@@ -82,18 +82,19 @@ def run_fuse(model: onnx.ModelProto, config: FuseConfig, context: PassContext) -
     fusions: list[dict] = []
     warnings: list[str] = []
     if config.transformer:
+        for_cpu = context.target != "cuda"
         model, fused_ops, details["transformer"] = fuse_transformer(
             model,
             config.transformer,
             config.num_heads,
             config.hidden_size,
             config.embed_layer_norm,
-            context.target != "cuda",
+            for_cpu,
             context.label,
             context.workdir,
         )
         fusions += [{"fusion": f"transformer: {op}", "applied": n} for op, n in fused_ops.items()]
-        if context.target == "cuda" and not fused_ops.get("Attention"):
+        if not for_cpu and not fused_ops.get("Attention"):
             warnings.append(f"{context.label}: ONNX Runtime's transformer optimizer fused no Attention block")
     model, counts = simplify(model, skip=config.skip)
     fusions += [{"fusion": name, "applied": n} for name, n in counts.items()]
