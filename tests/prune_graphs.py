@@ -21,6 +21,10 @@ class TinyGraph:
         self.initializers.append(numpy_helper.from_array(self.rng.standard_normal(shape).astype(np.float32), name))
         return name
 
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
     def op(self, op_type: str, inputs: list[str], name: str, output: str | None = None, **attrs) -> str:
         output = output or f"{name}_out"
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
@@ -163,3 +167,84 @@ def pass_context(tmp_path, method: str, dataset: Dataset | None = None) -> PassC
         seed=0,
         dataset=dataset or Dataset(inputs={}, labels=None, source="synthetic"),
     )
+
+
+def channels_through(middle: str, **attrs) -> onnx.ModelProto:
+    """Conv (8 channels) → ``middle`` op → a consumer Conv; channels 4..7 are zero out of the first Conv and have
+    zero weights in the consumer, so removing them changes nothing even where ``middle`` turns zeros into non-zeros
+    (Softmax). ``middle`` acts on H and W only, as its constant inputs say."""
+    g = TinyGraph(8)
+    h = g.conv("x", "conv1", 3, 8)
+    constants = {
+        "Resize": lambda: ["", g.const("scales", np.array([1, 1, 2, 2], np.float32))],
+        "Pad": lambda: [g.const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))],
+        "Slice": lambda: [g.const(n, np.array([v], np.int64)) for n, v in (("starts", 1), ("ends", 5), ("axes", 3))],
+    }
+    h = g.op(middle, [h, *constants.get(middle, list)()], "middle", **attrs)
+    g.op("Conv", [h, g.weight("conv2.w", (4, 8, 1, 1))], "conv2", output="y", kernel_shape=[1, 1])
+    for name, axis in (("conv1.w", 0), ("conv1.b", 0), ("conv2.w", 1)):
+        g.zero_channels(name, [4, 5, 6, 7], axis)
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 4, None, None]})
+
+
+def reduce_then_gemm(axes: list[int], keepdims: int = 0) -> onnx.ModelProto:
+    """Conv → ReduceMean over ``axes`` (an attribute at opset 17) → Gemm (a global pool written as a reduction);
+    channels 4..7 all-zero."""
+    g = TinyGraph(9)
+    h = g.op("ReduceMean", [g.conv("x", "conv", 3, 8)], "reduce", axes=axes, keepdims=keepdims)
+    g.op("Gemm", [h, g.weight("fc.w", (8, 4))], "fc", output="y")
+    for name in ("conv.w", "conv.b"):
+        g.zero_channels(name, [4, 5, 6, 7])
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 4]})
+
+
+def transpose_then_matmul() -> onnx.ModelProto:
+    """Conv → Transpose to channels-last → MatMul over the channels; channels 4..7 all-zero."""
+    g = TinyGraph(10)
+    h = g.op("Transpose", [g.conv("x", "conv", 3, 8)], "to_nhwc", perm=[0, 2, 3, 1])
+    g.op("MatMul", [h, g.weight("w", (8, 5))], "mm", output="y")
+    for name in ("conv.w", "conv.b"):
+        g.zero_channels(name, [4, 5, 6, 7])
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 6, 6, 5]})
+
+
+def conv1d_as_conv2d() -> onnx.ModelProto:
+    """tf2onnx's Conv1D: Unsqueeze → 1×3 Conv → Squeeze, twice; the first one's channels 4..7 all-zero."""
+    g = TinyGraph(11)
+    axes = g.const("axes", np.array([2], np.int64))
+    h = "x"
+    for name, cin, cout in (("c1", 3, 8), ("c2", 8, 4)):
+        h = g.op("Unsqueeze", [h, axes], f"{name}_unsqueeze")
+        w = g.weight(f"{name}.w", (cout, cin, 1, 3))
+        h = g.op("Conv", [h, w], name, kernel_shape=[1, 3], pads=[0, 1, 0, 1])
+        h = g.op("Squeeze", [h, axes], f"{name}_squeeze", output="y" if name == "c2" else None)
+        if name == "c1":
+            h = g.op("Relu", [h], "relu")
+    g.zero_channels("c1.w", [4, 5, 6, 7])
+    return g.model({"x": ["N", 3, 10]}, {"y": ["N", 4, 10]})
+
+
+def conv_transpose() -> onnx.ModelProto:
+    """Conv → Relu → ConvTranspose (stride 2): the Conv's channels are the ConvTranspose's input channels (axis 0 of
+    its weight); channels 4..7 all-zero."""
+    g = TinyGraph(12)
+    h = g.op("Relu", [g.conv("x", "conv", 3, 8)], "relu")
+    g.op("ConvTranspose", [h, g.weight("up.w", (8, 4, 2, 2))], "up", output="y", kernel_shape=[2, 2], strides=[2, 2])
+    for name in ("conv.w", "conv.b"):
+        g.zero_channels(name, [4, 5, 6, 7])
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 4, 12, 12]})
+
+
+def unrolled_steps(second_step_is_output: bool = False) -> onnx.ModelProto:
+    """Two time steps through one shared MatMul weight, concatenated along the batch axis, then a second MatMul (an
+    unrolled RNN cell, as tf2onnx writes them); output features 4..7 of the shared weight are all-zero. With
+    ``second_step_is_output`` the second step is a graph output, so it cannot lose features and the first can."""
+    g = TinyGraph(13)
+    w = g.weight("w", (6, 8))
+    g.zero_channels("w", [4, 5, 6, 7], axis=1)
+    first = g.op("MatMul", ["x1", w], "step1")
+    second = g.op("MatMul", ["x2", w], "step2", output="h2" if second_step_is_output else None)
+    h = first if second_step_is_output else g.op("Concat", [first, second], "steps", axis=0)
+    g.op("MatMul", [g.op("Relu", [h], "relu"), g.weight("w2", (8, 3))], "head", output="y")
+    outputs = {"y": ["M", 3]} | ({"h2": ["N", 8]} if second_step_is_output else {})
+    return g.model({"x1": ["N", 6], "x2": ["N", 6]}, outputs)

@@ -143,3 +143,110 @@ def test_pass_with_nothing_prunable_fails_naming_the_block_and_the_reasons(tmp_p
     config = PruneConfig(type="prune", method="channel", sparsity=0.5)
     with pytest.raises(PassError, match=r"passes\[0\] prune \(channel\): no channel group can be pruned: .*grouped"):
         run_prune(graphs.grouped(), config, graphs.pass_context(tmp_path, "channel"))
+
+
+@pytest.mark.parametrize(
+    ("middle", "attrs"),
+    [
+        ("Resize", {"mode": "nearest"}),
+        ("Pad", {}),
+        ("Slice", {}),
+        ("Softmax", {"axis": -1}),
+        ("LogSoftmax", {"axis": 2}),
+        ("ReduceMean", {"axes": [2, 3]}),
+        ("Transpose", {"perm": [0, 1, 3, 2]}),
+    ],
+)
+def test_ops_on_the_other_axes_pass_the_channels_on(middle, attrs):
+    model = graphs.channels_through(middle, **attrs)
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert (shapes["conv1.w"], shapes["conv2.w"]) == ((4, 3, 3, 3), (4, 4, 1, 1))
+    assert_same_outputs(model, result.model)  # the removed channels had zero weights in conv2
+
+
+@pytest.mark.parametrize(
+    ("middle", "attrs", "reason"),
+    [
+        ("Softmax", {"axis": 1}, "Softmax middle normalises over the channels"),
+        ("ReduceMean", {"axes": [1]}, "ReduceMean middle reduces over the channels"),
+        ("ReduceMean", {}, "ReduceMean middle reduces over the channels"),
+    ],
+)
+def test_ops_across_the_channels_block_them_and_say_so(middle, attrs, reason):
+    result = pruned(graphs.channels_through(middle, **attrs))
+    assert graphs.shapes(result.model)["conv1.w"] == (8, 3, 3, 3)
+    assert {row["layers"]: row["reason"] for row in result.left_alone}["conv1"] == reason
+
+
+def test_a_reduction_that_drops_the_spatial_axes_moves_the_channels_to_the_last_axis():
+    model = graphs.reduce_then_gemm([2, 3])
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert (shapes["conv.w"], shapes["fc.w"]) == ((4, 3, 3, 3), (4, 4))
+    assert_same_outputs(model, result.model)
+
+
+def test_channels_last_transpose_feeds_a_matmul_over_the_channels():
+    model = graphs.transpose_then_matmul()
+    result = pruned(model)
+    assert graphs.shapes(result.model)["w"] == (4, 5)
+    assert_same_outputs(model, result.model)
+
+
+def test_conv1d_written_as_unsqueeze_conv_squeeze_is_pruned():
+    model = graphs.conv1d_as_conv2d()
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert (shapes["c1.w"], shapes["c2.w"]) == ((4, 3, 1, 3), (4, 4, 1, 3))
+    assert_same_outputs(model, result.model)
+
+
+def test_conv_transpose_input_channels_shrink_with_the_conv_before_it():
+    model = graphs.conv_transpose()
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert (shapes["conv.w"], shapes["up.w"]) == ((4, 3, 3, 3), (4, 4, 2, 2))
+    assert_same_outputs(model, result.model)
+
+
+def test_a_weight_shared_by_time_steps_shrinks_once_for_all_of_them():
+    model = graphs.unrolled_steps()
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert (shapes["w"], shapes["w2"]) == ((6, 4), (4, 3))
+    assert_same_outputs(model, result.model)
+
+
+def test_a_weight_shared_by_steps_that_would_be_cut_differently_is_left_alone():
+    result = pruned(graphs.unrolled_steps(second_step_is_output=True))
+    assert graphs.shapes(result.model)["w"] == (6, 8)
+    reasons = {row["layers"]: row["reason"] for row in result.left_alone}
+    assert "initializer 'w' is shared by nodes that would cut it differently" in reasons["step1"]
+
+
+def old_style_export(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model as old exporters write it: no node names, a weight in a Constant node, and the other
+    initializers also listed as graph inputs (with their shapes)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        node.name = ""
+    weight = next(t for t in out.graph.initializer if t.name == "conv1.w")
+    out.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["conv1.w"], value=weight))
+    out.graph.initializer.remove(weight)
+    out.graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in out.graph.initializer
+    )
+    return out
+
+
+def test_the_pass_prunes_models_with_unnamed_nodes_constant_weights_and_initializers_as_inputs(tmp_path):
+    original = graphs.chain()
+    model = old_style_export(original)
+    config = PruneConfig(type="prune", method="channel", sparsity=0.5)
+    outcome = run_prune(model, config, graphs.pass_context(tmp_path, "channel"))
+    shapes = graphs.shapes(outcome.model)
+    assert (shapes["conv1.w"], shapes["conv2.w"]) == ((4, 3, 3, 3), (4, 4, 3, 3))
+    assert [i.name for i in outcome.model.graph.input] == ["x"]  # the declared weight shapes would contradict
+    assert_same_outputs(original, outcome.model)

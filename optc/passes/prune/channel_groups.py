@@ -1,11 +1,13 @@
 """Trace which tensors carry which layer's output channels, and which layers are coupled and must be pruned together.
 
 One sweep over the (topologically sorted) graph gives every tensor that carries prunable channels a ``Layout``: the
-layers whose channels it holds, in order, along one axis. Channel-preserving ops (activations, BatchNorm, pooling,
-depthwise Conv) pass a layout on; Add/Mul and friends couple the layouts they combine (a residual block's layers
-become one group); Concat joins layouts; Flatten spreads each channel over its H×W features. Every weight whose axis
-follows a layout is recorded as an ``Edit``. Anything optc cannot follow (Reshape, Transpose, a graph output, a grouped
-Conv, ...) blocks the layers whose channels reach it, with the reason: those groups are left alone.
+layers whose channels it holds, in order, along one axis. Channel-preserving ops (elementwise functions, BatchNorm,
+pooling, depthwise Conv) pass a layout on; ops that only move or drop other axes (Transpose, Squeeze, Unsqueeze, a
+reduction, Softmax, Slice, Pad or Resize along other axes) pass it on at the channels' new position; Add/Mul and friends
+couple the layouts they combine (a residual block's layers become one group); Concat joins layouts; Flatten spreads
+each channel over its H×W features. Every weight whose axis follows a layout is recorded as an ``Edit``. Anything optc
+cannot follow (a general Reshape, a Shape, a graph output, a grouped Conv, an op over the channels, ...) blocks the
+layers whose channels reach it, with the reason: those groups are left alone.
 """
 
 from __future__ import annotations
@@ -15,18 +17,32 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from optc.model_facts import attribute
+from optc.model_facts import attribute, default_opset
 from optc.passes.prune.layers import WeightedLayer, weighted_layer
 from optc.passes.prune.outputs import names_read
+from optc.tensors import tensor_values
 
 UNARY_PASSTHROUGH = frozenset(
     {
         "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu", "Softplus",
-        "Softsign", "Identity", "Dropout", "Erf", "Gelu", "Neg", "Abs", "Sqrt", "Exp", "Mish",
+        "Softsign", "Identity", "Dropout", "Erf", "Gelu", "Neg", "Abs", "Sqrt", "Exp", "Mish", "Log", "Reciprocal",
+        "Floor", "Ceil", "Round", "Sign", "Cast", "Not", "ThresholdedRelu", "Shrink",
     }
 )  # fmt: skip
 POOLS = frozenset({"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
-ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "PRelu", "Pow"})
+ELEMENTWISE = frozenset(
+    {
+        "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "PRelu", "Pow", "Where", "Equal", "Greater", "Less",
+        "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor",
+    }
+)  # fmt: skip
+REDUCTIONS = frozenset(
+    {
+        "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+        "ReduceLogSumExp", "ReduceSumSquare",
+    }
+)  # fmt: skip
+SOFTMAXES = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,7 @@ class _Tracer:
         self.producers = producers
         self.excluded = excluded
         self.shapes = _static_shapes(model)
+        self.opset = default_opset(model)
         self.layouts: dict[str, Layout] = {}
         self.plan = ChannelPlan(layers={}, edits=[])
 
@@ -128,6 +145,24 @@ class _Tracer:
             return list(self.initializers[name].dims)
         return self.shapes.get(name)
 
+    def constant_ints(self, node: onnx.NodeProto, attr: str, position: int) -> list[int] | None:
+        """An int list given as attribute ``attr`` (older opsets) or as constant input ``position`` (newer ones)."""
+        value = attribute(node, attr)
+        if value is not None:
+            return [int(v) for v in value]
+        name = node.input[position] if len(node.input) > position else ""
+        if name in self.initializers:
+            return [int(v) for v in tensor_values(self.initializers[name]).reshape(-1)]
+        return None
+
+    def move(self, node: onnx.NodeProto, x: Layout, position: int | None, rank: int | None, reason: str) -> None:
+        """Pass ``x`` on to the node's output with the channels at ``position`` of a tensor of ``rank``; None: the
+        node acts on the channels themselves, so it blocks them."""
+        if position is None or rank is None:
+            self.unknown(node, reason)
+        else:
+            self.layouts[node.output[0]] = Layout(x.segments, position - rank, rank)
+
     # -- the sweep --------------------------------------------------------------------------------------------
     def trace(self) -> ChannelPlan:
         for node in self.graph.node:
@@ -148,6 +183,10 @@ class _Tracer:
                 self.flatten(node, inputs)
             elif node.op_type == "Concat":
                 self.concat(node, inputs)
+            elif node.op_type == "ConvTranspose":
+                self.conv_transpose(node, inputs)
+            elif node.op_type in self.axis_movers and inputs and inputs[0] and inputs[0].rank and not any(inputs[1:]):
+                self.axis_movers[node.op_type](self, node, inputs[0])
             else:
                 self.unknown(node, f"feeds {node.op_type} {node.name}, which optc cannot shrink")
         for output in self.graph.output:
@@ -288,6 +327,10 @@ class _Tracer:
         }
         axis = int(attribute(node, "axis", 0))
         rank = next(iter(ranks)) if len(ranks) == 1 else None
+        laid = [layout for layout in inputs if layout is not None]
+        if rank is not None and all(layout.rank == rank and not layout.channel_axis_is(axis % rank) for layout in laid):
+            self.concat_beside(node, inputs, laid[0])
+            return
         segments: list[Segment] = []
         for name, layout in zip(node.input, inputs, strict=True):
             dims = self.dims(name)
@@ -301,15 +344,163 @@ class _Tracer:
                 return
         self.layouts[node.output[0]] = Layout(tuple(segments), axis - rank if axis >= 0 else axis, rank)
 
+    def concat_beside(self, node: onnx.NodeProto, inputs: list[Layout | None], first: Layout) -> None:
+        """Concat along another axis (time steps, tokens): every input must hold the same channels."""
+        reason = f"meets differently shaped channels in Concat {node.name}"
+        if not all(self.couple(first, other, reason) for other in inputs if other is not None and other is not first):
+            return
+        for name, layout in zip(node.input, inputs, strict=True):
+            dims = self.dims(name)
+            if layout is None and name in self.initializers and dims[first.axis] == first.size:
+                self.edit(name, len(dims) + first.axis, first)
+            elif layout is None:
+                self.unknown(node, f"Concat {node.name} joins the channels with {name!r}")
+                return
+        self.layouts[node.output[0]] = first
+
+    def conv_transpose(self, node: onnx.NodeProto, inputs: list[Layout | None]) -> None:
+        """Input channels only: they index axis 0 of a ConvTranspose weight (its outputs are not a pruned layer)."""
+        x, weight = inputs[0], self.initializers.get(node.input[1])
+        if x is None or any(inputs[1:]):
+            self.unknown(node, f"feeds ConvTranspose {node.name} in a way optc cannot follow")
+        elif weight is None or int(attribute(node, "group", 1)) != 1 or not x.channel_axis_is(1):
+            self.block(x, f"feeds ConvTranspose {node.name}, whose weight is not constant or is grouped")
+        elif any(s.repeat != 1 for s in x.segments):
+            self.block(x, f"reaches ConvTranspose {node.name} on an axis other than its channels")
+        else:
+            self.edit(weight.name, 0, x)
+
+    # Ops that keep each channel's values apart and only move, drop or resize the other axes: each finds where the
+    # channels sit in its output, or blocks them where it reaches across the channels or its axes are not constant.
+    def reduction(self, node: onnx.NodeProto, x: Layout) -> None:
+        rank, channel = x.rank, x.axis + x.rank
+        axes = self.constant_ints(node, "axes", 1)
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            self.unknown(node, f"feeds {node.op_type} {node.name} without constant axes")
+            return
+        if not axes and attribute(node, "noop_with_empty_axes", 0):
+            self.layouts[node.output[0]] = x
+            return
+        reduced = {a % rank for a in axes} if axes else set(range(rank))
+        keep = int(attribute(node, "keepdims", 1))
+        position = None if channel in reduced else channel - (0 if keep else sum(a < channel for a in reduced))
+        self.move(node, x, position, rank if keep else rank - len(reduced), f"{node.op_type} {node.name} reduces "
+                  "over the channels")  # fmt: skip
+
+    def transpose(self, node: onnx.NodeProto, x: Layout) -> None:
+        perm = attribute(node, "perm") or list(reversed(range(x.rank)))
+        self.move(node, x, list(perm).index(x.axis + x.rank), x.rank, f"feeds Transpose {node.name}")
+
+    def squeeze(self, node: onnx.NodeProto, x: Layout) -> None:
+        channel = x.axis + x.rank
+        axes = self.constant_ints(node, "axes", 1)
+        if axes is None:  # every axis of size 1: only known from the shape
+            dims = self.dims(node.input[0])
+            axes = [i for i, d in enumerate(dims) if d == 1] if dims and None not in dims else None
+        if axes is None:
+            self.unknown(node, f"feeds Squeeze {node.name} without known axes")
+            return
+        squeezed = {a % x.rank for a in axes}
+        position = None if channel in squeezed else channel - sum(a < channel for a in squeezed)
+        self.move(node, x, position, x.rank - len(squeezed), f"Squeeze {node.name} removes the channel axis")
+
+    def unsqueeze(self, node: onnx.NodeProto, x: Layout) -> None:
+        axes = self.constant_ints(node, "axes", 1)
+        if axes is None:
+            self.unknown(node, f"feeds Unsqueeze {node.name} without constant axes")
+            return
+        rank = x.rank + len(axes)
+        inserted = {a % rank for a in axes}
+        kept_positions = [i for i in range(rank) if i not in inserted]
+        self.move(node, x, kept_positions[x.axis + x.rank], rank, f"feeds Unsqueeze {node.name}")
+
+    def softmax(self, node: onnx.NodeProto, x: Layout) -> None:
+        channel = x.axis + x.rank
+        # Before opset 13 Softmax flattened the input to 2-D at `axis` (default 1) and normalised the whole tail.
+        if self.opset < 13:
+            apart = channel < int(attribute(node, "axis", 1)) % x.rank
+        else:
+            apart = channel != int(attribute(node, "axis", -1)) % x.rank
+        self.move(node, x, channel if apart else None, x.rank, f"{node.op_type} {node.name} normalises over the "
+                  "channels")  # fmt: skip
+
+    def slice(self, node: onnx.NodeProto, x: Layout) -> None:
+        channel = x.axis + x.rank
+        if self.opset < 10:
+            starts, axes = attribute(node, "starts"), attribute(node, "axes")
+        else:
+            starts = self.constant_ints(node, "", 1)
+            axes = self.constant_ints(node, "", 3) if len(node.input) > 3 and node.input[3] else None
+        if axes is None and starts is not None:  # no axes: the first len(starts) axes
+            axes = list(range(len(starts)))
+        position = None if axes is None or channel in {a % x.rank for a in axes} else channel
+        self.move(node, x, position, x.rank, f"Slice {node.name} cuts along the channels or has no constant axes")
+
+    def pad(self, node: onnx.NodeProto, x: Layout) -> None:
+        channel = x.axis + x.rank
+        pads = self.constant_ints(node, "pads", 1)
+        axes = self.constant_ints(node, "", 3) if len(node.input) > 3 and node.input[3] else list(range(x.rank))
+        if pads is None or len(pads) != 2 * len(axes):
+            self.unknown(node, f"feeds Pad {node.name} without constant pads")
+            return
+        cut = len(axes)
+        padded = {a % x.rank for a, b, e in zip(axes, pads[:cut], pads[cut:], strict=True) if b or e}
+        self.move(node, x, None if channel in padded else channel, x.rank, f"Pad {node.name} pads the channels")
+
+    def resize(self, node: onnx.NodeProto, x: Layout) -> None:
+        channel = x.axis + x.rank
+        scale_input = 1 if node.op_type == "Upsample" or self.opset < 11 else 2
+        scales = node.input[scale_input] if len(node.input) > scale_input else ""
+        sizes = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 else ""
+        factors = tensor_values(self.initializers[scales]).reshape(-1) if scales in self.initializers else None
+        axes = attribute(node, "axes") or list(range(x.rank))
+        resized = (
+            {a % x.rank for a, f in zip(axes, factors, strict=False) if f != 1}
+            if factors is not None and len(factors) and not sizes
+            else None
+        )  # sizes fix every listed axis's length, the channels' too
+        position = None if resized is None or channel in resized else channel
+        self.move(node, x, position, x.rank, f"{node.op_type} {node.name} resizes the channels or has no constant "
+                  "scales")  # fmt: skip
+
+    axis_movers: dict = {
+        **dict.fromkeys(REDUCTIONS, reduction),
+        **dict.fromkeys(SOFTMAXES, softmax),
+        "Transpose": transpose,
+        "Squeeze": squeeze,
+        "Unsqueeze": unsqueeze,
+        "Slice": slice,
+        "Pad": pad,
+        "Resize": resize,
+        "Upsample": resize,
+    }
+
     def block_shared_weights(self) -> None:
-        """A weight read by two nodes cannot be shrunk for one of them only."""
+        """A weight read by several nodes (an unrolled RNN's time steps) shrinks only if every reader cuts it the same
+        way: one edit then stands for all. Otherwise it cannot be shrunk for some readers only."""
         readers: dict[str, int] = {}
         for node in self.graph.node:
             for name in set(names_read(node)):
                 readers[name] = readers.get(name, 0) + 1
+        by_cut: dict[tuple[str, int], list[Edit]] = {}
         for edit in self.plan.edits:
-            if readers.get(edit.tensor, 0) > 1:
-                self.block(edit.layout, f"initializer {edit.tensor!r} is shared by several nodes")
+            by_cut.setdefault((edit.tensor, edit.axis % len(self.initializers[edit.tensor].dims)), []).append(edit)
+        kept = []
+        for (tensor, _), edits in by_cut.items():
+            if readers.get(tensor, 0) <= 1:
+                kept.extend(edits)
+                continue
+            if len(edits) == readers[tensor] and len({(e.group_of, self.signature(e.layout)) for e in edits}) == 1:
+                kept.append(edits[0])
+                continue
+            for edit in edits:
+                self.block(edit.layout, f"initializer {edit.tensor!r} is shared by nodes that would cut it differently")
+            kept.extend(edits)
+        self.plan.edits = kept
+
+    def signature(self, layout: Layout) -> tuple:
+        roots = (self.plan.root(s.layer) if s.layer is not None else None for s in layout.segments)
+        return layout.axis, tuple((root, s.size, s.repeat) for root, s in zip(roots, layout.segments, strict=True))
 
 
 def trace_channels(model: onnx.ModelProto, producers: set[str], excluded: set[str]) -> ChannelPlan:

@@ -19,6 +19,7 @@ from optc.passes.prune.layers import selected_layers
 from optc.passes.prune.magnitude import prune_magnitude
 from optc.passes.prune.outputs import keep_outputs
 from optc.passes.prune.search import CandidateMeter, bisect_sparsity, gzip_size
+from optc.passes.quantize_prepare import constants_to_initializers, drop_initializer_inputs, name_unnamed_nodes
 from optc.passes.registry import PassContext, PassOutcome, register
 
 MAGNITUDE_NOTE = (
@@ -85,6 +86,7 @@ def _magnitude_pruner(model: onnx.ModelProto, config: PruneConfig, context: Pass
 
 
 def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> Pruner:
+    model = _surgery_form(model)
     producers = {layer.node.name for layer in selected_layers(model.graph, config, context.label)}
     plan = trace_channels(model, producers, excluded_nodes(model.graph, config.exclude, context.label))
     groups = plan.groups()
@@ -113,6 +115,16 @@ def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassCo
         }
 
     return prune
+
+
+def _surgery_form(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model in the form channel surgery can edit: weights in ``Constant`` nodes (paddle2onnx, tf2onnx)
+    become initializers, initializers drop out of the graph inputs (IR < 4, whose declared shapes would contradict
+    the shrunk weights) and every node gets a unique name (the plan keys layers by name: unnamed Convs would all be
+    one layer)."""
+    model, _ = constants_to_initializers(model)
+    model, _ = drop_initializer_inputs(model)
+    return name_unnamed_nodes(model)
 
 
 def _shapes_and_session(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
