@@ -248,3 +248,33 @@ def unrolled_steps(second_step_is_output: bool = False) -> onnx.ModelProto:
     g.op("MatMul", [g.op("Relu", [h], "relu"), g.weight("w2", (8, 3))], "head", output="y")
     outputs = {"y": ["M", 3]} | ({"h2": ["N", 8]} if second_step_is_output else {})
     return g.model({"x1": ["N", 6], "x2": ["N", 6]}, outputs)
+
+
+def reshaped_steps(shared_target: bool) -> onnx.ModelProto:
+    """Two branches, each MatMul over [N, 3, 6] → Reshape to [-1, 8] (time steps into the batch, as Keras'
+    TimeDistributed exports) → Relu → MatMul; branch a's features 4..7 and branch b's 0..3 are all-zero. With
+    ``shared_target`` both Reshapes read one [-1, 8] constant, as tf2onnx writes it."""
+    g = TinyGraph(14)
+    target = g.const("target", np.array([-1, 8], np.int64)) if shared_target else None
+    for branch, zero in (("a", [4, 5, 6, 7]), ("b", [0, 1, 2, 3])):
+        h = g.op("MatMul", [f"x_{branch}", g.weight(f"w_{branch}", (6, 8))], f"mm_{branch}")
+        shape = target or g.const(f"target_{branch}", np.array([-1, 8], np.int64))
+        h = g.op("Relu", [g.op("Reshape", [h, shape], f"reshape_{branch}")], f"relu_{branch}")
+        g.op("MatMul", [h, g.weight(f"head_{branch}", (8, 2))], f"head_{branch}", output=f"y_{branch}")
+        g.zero_channels(f"w_{branch}", zero, axis=1)
+    return g.model({"x_a": ["N", 3, 6], "x_b": ["N", 3, 6]}, {"y_a": ["M", 2], "y_b": ["M", 2]})
+
+
+def siamese() -> onnx.ModelProto:
+    """One Conv weight applied to two inputs, both outputs concatenated on the channels, a 1×1 Conv head (capspot's
+    similarity net); channels 4..7 of the shared Conv are zero."""
+    g = TinyGraph(15)
+    g.weight("conv.w", (8, 3, 3, 3))
+    g.weight("conv.b", (8,))
+    a, b = (g.op("Relu", [g.op("Conv", [x, "conv.w", "conv.b"], f"conv_{x}", kernel_shape=[3, 3])], f"relu_{x}")
+            for x in ("x1", "x2"))  # fmt: skip
+    h = g.op("Concat", [a, b], "both", axis=1)
+    g.op("Conv", [h, g.weight("head.w", (4, 16, 1, 1))], "head", output="y", kernel_shape=[1, 1])
+    for name in ("conv.w", "conv.b"):
+        g.zero_channels(name, [4, 5, 6, 7])
+    return g.model({"x1": ["N", 3, 6, 6], "x2": ["N", 3, 6, 6]}, {"y": ["N", 4, 4, 4]})

@@ -218,11 +218,31 @@ def test_a_weight_shared_by_time_steps_shrinks_once_for_all_of_them():
     assert_same_outputs(model, result.model)
 
 
-def test_a_weight_shared_by_steps_that_would_be_cut_differently_is_left_alone():
+def test_a_weight_shared_with_a_step_that_reaches_an_output_is_left_alone_for_every_step():
     result = pruned(graphs.unrolled_steps(second_step_is_output=True))
     assert graphs.shapes(result.model)["w"] == (6, 8)
     reasons = {row["layers"]: row["reason"] for row in result.left_alone}
-    assert "initializer 'w' is shared by nodes that would cut it differently" in reasons["step1"]
+    assert reasons["step1, step2"] == "reaches graph output 'h2'"
+
+
+def test_two_branches_through_one_weight_keep_the_same_channels():
+    model = graphs.siamese()
+    result = pruned(model)
+    shapes = graphs.shapes(result.model)
+    assert (shapes["conv.w"], shapes["conv.b"], shapes["head.w"]) == ((4, 3, 3, 3), (4,), (4, 8, 1, 1))
+    assert_same_outputs(model, result.model)
+
+
+@pytest.mark.parametrize("shared_target", [False, True])
+def test_a_reshape_that_keeps_the_channel_axis_whole_gets_the_new_count(tmp_path, shared_target):
+    model = graphs.reshaped_steps(shared_target)
+    config = PruneConfig(type="prune", method="channel", sparsity=0.5)
+    outcome = run_prune(model, config, graphs.pass_context(tmp_path, "channel"))
+    shapes = graphs.shapes(outcome.model)
+    assert (shapes["w_a"], shapes["w_b"], shapes["head_a"], shapes["head_b"]) == ((6, 4), (6, 4), (4, 2), (4, 2))
+    targets = [onnx.numpy_helper.to_array(t).tolist() for t in outcome.model.graph.initializer if "target" in t.name]
+    assert targets and all(t == [-1, 4] for t in targets)
+    assert_same_outputs(model, outcome.model)  # each branch lost its own zero features
 
 
 def old_style_export(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -94,7 +94,13 @@ def _apply(
         indices = _kept_indices(edit.layout, plan, keep)
         if indices is None:
             continue
-        changed[edit.tensor] = np.take(changed.get(edit.tensor, arrays[edit.tensor]), indices, axis=edit.axis)
+        current = changed.get(edit.tensor, arrays[edit.tensor])
+        if edit.count_at is not None:
+            current = current.copy()
+            current[edit.count_at] = len(indices)
+            changed[edit.tensor] = current
+        else:
+            changed[edit.tensor] = np.take(current, indices, axis=edit.axis)
         if edit.group_of is not None:
             new_groups[edit.group_of] = len(indices)
     for tensor in result.graph.initializer:

@@ -74,6 +74,7 @@ class Edit:
     axis: int
     layout: Layout
     group_of: str | None = None  # a depthwise Conv whose ``group`` attribute must follow the new channel count
+    count_at: int | None = None  # a Reshape target: write the kept channel count at this index instead of cutting
 
 
 @dataclass
@@ -137,8 +138,10 @@ class _Tracer:
         self.layouts[node.output[0]] = layout
         return layout
 
-    def edit(self, tensor: str, axis: int, layout: Layout, group_of: str | None = None) -> None:
-        self.plan.edits.append(Edit(tensor, axis, layout, group_of))
+    def edit(
+        self, tensor: str, axis: int, layout: Layout, group_of: str | None = None, count_at: int | None = None
+    ) -> None:
+        self.plan.edits.append(Edit(tensor, axis, layout, group_of, count_at))
 
     def dims(self, name: str) -> list[int | None] | None:
         if name in self.initializers:
@@ -191,6 +194,7 @@ class _Tracer:
                 self.unknown(node, f"feeds {node.op_type} {node.name}, which optc cannot shrink")
         for output in self.graph.output:
             self.block(self.layouts.get(output.name), f"reaches graph output {output.name!r}")
+        self.couple_shared_producers()
         self.block_shared_weights()
         return self.plan
 
@@ -302,12 +306,46 @@ class _Tracer:
             or spatial is None
             or not all(isinstance(d, int) and d > 0 for d in spatial)
         ):
-            self.unknown(node, f"feeds {node.op_type} {node.name}, which optc can only follow as a Flatten(axis=1) "
-                         "of a tensor with a known spatial size")  # fmt: skip
+            if not (node.op_type == "Reshape" and self.reshape_keeping_channels(node, x)):
+                self.unknown(node, f"feeds {node.op_type} {node.name}, which optc can only follow as a Flatten(axis=1) "
+                             "of a known spatial size or a Reshape keeping the channel axis whole")  # fmt: skip
             return
         repeat = int(np.prod(spatial))
         segments = tuple(Segment(s.layer, s.size, s.repeat * repeat) for s in x.segments)
         self.layouts[node.output[0]] = Layout(segments, -1, 2)
+
+    def reshape_keeping_channels(self, node: onnx.NodeProto, x: Layout) -> bool:
+        """A Reshape with a constant target that leaves the channel axis whole, as [N, T, C] → [N·T, C] or
+        [N, C, 1, 1] → [N, 1, 1, C]: row-major order keeps each channel apart when some output axis has the channels'
+        size and the same known number of elements after it. An explicit channel count in the target is rewritten."""
+        target = self.initializers.get(node.input[1])
+        dims_in, dims_out = self.dims(node.input[0]), self.dims(node.output[0])
+        if target is None or not dims_in or not dims_out or x.rank != len(dims_in):
+            return False
+        channel, shape = x.axis + x.rank, [int(v) for v in tensor_values(target).reshape(-1)]
+        inner = dims_in[channel + 1 :]
+        if any(s.repeat != 1 for s in x.segments) or dims_in[channel] != x.size or None in inner:
+            return False
+        position = next(
+            (
+                k
+                for k in reversed(range(len(dims_out)))
+                if dims_out[k] == x.size and None not in dims_out[k + 1 :]
+                and int(np.prod(dims_out[k + 1 :])) == int(np.prod(inner))
+            ),
+            None,
+        )  # fmt: skip
+        if position is None or len(shape) != len(dims_out):
+            return False
+        copied = shape[position] == 0 or (channel < len(shape) and shape[channel] == 0)
+        if copied and position != channel:  # a 0 copies the input dim at its own index
+            return False
+        if shape[position] == x.size:
+            self.edit(target.name, 0, x, count_at=position)
+        elif shape[position] not in (-1, 0):
+            return False
+        self.layouts[node.output[0]] = Layout(x.segments, position - len(dims_out), len(dims_out))
+        return True
 
     def flattens_from_axis_1(self, node: onnx.NodeProto) -> bool:
         if node.op_type == "Flatten":
@@ -475,6 +513,14 @@ class _Tracer:
         "Upsample": resize,
     }
 
+    def couple_shared_producers(self) -> None:
+        """Layers that apply one weight tensor (a siamese network's two branches, an RNN's time steps) keep the same
+        channels: their output channels are one group."""
+        by_weight: dict[str, str] = {}
+        for name, layer in self.plan.layers.items():
+            first = by_weight.setdefault(layer.weight, name)
+            self.plan.parent[self.plan.root(name)] = self.plan.root(first)
+
     def block_shared_weights(self) -> None:
         """A weight read by several nodes (an unrolled RNN's time steps) shrinks only if every reader cuts it the same
         way: one edit then stands for all. Otherwise it cannot be shrunk for some readers only."""
@@ -490,7 +536,8 @@ class _Tracer:
             if readers.get(tensor, 0) <= 1:
                 kept.extend(edits)
                 continue
-            if len(edits) == readers[tensor] and len({(e.group_of, self.signature(e.layout)) for e in edits}) == 1:
+            cuts = {(e.group_of, e.count_at, self.signature(e.layout)) for e in edits}
+            if len(edits) == readers[tensor] and len(cuts) == 1:
                 kept.append(edits[0])
                 continue
             for edit in edits:

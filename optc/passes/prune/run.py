@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import onnx
@@ -124,7 +125,33 @@ def _surgery_form(model: onnx.ModelProto) -> onnx.ModelProto:
     one layer)."""
     model, _ = constants_to_initializers(model)
     model, _ = drop_initializer_inputs(model)
-    return name_unnamed_nodes(model)
+    return _own_reshape_targets(name_unnamed_nodes(model))
+
+
+def _own_reshape_targets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every Reshape its own target tensor: exporters share one constant such as [-1, 200] among Reshapes of
+    different layers, whose channel counts then change differently."""
+    readers = Counter(name for node in model.graph.node for name in set(node.input))
+    initializers = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    shared = []  # every reader but the first gets a copy
+    for index, node in enumerate(model.graph.node):
+        if node.op_type == "Reshape" and node.input[1] in initializers and readers[node.input[1]] > 1:
+            if node.input[1] in seen:
+                shared.append(index)
+            seen.add(node.input[1])
+    if not shared:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for index in shared:
+        node = out.graph.node[index]
+        copy = onnx.TensorProto()
+        copy.CopyFrom(initializers[node.input[1]])
+        copy.name = f"{node.input[1]}__{node.name}"
+        out.graph.initializer.append(copy)
+        node.input[1] = copy.name
+    return out
 
 
 def _shapes_and_session(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
