@@ -86,3 +86,17 @@ def test_prune_channels_25_shrinks_the_sample_cnn_and_keeps_its_interface(tmp_pa
     assert report["optimized"]["parameters"] < 0.6 * report["original"]["parameters"]
     logits = graphs.run(model, {"input": np.load(SAMPLES / "digits_test.npz")["input"][:4]})[0]
     assert logits.shape == (4, 10)
+
+
+def test_a_search_that_can_prune_nothing_within_the_budget_says_so_and_leaves_the_model_whole(tmp_path):
+    recipe = tmp_path / "strict.yaml"
+    recipe.write_text(
+        "version: 1\nname: strict\npasses:\n  - type: prune\n    method: channel\n    sparsity: auto\n"
+        "    accuracy_budget: 0.01\n    search_steps: 1\n"
+    )
+    report = compress(tmp_path, str(recipe))
+    details = report["passes"][0]["details"]
+    assert details["search"]["chosen"] == 0 and details["channels_removed"] == 0
+    assert any(
+        "nothing could be pruned within the 0.01-point budget (sparsity 0.45 cost" in w for w in report["warnings"]
+    )

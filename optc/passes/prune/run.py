@@ -180,6 +180,14 @@ def _search(model: onnx.ModelProto, pruner: Pruner, config: PruneConfig, context
         )
     pruned, details = pruner(result.sparsity)
     warnings = []
+    unpruned = details["channels_removed"] == 0 if config.method == "channel" else result.sparsity == 0
+    if unpruned:  # the later passes still run: a prune-auto recipe's int8 can improve what pruning could not
+        tried = next((p for p in result.curve if p.sparsity > result.sparsity), None)
+        cost = f" (sparsity {tried.sparsity:.3g} cost {tried.drop:.2f} points)" if tried else ""
+        warnings.append(
+            f"{context.label}: nothing could be pruned within the {config.accuracy_budget}-point budget{cost}; "
+            "the model goes on unpruned"
+        )
     if context.dataset.synthetic:
         warnings.append(
             f"{context.label}: the sparsity search measured fidelity on synthetic inputs; give evaluation data "
