@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 import prune_graphs as graphs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optc.errors import PassError
 from optc.passes.prune.channel import prune_channels
@@ -270,3 +272,59 @@ def test_the_pass_prunes_models_with_unnamed_nodes_constant_weights_and_initiali
     assert (shapes["conv1.w"], shapes["conv2.w"]) == ((4, 3, 3, 3), (4, 4, 3, 3))
     assert [i.name for i in outcome.model.graph.input] == ["x"]  # the declared weight shapes would contradict
     assert_same_outputs(original, outcome.model)
+
+
+# Ops on an [N, 8, H, W] tensor that keep its rank and leave the channels on axis 1; the last one reaches across them.
+CHANNEL_WISE_STEPS = {
+    "relu": lambda g, h, i: g.op("Relu", [h], f"relu{i}"),
+    "softmax_w": lambda g, h, i: g.op("Softmax", [h], f"softmax{i}", axis=3),
+    "mean_w": lambda g, h, i: g.op("ReduceMean", [h], f"mean{i}", axes=[3], keepdims=1),
+    "pad_h": lambda g, h, i: g.op(
+        "Pad", [h, g.const(f"pads{i}", np.array([0, 0, 1, 0, 0, 0, 1, 0], np.int64))], f"pad{i}"
+    ),
+    "slice_w": lambda g, h, i: g.op(
+        "Slice",
+        [h, *(g.const(f"{k}{i}", np.array([v], np.int64)) for k, v in (("s", 0), ("e", 2), ("a", 3)))],
+        f"slice{i}",
+    ),
+    "resize": lambda g, h, i: g.op(
+        "Resize", [h, "", g.const(f"scales{i}", np.array([1, 1, 2, 1], np.float32))], f"resize{i}", mode="nearest"
+    ),
+    "swap_hw": lambda g, h, i: g.op("Transpose", [h], f"swap{i}", perm=[0, 1, 3, 2]),
+    "unsqueeze_squeeze": lambda g, h, i: g.op(
+        "Squeeze",
+        [g.op("Unsqueeze", [h, g.const(f"ax{i}", np.array([2], np.int64))], f"unsq{i}"), f"ax{i}"],
+        f"sq{i}",
+    ),
+    "mean_w_dropped": lambda g, h, i: g.op(
+        "Unsqueeze",
+        [g.op("ReduceMean", [h], f"mean_drop{i}", axes=[3], keepdims=0), g.const(f"back{i}", np.array([3], np.int64))],
+        f"unsq_back{i}",
+    ),
+    "nhwc_and_back": lambda g, h, i: g.op(
+        "Transpose", [g.op("Transpose", [h], f"nhwc{i}", perm=[0, 2, 3, 1])], f"nchw{i}", perm=[0, 3, 1, 2]
+    ),
+    "scale": lambda g, h, i: g.op("Mul", [h, g.weight(f"scale{i}", (1, 8, 1, 1))], f"mul{i}"),
+    "residual": lambda g, h, i: g.op("Add", [h, h], f"twice{i}"),
+    "concat_w": lambda g, h, i: g.op("Concat", [h, h], f"cat{i}", axis=3),
+    "softmax_c": lambda g, h, i: g.op("Softmax", [h], f"softmax_c{i}", axis=1),
+}
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(sorted(CHANNEL_WISE_STEPS)), min_size=1, max_size=4))
+def test_any_chain_of_channel_wise_ops_is_pruned_exactly_or_left_alone_with_a_reason(steps):
+    g = graphs.TinyGraph(16)
+    h = g.conv("x", "conv1", 3, 8)
+    for index, step in enumerate(steps):
+        h = CHANNEL_WISE_STEPS[step](g, h, index)
+    g.op("Conv", [h, g.weight("conv2.w", (4, 8, 1, 1))], "conv2", output="y", kernel_shape=[1, 1])
+    for name, axis in (("conv1.w", 0), ("conv1.b", 0), ("conv2.w", 1)):
+        g.zero_channels(name, [4, 5, 6, 7], axis)
+    model = g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 4, None, None]})
+    result = pruned(model)
+    kept = graphs.shapes(result.model)["conv1.w"][0]
+    reasons = {row["layers"]: row["reason"] for row in result.left_alone}
+    assert kept == (8 if "softmax_c" in steps else 4), reasons
+    assert kept == 4 or "normalises over the channels" in reasons["conv1"]
+    assert_same_outputs(model, result.model)
