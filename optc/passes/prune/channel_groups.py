@@ -516,9 +516,9 @@ class _Tracer:
     def couple_shared_producers(self) -> None:
         """Layers that apply one weight tensor (a siamese network's two branches, an RNN's time steps) keep the same
         channels: their output channels are one group."""
-        by_weight: dict[str, str] = {}
+        by_weight: dict[tuple[str, int], str] = {}
         for name, layer in self.plan.layers.items():
-            first = by_weight.setdefault(layer.weight, name)
+            first = by_weight.setdefault((layer.weight, layer.out_axis), name)
             self.plan.parent[self.plan.root(name)] = self.plan.root(first)
 
     def block_shared_weights(self) -> None:
