@@ -30,11 +30,13 @@ class TinyGraph:
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
         return output
 
-    def conv(self, x: str, name: str, cin: int, cout: int, group: int = 1, bias: bool = True, **attrs) -> str:
+    def conv(
+        self, x: str, name: str, cin: int, cout: int, group: int = 1, bias: bool = True, output: str | None = None
+    ) -> str:
         inputs = [x, self.weight(f"{name}.w", (cout, cin // group, 3, 3))]
         if bias:
             inputs.append(self.weight(f"{name}.b", (cout,)))
-        return self.op("Conv", inputs, name, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=group, **attrs)
+        return self.op("Conv", inputs, name, output, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=group)
 
     def batchnorm(self, x: str, name: str, channels: int) -> str:
         params = [self.weight(f"{name}.{p}", (channels,)) for p in ("scale", "bias", "mean")]
@@ -278,3 +280,24 @@ def siamese() -> onnx.ModelProto:
     for name in ("conv.w", "conv.b"):
         g.zero_channels(name, [4, 5, 6, 7])
     return g.model({"x1": ["N", 3, 6, 6], "x2": ["N", 3, 6, 6]}, {"y": ["N", 4, 4, 4]})
+
+
+def conv_silu_split(conv_output_read_elsewhere: bool = False) -> onnx.ModelProto:
+    """YOLOv8's C2f entry: Conv (8 channels) → SiLU → Split in halves, each half into its own 1×1 Conv, both summed.
+    Channels 2, 3 (first half) and 6, 7 (second half) are zero and have zero weights in the Conv they reach. With
+    ``conv_output_read_elsewhere`` the Conv's output is also a graph output, so it cannot be cut in two."""
+    g = TinyGraph(17)
+    h = g.conv("x", "conv", 3, 8, output="conv_out" if conv_output_read_elsewhere else None)
+    h = g.op("Mul", [h, g.op("Sigmoid", [h], "sigmoid")], "silu")
+    halves = ["half0", "half1"]
+    g.nodes.append(helper.make_node("Split", [h, g.const("sizes", np.array([4, 4], np.int64))], halves, name="split",
+                                    axis=1))  # fmt: skip
+    heads = [g.op("Conv", [half, g.weight(f"head{i}.w", (2, 4, 1, 1))], f"head{i}", kernel_shape=[1, 1])
+             for i, half in enumerate(halves)]  # fmt: skip
+    g.op("Add", heads, "sum", output="y")
+    for name in ("conv.w", "conv.b"):
+        g.zero_channels(name, [2, 3, 6, 7])
+    for head in ("head0.w", "head1.w"):
+        g.zero_channels(head, [2, 3], axis=1)
+    outputs = {"y": ["N", 2, 6, 6]} | ({"conv_out": ["N", 8, 6, 6]} if conv_output_read_elsewhere else {})
+    return g.model({"x": ["N", 3, 6, 6]}, outputs)

@@ -328,3 +328,21 @@ def test_any_chain_of_channel_wise_ops_is_pruned_exactly_or_left_alone_with_a_re
     assert kept == (8 if "softmax_c" in steps else 4), reasons
     assert kept == 4 or "normalises over the channels" in reasons["conv1"]
     assert_same_outputs(model, result.model)
+
+
+def test_a_conv_split_in_parts_becomes_one_layer_per_part_and_each_is_pruned(tmp_path):
+    model = graphs.conv_silu_split()
+    config = PruneConfig(type="prune", method="channel", sparsity=0.5)
+    outcome = run_prune(model, config, graphs.pass_context(tmp_path, "channel"))
+    shapes = graphs.shapes(outcome.model)
+    assert (shapes["conv.w__part0"], shapes["conv.w__part1"]) == ((2, 3, 3, 3), (2, 3, 3, 3))
+    assert (shapes["head0.w"], shapes["head1.w"]) == ((2, 2, 1, 1), (2, 2, 1, 1))
+    assert "Split" not in {n.op_type for n in outcome.model.graph.node}
+    assert_same_outputs(model, outcome.model)  # each part lost its own zero channels
+
+
+def test_a_split_conv_whose_output_is_read_elsewhere_stays_whole(tmp_path):
+    model = graphs.conv_silu_split(conv_output_read_elsewhere=True)
+    config = PruneConfig(type="prune", method="channel", sparsity=0.5)
+    with pytest.raises(PassError, match="no channel group can be pruned: feeds Split split"):
+        run_prune(model, config, graphs.pass_context(tmp_path, "channel"))

@@ -20,6 +20,7 @@ from optc.passes.prune.layers import selected_layers
 from optc.passes.prune.magnitude import prune_magnitude
 from optc.passes.prune.outputs import keep_outputs
 from optc.passes.prune.search import CandidateMeter, bisect_sparsity, gzip_size
+from optc.passes.prune.split_layers import split_conv_parts
 from optc.passes.quantize_prepare import constants_to_initializers, drop_initializer_inputs, name_unnamed_nodes
 from optc.passes.registry import PassContext, PassOutcome, register
 
@@ -125,7 +126,7 @@ def _surgery_form(model: onnx.ModelProto) -> onnx.ModelProto:
     one layer)."""
     model, _ = constants_to_initializers(model)
     model, _ = drop_initializer_inputs(model)
-    return _own_reshape_targets(name_unnamed_nodes(model))
+    return split_conv_parts(_own_reshape_targets(name_unnamed_nodes(model)))
 
 
 def _own_reshape_targets(model: onnx.ModelProto) -> onnx.ModelProto:
