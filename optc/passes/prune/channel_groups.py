@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from optc.model_facts import attribute, default_opset
+from optc.model_facts import attribute, default_opset, reader_counts
 from optc.passes.prune.layers import WeightedLayer, weighted_layer
 from optc.passes.prune.outputs import names_read
 from optc.tensors import tensor_values
@@ -524,16 +524,13 @@ class _Tracer:
     def block_shared_weights(self) -> None:
         """A weight read by several nodes (an unrolled RNN's time steps) shrinks only if every reader cuts it the same
         way: one edit then stands for all. Otherwise it cannot be shrunk for some readers only."""
-        readers: dict[str, int] = {}
-        for node in self.graph.node:
-            for name in set(names_read(node)):
-                readers[name] = readers.get(name, 0) + 1
+        readers = reader_counts(self.graph)
         by_cut: dict[tuple[str, int], list[Edit]] = {}
         for edit in self.plan.edits:
             by_cut.setdefault((edit.tensor, edit.axis % len(self.initializers[edit.tensor].dims)), []).append(edit)
         kept = []
         for (tensor, _), edits in by_cut.items():
-            if readers.get(tensor, 0) <= 1:
+            if readers[tensor] <= 1:
                 kept.extend(edits)
                 continue
             cuts = {(e.group_of, e.count_at, self.signature(e.layout)) for e in edits}

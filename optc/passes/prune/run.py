@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 
 import onnx
@@ -11,7 +10,7 @@ import onnxruntime as ort
 from optc.errors import OptcError, PassError
 from optc.measure.providers import check_options
 from optc.messages import exception_reason
-from optc.model_facts import parameter_count, weight_sparsity
+from optc.model_facts import parameter_count, reader_counts, weight_sparsity
 from optc.passes.exclude import excluded_nodes
 from optc.passes.prune.channel import prune_channels
 from optc.passes.prune.channel_groups import trace_channels
@@ -132,7 +131,7 @@ def _surgery_form(model: onnx.ModelProto) -> onnx.ModelProto:
 def _own_reshape_targets(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give every Reshape its own target tensor: exporters share one constant such as [-1, 200] among Reshapes of
     different layers, whose channel counts then change differently."""
-    readers = Counter(name for node in model.graph.node for name in set(node.input))
+    readers = reader_counts(model.graph)
     initializers = {t.name: t for t in model.graph.initializer}
     seen: set[str] = set()
     shared = []  # every reader but the first gets a copy

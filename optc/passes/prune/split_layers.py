@@ -7,13 +7,14 @@ exactly the values the Split handed out, and every consumer reads the tensor it 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from optc.model_facts import attribute, default_opset
+from optc.model_facts import attribute, default_opset, reader_counts
 from optc.passes.prune.channel_groups import UNARY_PASSTHROUGH
-from optc.passes.prune.outputs import names_read
 from optc.tensors import tensor_values
 
 # Ops that may sit between the Conv and the Split: elementwise over tensors of the chain only.
@@ -26,15 +27,11 @@ def split_conv_parts(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in set(names_read(node)):
-            readers[name] = readers.get(name, 0) + 1
-    graph_outputs = {o.name for o in graph.output}
+    readers = reader_counts(graph)
     plans = []
     for split in graph.node:
         sizes = _channel_split_sizes(split, model, initializers)
-        found = sizes and _conv_and_chain(split, graph, producer, readers, initializers, graph_outputs)
+        found = sizes and _conv_and_chain(split, graph, producer, readers, initializers)
         if found:
             plans.append((split, sizes, *found))
     if not plans:
@@ -54,8 +51,8 @@ def split_conv_parts(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(node)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    still_read = {name for node in nodes for name in names_read(node)}
-    kept = [t for t in out.graph.initializer if t.name in still_read or t.name not in initializers]
+    still_read = reader_counts(out.graph)
+    kept = [t for t in out.graph.initializer if still_read[t.name] or t.name not in initializers]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
     return out
@@ -64,9 +61,9 @@ def split_conv_parts(model: onnx.ModelProto) -> onnx.ModelProto:
 def _channel_split_sizes(
     split: onnx.NodeProto, model: onnx.ModelProto, initializers: dict[str, onnx.TensorProto]
 ) -> list[int] | None:
-    """The part sizes of a Split along axis 1 given as constants, else None."""
-    if split.op_type != "Split" or int(attribute(split, "axis", 0)) not in (1, -3):
-        return None  # -3 is axis 1 of the rank-4 tensors of 2-D Convs; other ranks are checked against the Conv
+    """The part sizes of a Split given as constants, else None (its axis is checked against the Conv's rank)."""
+    if split.op_type != "Split":
+        return None
     if default_opset(model) < 13:
         sizes = attribute(split, "split")
     else:
@@ -79,18 +76,17 @@ def _conv_and_chain(
     split: onnx.NodeProto,
     graph: onnx.GraphProto,
     producer: dict[str, onnx.NodeProto],
-    readers: dict[str, int],
+    readers: Counter[str],
     initializers: dict[str, onnx.TensorProto],
-    graph_outputs: set[str],
 ) -> tuple[onnx.NodeProto, list[onnx.NodeProto]] | None:
     """The Conv feeding the Split and the elementwise nodes between them (in graph order), when each tensor on the
-    way is read only on the way."""
+    way is read only on the way (not by another node, not as a graph output)."""
     chain: dict[str, onnx.NodeProto] = {}
     pending, conv = [split.input[0]], None
     while pending:
         name = pending.pop()
         node = producer.get(name)
-        if node is None or name in graph_outputs:
+        if node is None:
             return None
         if node.op_type == "Conv":
             if conv is not None and conv is not node:
@@ -103,13 +99,9 @@ def _conv_and_chain(
         pending.extend(i for i in node.input if i)
     if conv is None or not _whole_conv(conv, initializers, split):
         return None
-    inside = {conv.output[0], *chain}
-    expected_reads = {name: 0 for name in inside}
-    for node in [*chain.values(), split]:
-        for name in set(node.input):
-            if name in expected_reads:
-                expected_reads[name] += 1
-    if any(readers.get(name, 0) != count for name, count in expected_reads.items()):
+    expected_reads = Counter({name: 0 for name in (conv.output[0], *chain)})
+    expected_reads.update(name for node in [*chain.values(), split] for name in node.input if name in expected_reads)
+    if any(readers[name] != count for name, count in expected_reads.items()):
         return None  # a tensor on the way is read elsewhere too: its full channels are needed there
     return conv, [node for node in graph.node if node.output and node.output[0] in chain]
 
