@@ -9,6 +9,7 @@ Heavy (hours on the full corpus), so not part of a plain ``make bench``:
     python bench/bench_corpus.py merge A.json B.json   # one results file from runners that split the recipes
 
 Environment: ``OPTC_CORPUS_MODELS`` and ``OPTC_CORPUS_RECIPES`` (comma-separated names) pick a subset;
+``OPTC_CORPUS_DATA`` (``realistic``, ``none``) runs only those data modes;
 ``OPTC_CORPUS_TIMEOUT`` is the limit per run in seconds (default 600); ``OPTC_CORPUS_SCRIPT`` is the corpus fetch
 script (default ``<repo>/../shared/corpus/fetch.sh``); ``OPTC_CORPUS_RESUME=1`` keeps results already in the JSON
 file and runs only what is missing; ``OPTC_CORPUS_KEEP=1`` keeps the optimized models (by default they are deleted
@@ -91,6 +92,14 @@ ORT_TOOLS = {"ort-dynamic": "int8-dynamic", "ort-static": "int8", "ort-fp16": "f
 def env_list(name: str) -> list[str] | None:
     value = os.environ.get(name, "").strip()
     return [v.strip() for v in value.split(",") if v.strip()] or None
+
+
+def data_modes() -> tuple[str, ...]:
+    chosen = env_list("OPTC_CORPUS_DATA") or DATA_MODES
+    unknown = set(chosen) - set(DATA_MODES)
+    if unknown:
+        raise SystemExit(f"OPTC_CORPUS_DATA: unknown data mode(s) {sorted(unknown)}; known: {list(DATA_MODES)}")
+    return tuple(chosen)
 
 
 def timeout_s() -> int:
@@ -678,7 +687,7 @@ def progress(message: str) -> None:
 def bench_model(name: str, recipes: dict[str, Path], results: dict) -> None:
     done = {(r["model"], r["recipe"], r["data"]) for r in results["runs"]}
     tools_done = {(r["model"], r["tool"]) for r in results["ort"]}
-    wanted_runs = {(name, recipe, mode) for recipe in recipes for mode in DATA_MODES}
+    wanted_runs = {(name, recipe, mode) for recipe in recipes for mode in data_modes()}
     wanted_tools = {(name, tool) for tool, recipe in ORT_TOOLS.items() if recipe in recipes}
     slim_missing = "fuse" in recipes and not any(s["model"] == name for s in results["slim"])
     if wanted_runs <= done and wanted_tools <= tools_done and not slim_missing:
@@ -691,7 +700,7 @@ def bench_model(name: str, recipes: dict[str, Path], results: dict) -> None:
         return
     results["models"][name] = data.facts
     for recipe, recipe_file in recipes.items():
-        for mode in DATA_MODES:
+        for mode in data_modes():
             if (name, recipe, mode) in done:
                 continue
             result = run_optc(data, recipe, recipe_file, mode)

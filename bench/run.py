@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import os
 import platform
 import re
 import sys
@@ -70,6 +71,8 @@ def main(selected: list[str]) -> None:
             f"otherwise; {platform.platform()}, Python {platform.python_version()}, onnxruntime "
             f"{onnxruntime.__version__}, optc {optc.__version__}._"
         )
+        if emulated := os.environ.get("OPTC_BENCH_AVX2_ONLY"):
+            where += f" _{emulated}: AVX2 kernels and numerics, speed ratios of this core running them._"
         bodies[f"{name} @ {cpu.isa}"] = f"## {module.TITLE} — {cpu.isa}\n\n{where}\n\n{module.run().strip()}"
     header = (
         "# optc benchmark results\n\n"
