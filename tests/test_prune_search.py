@@ -11,6 +11,9 @@ import prune_graphs as graphs
 from typer.testing import CliRunner
 
 from optc.cli.app import app
+from optc.data import Dataset
+from optc.passes.prune.config import PruneConfig
+from optc.passes.prune.run import run_prune
 from optc.passes.prune.search import CurvePoint, bisect_sparsity
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -100,3 +103,16 @@ def test_a_search_that_can_prune_nothing_within_the_budget_says_so_and_leaves_th
     assert any(
         "nothing could be pruned within the 0.01-point budget (sparsity 0.45 cost" in w for w in report["warnings"]
     )
+
+
+def test_a_search_that_prunes_nothing_returns_the_model_as_it_came_not_its_surgery_form(tmp_path):
+    model = graphs.conv_silu_split()  # channel surgery writes its Conv as one Conv per part of the Split
+    rng = np.random.default_rng(0)
+    weight = next(t for t in model.graph.initializer if t.name == "conv.w")
+    weight.CopyFrom(onnx.numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "conv.w"))
+    dataset = Dataset(inputs={"x": rng.standard_normal((8, 3, 6, 6)).astype(np.float32)}, labels=None, source="x.npz")
+    config = PruneConfig(type="prune", method="channel", sparsity="auto", accuracy_budget=0.01, search_steps=1)
+    outcome = run_prune(model, config, graphs.pass_context(tmp_path, "channel", dataset))
+    assert outcome.details["channels_removed"] == 0
+    assert any("nothing could be pruned" in w for w in outcome.warnings)
+    assert outcome.model.graph == model.graph

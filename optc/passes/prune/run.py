@@ -182,6 +182,7 @@ def _search(model: onnx.ModelProto, pruner: Pruner, config: PruneConfig, context
     warnings = []
     unpruned = details["channels_removed"] == 0 if config.method == "channel" else result.sparsity == 0
     if unpruned:  # the later passes still run: a prune-auto recipe's int8 can improve what pruning could not
+        pruned = model  # not the surgery form, whose split layers and added names would be all that changed
         tried = next((p for p in result.curve if p.sparsity > result.sparsity), None)
         cost = f" (sparsity {tried.sparsity:.3g} cost {tried.drop:.2f} points)" if tried else ""
         warnings.append(
