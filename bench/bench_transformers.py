@@ -17,6 +17,7 @@ from pathlib import Path
 
 import corpus_inputs
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import quantize_dynamic
@@ -26,7 +27,7 @@ from optc.measure.latency import measure_interleaved
 from optc.measure.providers import session_options
 from optc.passes.ort_tools import inside, quiet_root_logger
 
-from harness import THREADS, latency_table, optc_compress, session
+from harness import THREADS, latency_table, optc_compress, session, spread
 
 TITLE = "Real transformer encoders (trained weights), dynamic int8"
 CORPUS = Path(__file__).parent / ".cache" / "corpus"
@@ -126,7 +127,76 @@ def encoder_section(name: str, tmp: Path) -> list[str]:
             f"| {label} | {s.p50_ms:.2f} ms (p90 {s.p90_ms:.2f}, n={s.runs}) | {fp32 / s.p50_ms:.2f}× | "
             f"{path.stat().st_size / model.stat().st_size:.3f} | {cosines[label]:.5f} |"
         )
-    return [*lines, "", *(f"- {note}" for note in notes), ""]
+    lines += ["", *(f"- {note}" for note in notes), ""]
+    return [*lines, *linear_layer_bound(model, fp32)]
+
+
+def linear_layers(model: Path) -> list[tuple[int, int]]:
+    """The weight shape (K, N) of each MatMul with a constant 2-D weight, in graph order."""
+    graph = onnx.load(str(model), load_external_data=False).graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer if len(t.dims) == 2}
+    return [shapes[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[1] in shapes]
+
+
+def layer_chain(shapes: list[tuple[int, int]], int8: bool) -> ort.InferenceSession:
+    """The encoder's linear layers (product and bias) one after the other, batch 1 × 128, as one session: fp32
+    MatMul + Add, or what ONNX Runtime runs a dynamically quantized layer as after its load-time fusion
+    (DynamicQuantizeMatMul: the input quantized to uint8, the int8 product, per-column weight scales, the bias)."""
+    rng = np.random.default_rng(0)
+    nodes, weights, tensor = [], [], "x"
+    for i, (depth, width) in enumerate(shapes):
+        w, b, out = f"w{i}", f"b{i}", f"h{i}"
+        weights.append(numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), b))
+        if int8:
+            weights.append(numpy_helper.from_array(rng.integers(-63, 64, (depth, width), dtype=np.int8), w))
+            weights.append(numpy_helper.from_array(np.full(width, 1 / 64 / depth**0.5, np.float32), f"s{i}"))
+            nodes.append(helper.make_node("DynamicQuantizeMatMul", [tensor, w, f"s{i}", "", b], [out], domain=CONTRIB))
+        else:
+            scaled = rng.standard_normal((depth, width)).astype(np.float32) / np.float32(depth**0.5)
+            weights.append(numpy_helper.from_array(scaled, w))
+            nodes += [helper.make_node("MatMul", [tensor, w], [f"p{i}"]), helper.make_node("Add", [f"p{i}", b], [out])]
+        tensor = out
+    graph = helper.make_graph(
+        nodes,
+        "linear_layers",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, SEQUENCE, shapes[0][0]])],
+        [helper.make_tensor_value_info(tensor, TensorProto.FLOAT, [1, SEQUENCE, shapes[-1][1]])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(CONTRIB, 1)])
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=session_options(THREADS), providers=["CPUExecutionProvider"]
+    )
+
+
+def linear_layer_bound(model: Path, fp32_ms: float) -> list[str]:
+    """What dynamic int8 of the linear layers can give on this CPU with ONNX Runtime's kernels: the encoder's
+    linear layers alone, fp32 against int8, and the rest of the fp32 time (the encoder's latency less its linear
+    layers') left as it is."""
+    shapes = linear_layers(model)
+    if any(depth != width for (_, width), (depth, _) in zip(shapes, shapes[1:], strict=False)):
+        return [f"(no ceiling: the linear layers of {model.name} do not chain)", ""]
+    feed = {"x": np.random.default_rng(1).standard_normal((1, SEQUENCE, shapes[0][0])).astype(np.float32)}
+    chains = {kind: layer_chain(shapes, kind == "int8") for kind in ("fp32", "int8")}
+    stats = measure_interleaved(chains, feed, warmup=5, runs=50, min_time_s=3.0)
+    fp32_linear, int8_linear = stats["fp32"].p50_ms, stats["int8"].p50_ms
+    rest = fp32_ms - fp32_linear
+    return [
+        f"The ceiling: the encoder's {len(shapes)} linear layers alone, one after the other in one session "
+        "(random weights of the same shapes), fp32 against the int8 form ONNX Runtime runs them in "
+        "(DynamicQuantizeMatMul), interleaved:",
+        "",
+        "| linear layers | fp32 p50 | int8 p50 | speed-up |",
+        "|---|---:|---:|---:|",
+        f"| {len(shapes)} ({', '.join(f'{k}×{n}' for k, n in sorted(set(shapes)))}), batch 1 × {SEQUENCE} | "
+        f"{spread(stats['fp32'])} | {spread(stats['int8'])} | "
+        f"{fp32_linear / int8_linear:.2f}× |",
+        "",
+        f"The rest of the fp32 encoder takes {rest:.2f} ms ({100 * rest / fp32_ms:.0f} % of {fp32_ms:.2f} ms). "
+        f"With the rest as fast as in fp32, int8 linear layers give about **{fp32_ms / (rest + int8_linear):.2f}×** "
+        "on this CPU.",
+        "",
+    ]
 
 
 def _quantized_facts(payload: dict) -> str:
