@@ -11,6 +11,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_dynamic, quantize_static
 
 from optc.passes.ort_tools import quiet_root_logger
+from optc.recipe import builtin_recipe_text
 from optc.target import detect_cpu
 
 from harness import ROOT, latency_table, optc_compress, session
@@ -121,9 +122,7 @@ def resnet_section(tmp: Path) -> list[str]:
     # Seeded random weights: fully quantized, this net stays under the built-in recipe's 0.99 cosine target, so its
     # search keeps most Convs in float; the same recipe without that target shows what the int8 kernels do.
     untargeted = tmp / "int8-no-target.yaml"
-    untargeted.write_text(
-        (ROOT / "recipes" / "int8.yaml").read_text().replace("    min_cosine: 0.99", "    # no target")
-    )
+    untargeted.write_text(builtin_recipe_text("int8").replace("    min_cosine: 0.99", "    # no target"))
     gate_off = (*data_args, "--min-cosine", "-1")
     optc_compress(model, untargeted, tmp / "resnet_untargeted.onnx", *gate_off)
     optc_compress(model, untargeted, tmp / "resnet_other.onnx", *gate_off, "--target", mismatched_target)

@@ -127,8 +127,7 @@ def encoder_section(name: str, tmp: Path) -> list[str]:
             f"| {label} | {s.p50_ms:.2f} ms (p90 {s.p90_ms:.2f}, n={s.runs}) | {fp32 / s.p50_ms:.2f}× | "
             f"{path.stat().st_size / model.stat().st_size:.3f} | {cosines[label]:.5f} |"
         )
-    lines += ["", *(f"- {note}" for note in notes), ""]
-    return [*lines, *linear_layer_bound(model, fp32)]
+    return [*lines, "", *(f"- {note}" for note in notes), "", *linear_layer_bound(model, fp32)]
 
 
 def linear_layers(model: Path) -> list[tuple[int, int]]:

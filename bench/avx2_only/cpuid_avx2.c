@@ -12,7 +12,6 @@
 #include <ucontext.h>
 #include <dlfcn.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 /* The program's own SIGSEGV handler (Python's faulthandler under pytest), run for faults that are not CPUID. */
