@@ -19,6 +19,7 @@ METHOD_FIELDS = {
     "sparsity": ("magnitude", "channel"),
     "scope": ("magnitude",),
     "dense_first_last": ("magnitude",),
+    "reconstruct": ("magnitude",),
     "norm": ("channel",),
     "op_types": ("magnitude", "channel"),
     "nodes": ("magnitude", "channel"),
@@ -62,6 +63,12 @@ class PruneConfig(PassConfig):
         description="magnitude: leave the first and the last prunable layer dense (they are sensitive); not applied "
         "when `nodes` names the layers to prune.",
     )
+    reconstruct: bool = Field(
+        default=False,
+        description="magnitude, per_layer: with --calibration-data, choose each layer's zeros by their cost to the "
+        "layer's output on that data and adjust the weights that stay to make up for them (SparseGPT); without "
+        "calibration data, plain magnitude pruning with a warning.",
+    )
     norm: Literal["l1", "l2"] = Field(default="l1", description="channel: how output channels are ranked.")
     op_types: list[Literal[PRUNABLE_OP_TYPES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(PRUNABLE_OP_TYPES), description="Op types whose weights are pruned."
@@ -96,6 +103,8 @@ class PruneConfig(PassConfig):
             misplaced = [name for name in AUTO_FIELDS if name in self.model_fields_set]
             if misplaced:
                 raise ValueError(f"`{'`, `'.join(misplaced)}` only apply with sparsity: auto")
+        if self.reconstruct and self.scope == "global":
+            raise ValueError("`reconstruct` prunes each layer against its own inputs: it needs scope per_layer")
         if self.search_range is not None:
             low, high = self.search_range
             if not 0 <= low < high < 1:

@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from optc.passes.prune.layers import WeightedLayer
+from optc.passes.prune.reconstruct import Hessians, prune_reconstructed
 from optc.tensors import is_lazy, spill, tensor_values
 
 
@@ -23,8 +24,12 @@ def prune_magnitude(
     sparsity: float,
     scope: Literal["per_layer", "global"],
     store: Path,
+    hessians: Hessians | None = None,
 ) -> tuple[onnx.ModelProto, list[dict]]:
     """Zero ``round(sparsity * n)`` weights (per layer, or over all layers together for ``global``).
+
+    A weight with an entry in ``hessians`` (per layer only) is pruned by SparseGPT against its layer's inputs, which
+    chooses the zeros by their cost to the layer's output and moves the weights that stay to make up for them.
 
     Per layer, weights are read, pruned and put back one at a time; a weight that was still on disk goes back to
     disk (appended to ``store``), so a model too large to hold twice is never in memory whole.
@@ -33,26 +38,31 @@ def prune_magnitude(
     result = onnx.ModelProto()
     result.CopyFrom(model)
     initializers = {t.name: t for t in result.graph.initializer}
-    owners = {}  # a weight shared by several nodes is pruned once, under its first node's name
+    hessians = hessians or {}
+    owners: dict[str, WeightedLayer] = {}  # a weight shared by several nodes is pruned once, under its first node
     for layer in layers:
-        owners.setdefault(layer.weight, layer.node)
+        owners.setdefault(layer.weight, layer)
     pruned_together = _pruned_globally(initializers, list(owners), sparsity) if scope == "global" else {}
     rows = []
-    for name, node in owners.items():
+    for name, layer in owners.items():
         array = pruned_together.pop(name, None)
         if array is None:
             array = tensor_values(initializers[name]).copy()
-            _zero_smallest(array.reshape(-1), round(sparsity * array.size))
+            if name in hessians:
+                array = prune_reconstructed(array, layer, hessians[name], sparsity)
+            else:
+                _zero_smallest(array.reshape(-1), round(sparsity * array.size))
         tensor = initializers[name]
         tensor.CopyFrom(spill(array, name, store) if is_lazy(tensor) else numpy_helper.from_array(array, name))
         zeros = int(array.size - np.count_nonzero(array))
         rows.append(
             {
-                "layer": node.name,
-                "op": node.op_type,
+                "layer": layer.node.name,
+                "op": layer.node.op_type,
                 "weights": int(array.size),
                 "zeros": zeros,
                 "sparsity": round(zeros / array.size, 4),
+                "reconstructed": name in hessians,
             }
         )
     return result, rows

@@ -1,0 +1,195 @@
+"""Data-aware unstructured pruning: SparseGPT's one-shot reconstruction (Frantar & Alistarh 2023).
+
+Plain magnitude pruning zeroes the smallest weights and leaves the rest as trained, so a layer's output moves by
+everything the zeroed weights contributed. With the layer's inputs seen on calibration data, the Hessian of the
+layer's squared output error, ``H = XᵀX``, says two things: which weights cost least to remove (``w² / [H⁻¹]ᵢᵢ²``,
+the optimal brain surgeon's saliency, which weighs a weight by how large its input runs), and how to move the weights
+that stay so the output changes least (the surgeon's update). SparseGPT applies both column by column with a
+Cholesky factor of ``H⁻¹``, choosing the mask per block of columns as it goes. One pass over the data collects every
+layer's ``H`` from the unpruned model; each layer is then pruned on its own. (Collecting each layer's inputs from
+the model with the layers before it pruned, as SparseGPT does for LLMs, did worse on the real models tried: the
+fidelity of an OCR recognizer's output 0.88 against 0.90, a sentence encoder's 0.951 against 0.953.)
+
+A Conv is the same product over its unfolded input patches (im2col), one ``H`` per group; a weight read by several
+nodes gets the sum of their ``H``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from optc.measure.providers import check_options
+from optc.model_facts import attribute
+from optc.passes.calibration import with_outputs
+from optc.passes.prune.layers import WeightedLayer
+from optc.verify import session_source
+
+ROWS_PER_SAMPLE = 1024  # input rows (token positions, output pixels) kept per layer and batch
+BLOCK = 128  # SparseGPT's mask-selection block: each block of columns gets the layer's sparsity
+DAMPING = 0.01  # of the mean of diag(H), added to its diagonal so that H inverts when inputs are collinear
+
+Hessians = dict[str, list[np.ndarray]]  # weight name → ``XᵀX`` per Conv group (a single one for Gemm/MatMul)
+
+
+def layer_hessians(
+    model: onnx.ModelProto, layers: list[WeightedLayer], batches: Iterable[dict[str, np.ndarray]], workdir: Path
+) -> Hessians:
+    """Per weight of ``layers`` whose input is a float activation: ``XᵀX`` of its input rows over ``batches``."""
+    initializers = {t.name for t in model.graph.initializer}
+    readers: dict[str, list[WeightedLayer]] = {}
+    for layer in layers:
+        if layer.node.input[0] not in initializers:
+            readers.setdefault(layer.weight, []).append(layer)
+    # a weight read by nodes that unfold their input differently has no single H
+    readers = {w: ls for w, ls in readers.items() if len({_layout(layer.node) for layer in ls}) == 1}
+    inputs = sorted({layer.node.input[0] for ls in readers.values() for layer in ls})
+    if not inputs:
+        return {}
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer if t.name in readers}
+    source = session_source(with_outputs(model, inputs), workdir, "prune_layer_inputs")
+    session = ort.InferenceSession(source, check_options(), ["CPUExecutionProvider"])
+    feeds = [i.name for i in session.get_inputs()]
+    hessians: Hessians = {}
+    for index, feed in enumerate(batches):
+        values = dict(zip(inputs, session.run(inputs, {n: feed[n] for n in feeds}), strict=True))
+        for weight, weight_readers in readers.items():
+            for layer in weight_readers:
+                value = values[layer.node.input[0]]
+                if value.dtype.kind != "f" or not value.size:
+                    continue
+                groups = _input_rows(value.astype(np.float32), layer.node, shapes[weight], index)
+                if groups is None:
+                    continue
+                sums = hessians.setdefault(weight, [np.zeros((g.shape[1],) * 2) for g in groups])
+                for total, rows in zip(sums, groups, strict=True):
+                    total += (rows.T @ rows).astype(np.float64)
+    return hessians
+
+
+def prune_reconstructed(weight: np.ndarray, layer: WeightedLayer, hessians: list[np.ndarray], sparsity: float):
+    """``weight`` (as stored) with ``sparsity`` of each layer row zeroed by SparseGPT against ``hessians``."""
+    matrices = _as_rows(weight, layer)
+    pruned = [_sparsegpt(m, h, sparsity) for m, h in zip(matrices, hessians, strict=True)]
+    return _from_rows(pruned, weight, layer)
+
+
+def _layout(node: onnx.NodeProto) -> tuple:
+    if node.op_type == "Conv":
+        return ("Conv", *((a.name, tuple(a.ints), a.i, a.s) for a in sorted(node.attribute, key=lambda a: a.name)))
+    if node.op_type == "Gemm":
+        return ("Gemm", attribute(node, "transA", 0), attribute(node, "transB", 0))
+    return ("MatMul",)
+
+
+def _input_rows(value: np.ndarray, node: onnx.NodeProto, weight_shape: tuple, seed: int) -> list[np.ndarray] | None:
+    """The layer's input as rows of the weight's input dimension (one array per Conv group), a sample of them."""
+    rng = np.random.default_rng(seed)
+    if node.op_type == "Conv":
+        return _conv_patches(value, node, weight_shape, rng)
+    if node.op_type == "Gemm" and attribute(node, "transA", 0):
+        value = value.T
+    rows = value.reshape(-1, value.shape[-1])
+    if len(rows) > ROWS_PER_SAMPLE:
+        rows = rows[np.sort(rng.choice(len(rows), ROWS_PER_SAMPLE, replace=False))]
+    return [rows]
+
+
+def _conv_patches(x: np.ndarray, node: onnx.NodeProto, weight_shape: tuple, rng) -> list[np.ndarray] | None:
+    """im2col of a Conv input ``[N, C, *spatial]``: per group, rows of ``C/group * prod(kernel)`` values in the
+    order of ``weight[m].reshape(-1)`` (channel, then kernel positions), at a sample of output positions."""
+    kernel = weight_shape[2:]
+    rank = len(kernel)
+    if x.ndim != rank + 2:
+        return None
+    group = attribute(node, "group", 1)
+    strides = list(attribute(node, "strides", [1] * rank))
+    dilations = list(attribute(node, "dilations", [1] * rank))
+    pads = _pads(node, x.shape[2:], kernel, strides, dilations)
+    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + rank]) for i in range(rank)])
+    outs = [(x.shape[2 + i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1 for i in range(rank)]
+    if min(outs) <= 0:
+        return None
+    positions = int(np.prod(outs))
+    chosen = np.sort(rng.choice(positions, ROWS_PER_SAMPLE, replace=False)) if positions > ROWS_PER_SAMPLE else None
+    columns = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        steps = zip(offset, dilations, strides, outs, strict=True)
+        window = tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in steps)
+        patch = x[(slice(None), slice(None), *window)].reshape(x.shape[0], x.shape[1], positions)
+        columns.append(patch if chosen is None else patch[:, :, chosen])
+    patches = np.stack(columns, axis=2)  # [N, C, kernel positions, output positions]
+    n, channels, taps, kept = patches.shape
+    per_group = patches.reshape(n, group, channels // group * taps, kept)
+    return [per_group[:, g].transpose(0, 2, 1).reshape(-1, channels // group * taps) for g in range(group)]
+
+
+def _pads(node: onnx.NodeProto, spatial: tuple, kernel: tuple, strides: list, dilations: list) -> list[int]:
+    rank = len(kernel)
+    auto_pad = attribute(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else large)
+            end.append(large if auto_pad == "SAME_UPPER" else small)
+        return begin + end
+    if auto_pad == "VALID":
+        return [0] * (2 * rank)
+    return list(attribute(node, "pads", [0] * (2 * rank)))
+
+
+def _as_rows(weight: np.ndarray, layer: WeightedLayer) -> list[np.ndarray]:
+    """The weight as ``[outputs, inputs]`` matrices, one per Conv group, in float64."""
+    if layer.node.op_type == "Conv":
+        group = attribute(layer.node, "group", 1)
+        per_group = weight.shape[0] // group
+        flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
+        return [flat[g * per_group : (g + 1) * per_group] for g in range(group)]
+    return [(weight if layer.out_axis == 0 else weight.T).astype(np.float64)]
+
+
+def _from_rows(matrices: list[np.ndarray], like: np.ndarray, layer: WeightedLayer) -> np.ndarray:
+    if layer.node.op_type == "Conv":
+        return np.concatenate(matrices).reshape(like.shape).astype(like.dtype)
+    (matrix,) = matrices
+    return (matrix if layer.out_axis == 0 else matrix.T).astype(like.dtype)
+
+
+def _sparsegpt(weight: np.ndarray, hessian: np.ndarray, sparsity: float) -> np.ndarray:
+    """Algorithm 1 of the SparseGPT paper on ``weight`` ``[rows, columns]`` with ``hessian`` ``[columns, columns]``."""
+    weight = weight.copy()
+    hessian = hessian.copy()
+    dead = np.diag(hessian) == 0  # inputs that were always zero on the data: nothing to reconstruct from
+    hessian[dead, dead] = 1
+    hessian[np.diag_indices_from(hessian)] += DAMPING * np.mean(np.diag(hessian))
+    inverse = np.linalg.cholesky(np.linalg.inv(hessian)).T  # upper Cholesky factor of H⁻¹
+    columns = weight.shape[1]
+    for start in range(0, columns, BLOCK):
+        stop = min(start + BLOCK, columns)
+        block = weight[:, start:stop].copy()
+        errors = np.zeros_like(block)
+        inverse_block = inverse[start:stop, start:stop]
+        saliency = block**2 / np.diag(inverse_block)[None, :] ** 2
+        count = int(round(sparsity * saliency.size))
+        mask = np.zeros(saliency.size, dtype=bool)
+        if count:
+            mask[np.argpartition(saliency.reshape(-1), count - 1)[:count]] = True
+        mask = mask.reshape(saliency.shape)
+        for i in range(stop - start):
+            column = block[:, i]
+            kept = np.where(mask[:, i], 0.0, column)
+            error = (column - kept) / inverse_block[i, i]
+            block[:, i:] -= np.outer(error, inverse_block[i, i:])
+            block[:, i] = kept
+            errors[:, i] = error
+        weight[:, start:stop] = block
+        weight[:, stop:] -= errors @ inverse[start:stop, stop:]
+    return weight

@@ -1,0 +1,121 @@
+"""Data-aware magnitude pruning (``reconstruct``): the same sparsity, a closer output, and Conv inputs unfolded in the
+weight's own order."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import prune_graphs as graphs
+import pytest
+from onnx import helper, numpy_helper
+
+from optc.passes.prune.config import PruneConfig
+from optc.passes.prune.layers import weighted_layer
+from optc.passes.prune.reconstruct import _input_rows, layer_hessians, prune_reconstructed
+from optc.passes.prune.run import run_prune
+
+
+def correlated_inputs(rng: np.random.Generator, samples: int) -> np.ndarray:
+    """Features that move together (rank 4 plus a little noise), as real activations do: what reconstruction uses."""
+    mixing = np.random.default_rng(99).standard_normal((4, 16)).astype(np.float32)  # one distribution per test
+    return (rng.standard_normal((samples, 4)) @ mixing + 0.05 * rng.standard_normal((samples, 16))).astype(np.float32)
+
+
+def mlp() -> onnx.ModelProto:
+    g = graphs.TinyGraph(11)
+    h = g.op("Relu", [g.op("MatMul", ["x", g.weight("w1", (16, 32))], "mm1")], "relu1")
+    h = g.op("Relu", [g.op("MatMul", [h, g.weight("w2", (32, 32))], "mm2")], "relu2")
+    g.op("MatMul", [h, g.weight("w3", (32, 8))], "mm3", output="y")
+    return g.model({"x": ["N", 16]}, {"y": ["N", 8]})
+
+
+def prune(model: onnx.ModelProto, tmp_path, calibration, **fields):
+    config = PruneConfig.model_validate({"type": "prune", "method": "magnitude", "sparsity": 0.5, **fields})
+    context = graphs.pass_context(tmp_path, "magnitude")
+    if calibration is not None:
+        path = tmp_path / "calibration.npz"
+        np.savez(path, x=calibration)
+        context = replace(context, calibration_data=path)
+    return run_prune(model, config, context)
+
+
+def output_error(model: onnx.ModelProto, reference: onnx.ModelProto, x: np.ndarray) -> float:
+    (expected,) = graphs.run(reference, {"x": x})
+    (got,) = graphs.run(model, {"x": x})
+    return float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
+
+
+def test_reconstruct_keeps_the_sparsity_and_stays_closer_to_the_original_on_held_out_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    model = mlp()
+    plain = prune(model, tmp_path, None)
+    fitted = prune(model, tmp_path, correlated_inputs(rng, 256), reconstruct=True)
+    held_out = correlated_inputs(rng, 64)  # same distribution, other samples
+    w2 = {
+        name: numpy_helper.to_array(next(t for t in m.model.graph.initializer if t.name == "w2"))
+        for name, m in (("plain", plain), ("fitted", fitted))
+    }
+    assert np.sum(w2["fitted"] == 0) == np.sum(w2["plain"] == 0) == 512  # half of 32×32, the first/last stay dense
+    assert [row["reconstructed"] for row in fitted.details["layers"]] == [True]
+    assert fitted.details["reconstructed_on"].endswith("calibration.npz")
+    # the remaining weights moved to make up for the zeroed ones: far closer than magnitude alone
+    assert output_error(fitted.model, model, held_out) < 0.5 * output_error(plain.model, model, held_out)
+
+
+def test_reconstruct_without_calibration_data_prunes_by_magnitude_and_says_so(tmp_path):
+    outcome = prune(mlp(), tmp_path, None, reconstruct=True)
+    assert [row["reconstructed"] for row in outcome.details["layers"]] == [False]
+    assert "reconstructed_on" not in outcome.details
+    assert any("reconstruct needs calibration data (--calibration-data)" in w for w in outcome.warnings)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"pads": [1, 0, 2, 1], "strides": [2, 1], "group": 2},
+        {"dilations": [2, 2], "strides": [1, 2], "group": 1},
+        {"auto_pad": "SAME_UPPER", "strides": [2, 2], "group": 4},
+        {"auto_pad": "SAME_LOWER", "strides": [2, 2], "group": 1},
+        {"auto_pad": "VALID", "group": 4},
+    ],
+)
+def test_conv_inputs_unfold_in_the_weight_order(attrs):
+    """Each group's patch rows times that group's weight rows give ONNX Runtime's Conv output at every position."""
+    rng = np.random.default_rng(1)
+    group = attrs["group"]
+    weight = rng.standard_normal((8, 4 // group, 3, 2)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 2], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "conv",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4, 7, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
+    (expected,) = graphs.run(model, {"x": x})  # [2, 8, oh, ow]
+    rows = _input_rows(x, node, weight.shape, seed=0)  # few positions: every one kept, in order
+    assert len(rows) == group
+    per_group = 8 // group
+    for g, patches in enumerate(rows):
+        got = patches @ weight[g * per_group : (g + 1) * per_group].reshape(per_group, -1).T
+        want = expected[:, g * per_group : (g + 1) * per_group].reshape(2, per_group, -1).transpose(0, 2, 1)
+        np.testing.assert_allclose(got, want.reshape(-1, per_group), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_weights_pruned_per_group_keep_their_layout(tmp_path):
+    """A grouped Conv's weight comes back in its shape, each group's rows at the sparsity, closer than plain."""
+    model = graphs.grouped()
+    initializers = {t.name: t for t in model.graph.initializer}
+    layer = weighted_layer(next(n for n in model.graph.node if n.name == "gconv"), initializers)
+    x = np.random.default_rng(2).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    hessians = layer_hessians(model, [layer], [{"x": x[i : i + 1]} for i in range(16)], tmp_path)
+    assert [h.shape for h in hessians["gconv.w"]] == [(36, 36), (36, 36)]
+    weight = numpy_helper.to_array(initializers["gconv.w"])
+    pruned = prune_reconstructed(weight, layer, hessians["gconv.w"], 0.5)
+    assert pruned.shape == weight.shape and pruned.dtype == weight.dtype
+    for g in range(2):
+        assert np.sum(pruned[2 * g : 2 * g + 2] == 0) == 36  # half of each group's 2 × 36 weights
