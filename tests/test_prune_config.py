@@ -22,6 +22,14 @@ def recipe_with(block: str) -> str:
         ("    method: channel\n    sparsity: 0.5\n    scope: global\n", "`scope` does not apply to method channel"),
         ("    method: outputs\n", "method outputs needs `keep`"),
         ("    method: outputs\n    keep: [y]\n    sparsity: 0.5\n", "`sparsity` does not apply to method outputs"),
+        (
+            "    method: outputs\n    keep: [y]\n    reconstruct: true\n",
+            "`reconstruct` does not apply to method outputs",
+        ),
+        (
+            "    method: magnitude\n    sparsity: 0.5\n    scope: global\n    reconstruct: true\n",
+            "`reconstruct` prunes each layer against its own inputs: it needs scope per_layer",
+        ),
         ("    method: magnitude\n    sparsity: 0.5\n    sparse: 1\n", "passes[0].sparse: unknown field"),
         (
             "    method: channel\n    sparsity: auto\n    accuracy_budget: 1\n    search_range: [0.5, 0.2]\n",
@@ -39,3 +47,4 @@ def test_built_in_prune_recipes_load():
     for name in ("prune-magnitude-50", "prune-channels-25", "prune-auto"):
         recipe = load_recipe(name).recipe
         assert recipe.passes[0].type == "prune"
+        assert recipe.passes[0].reconstruct  # fitted to --calibration-data when it is given

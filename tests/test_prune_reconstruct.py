@@ -1,5 +1,5 @@
-"""Data-aware magnitude pruning (``reconstruct``): the same sparsity, a closer output, and Conv inputs unfolded in the
-weight's own order."""
+"""Data-aware pruning (``reconstruct``): the same sparsity or channels, a closer output, and Conv inputs unfolded in
+the weight's own order."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def mlp() -> onnx.ModelProto:
 
 def prune(model: onnx.ModelProto, tmp_path, calibration, **fields):
     config = PruneConfig.model_validate({"type": "prune", "method": "magnitude", "sparsity": 0.5, **fields})
-    context = graphs.pass_context(tmp_path, "magnitude")
+    context = graphs.pass_context(tmp_path, config.method)
     if calibration is not None:
         path = tmp_path / "calibration.npz"
         np.savez(path, x=calibration)
@@ -119,3 +119,41 @@ def test_conv_weights_pruned_per_group_keep_their_layout(tmp_path):
     assert pruned.shape == weight.shape and pruned.dtype == weight.dtype
     for g in range(2):
         assert np.sum(pruned[2 * g : 2 * g + 2] == 0) == 36  # half of each group's 2 × 36 weights
+
+
+def redundant_convs() -> onnx.ModelProto:
+    """Conv (3→8) → Relu → Conv (8→4): the first Conv's filters are mixtures of three, so its channels move
+    together and the ones that stay can stand in for the ones cut."""
+    g = graphs.TinyGraph(12)
+    h = g.op("Relu", [g.conv("x", "conv1", 3, 8)], "relu1")
+    g.conv(h, "conv2", 8, 4, output="y")
+    base = g.rng.standard_normal((3, 27))
+    g.set("conv1.w", (g.rng.standard_normal((8, 3)) @ base + 0.05 * g.rng.standard_normal((8, 27))).reshape(8, 3, 3, 3))
+    return g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 4, 8, 8]})
+
+
+def redundant_mlp() -> onnx.ModelProto:
+    """MatMul (16→12) → Relu → MatMul (12→8), the first layer's outputs mixtures of four."""
+    g = graphs.TinyGraph(13)
+    h = g.op("Relu", [g.op("MatMul", ["x", g.weight("w1", (16, 12))], "mm1")], "relu1")
+    g.op("MatMul", [h, g.weight("w2", (12, 8))], "mm2", output="y")
+    g.set("w1", g.rng.standard_normal((16, 4)) @ g.rng.standard_normal((4, 12)) + 0.05 * g.array("w1"))
+    return g.model({"x": ["N", 16]}, {"y": ["N", 8]})
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs"),
+    [
+        (redundant_convs, lambda rng, n: rng.standard_normal((n, 3, 8, 8)).astype(np.float32)),
+        (redundant_mlp, correlated_inputs),
+    ],
+)
+def test_channel_reconstruct_refits_the_next_layer_on_the_channels_kept(tmp_path, model, inputs):
+    rng = np.random.default_rng(3)
+    original = model()
+    plain = prune(original, tmp_path, None, method="channel", sparsity=0.25)
+    fitted = prune(original, tmp_path, inputs(rng, 128), method="channel", sparsity=0.25, reconstruct=True)
+    assert graphs.shapes(fitted.model) == graphs.shapes(plain.model) != graphs.shapes(original)  # the same cut
+    assert fitted.details["reconstructed_on"].endswith("calibration.npz")
+    held_out = inputs(rng, 32)
+    assert output_error(fitted.model, original, held_out) < 0.5 * output_error(plain.model, original, held_out)

@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from optc.passes.prune.channel_groups import ChannelPlan, Layout
 from optc.passes.prune.layers import WeightedLayer
+from optc.passes.prune.reconstruct import Hessians, keep_input_channels
 from optc.tensors import tensor_values
 
 
@@ -26,9 +27,16 @@ class ChannelsPruned:
 
 
 def prune_channels(
-    model: onnx.ModelProto, plan: ChannelPlan, ratio: float, norm: Literal["l1", "l2"]
+    model: onnx.ModelProto,
+    plan: ChannelPlan,
+    ratio: float,
+    norm: Literal["l1", "l2"],
+    hessians: Hessians | None = None,
 ) -> ChannelsPruned:
-    """Remove ``round(ratio * C)`` output channels (at least one kept) from every prunable group of ``plan``."""
+    """Remove ``round(ratio * C)`` output channels (at least one kept) from every prunable group of ``plan``.
+
+    A layer whose weight has an entry in ``hessians`` (its input's ``XᵀX`` on calibration data) and loses input
+    channels keeps the weights of the others refitted to make up for the removed ones."""
     initializers = {t.name: tensor_values(t) for t in model.graph.initializer}
     keep: dict[str, np.ndarray] = {}
     layers, left_alone = [], []
@@ -55,7 +63,8 @@ def prune_channels(
             }
             for m in members
         )
-    return ChannelsPruned(model=_apply(model, plan, keep, initializers), layers=layers, left_alone=left_alone)
+    edited = _apply(model, plan, keep, initializers, hessians or {})
+    return ChannelsPruned(model=edited, layers=layers, left_alone=left_alone)
 
 
 def _channel_importance(layer: WeightedLayer, initializers: dict[str, np.ndarray], norm: str) -> np.ndarray:
@@ -84,7 +93,11 @@ def _kept_indices(layout: Layout, plan: ChannelPlan, keep: dict[str, np.ndarray]
 
 
 def _apply(
-    model: onnx.ModelProto, plan: ChannelPlan, keep: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+    model: onnx.ModelProto,
+    plan: ChannelPlan,
+    keep: dict[str, np.ndarray],
+    arrays: dict[str, np.ndarray],
+    hessians: Hessians,
 ) -> onnx.ModelProto:
     result = onnx.ModelProto()
     result.CopyFrom(model)
@@ -99,6 +112,9 @@ def _apply(
             current = current.copy()
             current[edit.count_at] = len(indices)
             changed[edit.tensor] = current
+        elif edit.reader is not None and edit.tensor in hessians:
+            (hessian,) = hessians[edit.tensor]
+            changed[edit.tensor] = keep_input_channels(current, edit.reader, hessian, indices)
         else:
             changed[edit.tensor] = np.take(current, indices, axis=edit.axis)
         if edit.group_of is not None:

@@ -75,6 +75,7 @@ class Edit:
     layout: Layout
     group_of: str | None = None  # a depthwise Conv whose ``group`` attribute must follow the new channel count
     count_at: int | None = None  # a Reshape target: write the kept channel count at this index instead of cutting
+    reader: WeightedLayer | None = None  # the Conv (group 1), Gemm or MatMul whose input channels this cut removes
 
 
 @dataclass
@@ -139,9 +140,15 @@ class _Tracer:
         return layout
 
     def edit(
-        self, tensor: str, axis: int, layout: Layout, group_of: str | None = None, count_at: int | None = None
+        self,
+        tensor: str,
+        axis: int,
+        layout: Layout,
+        group_of: str | None = None,
+        count_at: int | None = None,
+        reader: WeightedLayer | None = None,
     ) -> None:
-        self.plan.edits.append(Edit(tensor, axis, layout, group_of, count_at))
+        self.plan.edits.append(Edit(tensor, axis, layout, group_of, count_at, reader))
 
     def dims(self, name: str) -> list[int | None] | None:
         if name in self.initializers:
@@ -217,7 +224,7 @@ class _Tracer:
             x = None
         if group == 1:
             if x is not None:
-                self.edit(layer.weight, 1, x)
+                self.edit(layer.weight, 1, x, reader=layer)
             if node.name in self.producers:
                 out = self.add_producer(layer, weight.dims[0], channel_axis, rank)
                 self.edit(layer.weight, 0, out)
@@ -240,7 +247,7 @@ class _Tracer:
             self.unknown(node, f"feeds {node.op_type} {node.name} on an axis optc cannot shrink")
             return
         if x is not None:
-            self.edit(layer.weight, layer.in_axis, x)
+            self.edit(layer.weight, layer.in_axis, x, reader=layer)
         if node.name not in self.producers:
             return
         features = self.initializers[layer.weight].dims[layer.out_axis]

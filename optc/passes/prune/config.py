@@ -19,7 +19,7 @@ METHOD_FIELDS = {
     "sparsity": ("magnitude", "channel"),
     "scope": ("magnitude",),
     "dense_first_last": ("magnitude",),
-    "reconstruct": ("magnitude",),
+    "reconstruct": ("magnitude", "channel"),
     "norm": ("channel",),
     "op_types": ("magnitude", "channel"),
     "nodes": ("magnitude", "channel"),
@@ -65,9 +65,10 @@ class PruneConfig(PassConfig):
     )
     reconstruct: bool = Field(
         default=False,
-        description="magnitude, per_layer: with --calibration-data, choose each layer's zeros by their cost to the "
-        "layer's output on that data and adjust the weights that stay to make up for them (SparseGPT); without "
-        "calibration data, plain magnitude pruning with a warning.",
+        description="With --calibration-data, fit the weights that stay to the layers' inputs on that data. "
+        "magnitude (per_layer): choose each layer's zeros by their cost to its output and adjust the rest to make up "
+        "for them (SparseGPT). channel: refit each following layer's weights on the channels kept to reproduce its "
+        "old output (least squares). Without calibration data, plain pruning with a warning.",
     )
     norm: Literal["l1", "l2"] = Field(default="l1", description="channel: how output channels are ranked.")
     op_types: list[Literal[PRUNABLE_OP_TYPES]] = Field(  # type: ignore[valid-type]

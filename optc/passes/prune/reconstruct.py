@@ -30,7 +30,8 @@ from optc.passes.calibration import with_outputs
 from optc.passes.prune.layers import WeightedLayer
 from optc.verify import session_source
 
-ROWS_PER_SAMPLE = 1024  # input rows (token positions, output pixels) kept per layer and batch
+ROWS_PER_SAMPLE = 256  # input rows (token positions, output pixels) kept per layer and sample
+GRAM_BLOCK_BYTES = 16 * 2**20  # input rows buffered per layer before they are multiplied into its XᵀX
 BLOCK = 128  # SparseGPT's mask-selection block: each block of columns gets the layer's sparsity
 DAMPING = 0.01  # of the mean of diag(H), added to its diagonal so that H inverts when inputs are collinear
 
@@ -55,21 +56,49 @@ def layer_hessians(
     source = session_source(with_outputs(model, inputs), workdir, "prune_layer_inputs")
     session = ort.InferenceSession(source, check_options(), ["CPUExecutionProvider"])
     feeds = [i.name for i in session.get_inputs()]
-    hessians: Hessians = {}
+    sums = {weight: _GramSum() for weight in readers}
     for index, feed in enumerate(batches):
         values = dict(zip(inputs, session.run(inputs, {n: feed[n] for n in feeds}), strict=True))
         for weight, weight_readers in readers.items():
             for layer in weight_readers:
                 value = values[layer.node.input[0]]
-                if value.dtype.kind != "f" or not value.size:
-                    continue
-                groups = _input_rows(value.astype(np.float32), layer.node, shapes[weight], index)
-                if groups is None:
-                    continue
-                sums = hessians.setdefault(weight, [np.zeros((g.shape[1],) * 2) for g in groups])
-                for total, rows in zip(sums, groups, strict=True):
-                    total += (rows.T @ rows).astype(np.float64)
-    return hessians
+                if value.dtype.kind == "f" and value.size:
+                    rows = _input_rows(value.astype(np.float32, copy=False), layer.node, shapes[weight], index)
+                    sums[weight].add(rows)
+    results = {weight: total.result() for weight, total in sums.items()}
+    return {weight: result for weight, result in results.items() if result is not None}
+
+
+class _GramSum:
+    """``XᵀX`` per group over rows added a sample at a time, multiplied in blocks of rows: one float32 product per
+    block, summed in float64 (a product per sample would spend as long adding each d×d result as computing it)."""
+
+    def __init__(self) -> None:
+        self.pending: list[list[np.ndarray]] = []
+        self.pending_bytes = 0
+        self.sums: list[np.ndarray] | None = None
+
+    def add(self, groups: list[np.ndarray] | None) -> None:
+        if groups is None:
+            return
+        self.pending.append(groups)
+        self.pending_bytes += sum(g.nbytes for g in groups)
+        if self.pending_bytes >= GRAM_BLOCK_BYTES:
+            self._flush()
+
+    def result(self) -> list[np.ndarray] | None:
+        self._flush()
+        return self.sums
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        blocks = [np.concatenate(parts) for parts in zip(*self.pending, strict=True)]
+        if self.sums is None:
+            self.sums = [np.zeros((block.shape[1],) * 2) for block in blocks]
+        for total, block in zip(self.sums, blocks, strict=True):
+            total += block.T @ block
+        self.pending, self.pending_bytes = [], 0
 
 
 def prune_reconstructed(weight: np.ndarray, layer: WeightedLayer, hessians: list[np.ndarray], sparsity: float):
@@ -77,6 +106,37 @@ def prune_reconstructed(weight: np.ndarray, layer: WeightedLayer, hessians: list
     matrices = _as_rows(weight, layer)
     pruned = [_sparsegpt(m, h, sparsity) for m, h in zip(matrices, hessians, strict=True)]
     return _from_rows(pruned, weight, layer)
+
+
+def keep_input_channels(weight: np.ndarray, layer: WeightedLayer, hessian: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``weight`` (as stored) cut to the input channels ``kept`` of a Conv (group 1), Gemm or MatMul, with the kept
+    weights moved to make up for the removed inputs on the data ``hessian`` came from: per output, the least-squares
+    fit ``W·H[:, S]·H[S, S]⁻¹`` of the layer's old output from the inputs that stay (``S``), which is ``W[:, S]`` plus
+    the part of the removed inputs that the kept ones predict."""
+    if layer.node.op_type == "Conv":
+        taps = int(np.prod(weight.shape[2:]))
+        features = (kept[:, None] * taps + np.arange(taps)[None, :]).reshape(-1)
+        rows = weight.reshape(weight.shape[0], -1).astype(np.float64)
+        fitted = _least_squares(rows, hessian, features)
+        return fitted.reshape(weight.shape[0], len(kept), *weight.shape[2:]).astype(weight.dtype)
+    rows = (weight if layer.in_axis == 1 else weight.T).astype(np.float64)
+    fitted = _least_squares(rows, hessian, kept)
+    return (fitted if layer.in_axis == 1 else fitted.T).astype(weight.dtype)
+
+
+def _least_squares(rows: np.ndarray, hessian: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    damped = _damped(hessian)
+    return np.linalg.solve(damped[np.ix_(kept, kept)], (rows @ damped[:, kept]).T).T
+
+
+def _damped(hessian: np.ndarray) -> np.ndarray:
+    """``hessian`` made invertible: inputs never seen non-zero get a unit diagonal, and every diagonal entry gets
+    ``DAMPING`` of the mean diagonal (SparseGPT's dampening)."""
+    damped = hessian.copy()
+    dead = np.diag(damped) == 0
+    damped[dead, dead] = 1
+    damped[np.diag_indices_from(damped)] += DAMPING * np.mean(np.diag(damped))
+    return damped
 
 
 def _layout(node: onnx.NodeProto) -> tuple:
@@ -166,11 +226,7 @@ def _from_rows(matrices: list[np.ndarray], like: np.ndarray, layer: WeightedLaye
 def _sparsegpt(weight: np.ndarray, hessian: np.ndarray, sparsity: float) -> np.ndarray:
     """Algorithm 1 of the SparseGPT paper on ``weight`` ``[rows, columns]`` with ``hessian`` ``[columns, columns]``."""
     weight = weight.copy()
-    hessian = hessian.copy()
-    dead = np.diag(hessian) == 0  # inputs that were always zero on the data: nothing to reconstruct from
-    hessian[dead, dead] = 1
-    hessian[np.diag_indices_from(hessian)] += DAMPING * np.mean(np.diag(hessian))
-    inverse = np.linalg.cholesky(np.linalg.inv(hessian)).T  # upper Cholesky factor of H⁻¹
+    inverse = np.linalg.cholesky(np.linalg.inv(_damped(hessian))).T  # upper Cholesky factor of H⁻¹
     columns = weight.shape[1]
     for start in range(0, columns, BLOCK):
         stop = min(start + BLOCK, columns)

@@ -33,7 +33,7 @@ CHANNEL_NOTE = (
     "structured pruning: whole channels are cut out of the graph, so tensors and the work per inference shrink"
 )
 
-RECONSTRUCT_SAMPLES = 128  # calibration samples whose layer inputs make each layer's Hessian
+RECONSTRUCT_SAMPLES = 64  # calibration samples whose layer inputs make each layer's Hessian
 
 Pruner = Callable[[float], tuple[onnx.ModelProto, dict]]
 
@@ -48,7 +48,7 @@ def run_prune(model: onnx.ModelProto, config: PruneConfig, context: PassContext)
         hessians, warnings = _calibration_hessians(model, layers, config, context)
         pruner = _magnitude_pruner(model, config, context, layers, dense, hessians)
     else:
-        pruner = _channel_pruner(model, config, context)
+        pruner, warnings = _channel_pruner(model, config, context)
     if config.sparsity == "auto":
         outcome = _search(model, pruner, config, context)
     else:
@@ -82,15 +82,16 @@ def _magnitude_layers(
 def _calibration_hessians(
     model: onnx.ModelProto, layers: list[WeightedLayer], config: PruneConfig, context: PassContext
 ) -> tuple[Hessians | None, list[str]]:
-    """For ``reconstruct``: each layer's input Hessian on the calibration data, or None with a warning when there is
-    none. Only --calibration-data is used: fitting the weights to the evaluation data would let the fidelity gate
-    grade the model on the inputs it was fitted to."""
+    """For ``reconstruct``: the input Hessian of each of ``layers`` on the calibration data, or None with a warning
+    when there is none. Only --calibration-data is used: fitting the weights to the evaluation data would let the
+    fidelity gate grade the model on the inputs it was fitted to."""
     if not config.reconstruct:
         return None, []
     if context.calibration_data is None:
         return None, [
             f"{context.label}: reconstruct needs calibration data (--calibration-data); without it the weights "
-            "were pruned by magnitude alone, which costs more accuracy"
+            f"were pruned {'by magnitude' if config.method == 'magnitude' else 'by weight norm'} alone, which costs "
+            "more accuracy"
         ]
     batches = stream_batches(context.calibration_data, input_specs(model), 1, RECONSTRUCT_SAMPLES)
     return layer_hessians(model, layers, batches, context.workdir), []
@@ -128,7 +129,7 @@ def _magnitude_pruner(
     return prune
 
 
-def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> Pruner:
+def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> tuple[Pruner, list[str]]:
     model = _surgery_form(model)
     producers = {layer.node.name for layer in selected_layers(model.graph, config, context.label)}
     plan = trace_channels(model, producers, excluded_nodes(model.graph, config.exclude, context.label))
@@ -142,9 +143,11 @@ def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassCo
             "can shrink",
         )
     parameters_before = parameter_count(model)
+    readers = list({edit.reader.weight: edit.reader for edit in plan.edits if edit.reader is not None}.values())
+    hessians, warnings = _calibration_hessians(model, readers, config, context)
 
     def prune(ratio: float) -> tuple[onnx.ModelProto, dict]:
-        pruned = prune_channels(model, plan, ratio, config.norm)
+        pruned = prune_channels(model, plan, ratio, config.norm, hessians)
         checked = _shapes_and_session(pruned.model, context.label)
         return checked, {
             "ratio": round(ratio, 4),
@@ -154,10 +157,11 @@ def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassCo
             "parameters_after": parameter_count(checked),
             "layers": pruned.layers,
             "left_alone": pruned.left_alone,
+            **({"reconstructed_on": str(context.calibration_data)} if hessians is not None else {}),
             "note": CHANNEL_NOTE,
         }
 
-    return prune
+    return prune, warnings
 
 
 def _surgery_form(model: onnx.ModelProto) -> onnx.ModelProto:
