@@ -14,9 +14,9 @@ from optc.messages import exception_reason
 from optc.model_facts import parameter_count, reader_counts, weight_sparsity
 from optc.passes.exclude import excluded_nodes
 from optc.passes.prune.channel import prune_channels
-from optc.passes.prune.channel_groups import trace_channels
+from optc.passes.prune.channel_groups import ChannelPlan, trace_channels
 from optc.passes.prune.config import PruneConfig
-from optc.passes.prune.layers import WeightedLayer, selected_layers
+from optc.passes.prune.layers import WeightedLayer, selected_layers, weighted_layer
 from optc.passes.prune.magnitude import prune_magnitude
 from optc.passes.prune.outputs import keep_outputs
 from optc.passes.prune.reconstruct import Hessians, layer_hessians
@@ -42,13 +42,8 @@ Pruner = Callable[[float], tuple[onnx.ModelProto, dict]]
 def run_prune(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> PassOutcome:
     if config.method == "outputs":
         return _prune_outputs(model, config, context)
-    warnings: list[str] = []
-    if config.method == "magnitude":
-        layers, dense = _magnitude_layers(model, config, context)
-        hessians, warnings = _calibration_hessians(model, layers, config, context)
-        pruner = _magnitude_pruner(model, config, context, layers, dense, hessians)
-    else:
-        pruner, warnings = _channel_pruner(model, config, context)
+    make_pruner = _magnitude_pruner if config.method == "magnitude" else _channel_pruner
+    pruner, warnings = make_pruner(model, config, context)
     if config.sparsity == "auto":
         outcome = _search(model, pruner, config, context)
     else:
@@ -97,14 +92,9 @@ def _calibration_hessians(
     return layer_hessians(model, layers, batches, context.workdir), []
 
 
-def _magnitude_pruner(
-    model: onnx.ModelProto,
-    config: PruneConfig,
-    context: PassContext,
-    layers: list[WeightedLayer],
-    dense: list[str],
-    hessians: Hessians | None,
-) -> Pruner:
+def _magnitude_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> tuple[Pruner, list[str]]:
+    layers, dense = _magnitude_layers(model, config, context)
+    hessians, warnings = _calibration_hessians(model, layers, config, context)
     gzip_before = gzip_size(model)
 
     def prune(sparsity: float) -> tuple[onnx.ModelProto, dict]:
@@ -126,7 +116,7 @@ def _magnitude_pruner(
             "note": MAGNITUDE_NOTE,
         }
 
-    return prune
+    return prune, warnings
 
 
 def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> tuple[Pruner, list[str]]:
@@ -143,8 +133,7 @@ def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassCo
             "can shrink",
         )
     parameters_before = parameter_count(model)
-    readers = list({edit.reader.weight: edit.reader for edit in plan.edits if edit.reader is not None}.values())
-    hessians, warnings = _calibration_hessians(model, readers, config, context)
+    hessians, warnings = _calibration_hessians(model, _refitted_layers(model, plan), config, context)
 
     def prune(ratio: float) -> tuple[onnx.ModelProto, dict]:
         pruned = prune_channels(model, plan, ratio, config.norm, hessians)
@@ -162,6 +151,15 @@ def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassCo
         }
 
     return prune, warnings
+
+
+def _refitted_layers(model: onnx.ModelProto, plan: ChannelPlan) -> list[WeightedLayer]:
+    """Every node applying a weight that loses input channels: a weight shared by several nodes is fitted to them all,
+    though the plan cuts it through one."""
+    cut = {edit.tensor for edit in plan.edits if edit.reader is not None}
+    initializers = {t.name: t for t in model.graph.initializer}
+    layers = (weighted_layer(node, initializers) for node in model.graph.node)
+    return [layer for layer in layers if layer is not None and layer.weight in cut]
 
 
 def _surgery_form(model: onnx.ModelProto) -> onnx.ModelProto:
