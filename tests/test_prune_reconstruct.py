@@ -11,10 +11,11 @@ import prune_graphs as graphs
 import pytest
 from onnx import helper, numpy_helper
 
+from optc.passes.prune.channel_groups import trace_channels
 from optc.passes.prune.config import PruneConfig
 from optc.passes.prune.layers import weighted_layer
 from optc.passes.prune.reconstruct import _input_rows, layer_hessians, prune_reconstructed
-from optc.passes.prune.run import run_prune
+from optc.passes.prune.run import _refitted_layers, run_prune
 
 
 def correlated_inputs(rng: np.random.Generator, samples: int) -> np.ndarray:
@@ -157,3 +158,22 @@ def test_channel_reconstruct_refits_the_next_layer_on_the_channels_kept(tmp_path
     assert fitted.details["reconstructed_on"].endswith("calibration.npz")
     held_out = inputs(rng, 32)
     assert output_error(fitted.model, original, held_out) < 0.5 * output_error(plain.model, original, held_out)
+
+
+def test_a_weight_read_by_two_nodes_is_refitted_to_both_inputs(tmp_path):
+    """The plan cuts a shared weight through one edit; the refit must still see every node that applies it."""
+    g = graphs.TinyGraph(14)
+    h = g.op("Relu", [g.op("MatMul", ["x", g.weight("w1", (16, 12))], "mm1")], "relu1")
+    first = g.op("MatMul", [h, g.weight("w2", (12, 8))], "read1")
+    second = g.op("MatMul", [g.op("Sigmoid", [h], "squash"), "w2"], "read2")
+    g.op("Add", [first, second], "sum", output="y")
+    model = g.model({"x": ["N", 16]}, {"y": ["N", 8]})
+    initializers = {t.name: t for t in model.graph.initializer}
+    plan = trace_channels(model, {"mm1"}, set())
+    assert [e.reader.node.name for e in plan.edits if e.reader is not None] == ["read1"]  # one edit for both
+    assert [layer.node.name for layer in _refitted_layers(model, plan)] == ["read1", "read2"]
+    x = correlated_inputs(np.random.default_rng(4), 64)
+    both = layer_hessians(model, _refitted_layers(model, plan), [{"x": x[i : i + 1]} for i in range(64)], tmp_path)
+    read1 = weighted_layer(next(n for n in model.graph.node if n.name == "read1"), initializers)
+    one = layer_hessians(model, [read1], [{"x": x[i : i + 1]} for i in range(64)], tmp_path)
+    assert not np.allclose(both["w2"][0], one["w2"][0])  # the sigmoid branch's inputs count too
