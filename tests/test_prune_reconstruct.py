@@ -177,3 +177,24 @@ def test_a_weight_read_by_two_nodes_is_refitted_to_both_inputs(tmp_path):
     read1 = weighted_layer(next(n for n in model.graph.node if n.name == "read1"), initializers)
     one = layer_hessians(model, [read1], [{"x": x[i : i + 1]} for i in range(64)], tmp_path)
     assert not np.allclose(both["w2"][0], one["w2"][0])  # the sigmoid branch's inputs count too
+
+
+def test_a_layer_feeding_a_log_is_cut_but_not_refitted(tmp_path):
+    """A mel filterbank before a log: refitting it to squared error moved small outputs towards zero (cosine 0.9997
+    unfitted, 0.954 fitted on a real mel front-end), so it keeps its weights on the channels that stay."""
+    g = graphs.TinyGraph(16)
+    spectrum = g.op(
+        "Pow", [g.op("MatMul", ["x", g.weight("frames", (16, 12))], "stft"), g.const("two", np.float32(2))], "power"
+    )
+    mel = g.op(
+        "MatMul", [spectrum, g.const("filters", np.abs(g.rng.standard_normal((12, 4))).astype(np.float32))], "mel"
+    )
+    g.op("Log", [g.op("Clip", [mel, g.const("floor", np.float32(1e-6))], "floor")], "log", output="y")
+    model = g.model({"x": ["N", 16]}, {"y": ["N", 4]})
+    plain = prune(model, tmp_path, None, method="channel", sparsity=0.25)
+    fitted = prune(model, tmp_path, correlated_inputs(np.random.default_rng(5), 64), method="channel", sparsity=0.25,
+                   reconstruct=True)  # fmt: skip
+    assert "Log 'log'" in fitted.details["not_refitted"]["mel"]
+    weights = [{t.name: numpy_helper.to_array(t) for t in o.model.graph.initializer} for o in (plain, fitted)]
+    assert weights[0]["filters"].shape == (9, 4)
+    np.testing.assert_array_equal(weights[0]["filters"], weights[1]["filters"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 import onnxruntime as ort
@@ -22,6 +24,7 @@ from optc.passes.prune.outputs import keep_outputs
 from optc.passes.prune.reconstruct import Hessians, layer_hessians
 from optc.passes.prune.search import CandidateMeter, bisect_sparsity, gzip_size
 from optc.passes.prune.split_layers import split_conv_parts
+from optc.passes.quantize_keep_float import blow_up_readers
 from optc.passes.quantize_prepare import constants_to_initializers, drop_initializer_inputs, name_unnamed_nodes
 from optc.passes.registry import PassContext, PassOutcome, register
 
@@ -74,32 +77,53 @@ def _magnitude_layers(
     return layers, dense
 
 
-def _calibration_hessians(
-    model: onnx.ModelProto, layers: list[WeightedLayer], config: PruneConfig, context: PassContext
-) -> tuple[Hessians | None, list[str]]:
-    """For ``reconstruct``: the input Hessian of each of ``layers`` on the calibration data, or None with a warning
+@dataclass
+class Refit:
+    """What ``reconstruct`` fits to: input Hessians by weight (None: nothing is fitted), the layers left as they are
+    with the reason, and the warnings to pass on."""
+
+    hessians: Hessians | None = None
+    left_alone: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def details(self, data: Path | None) -> dict:
+        if self.hessians is None:
+            return {}
+        return {"reconstructed_on": str(data), **({"not_refitted": self.left_alone} if self.left_alone else {})}
+
+
+def _refit(model: onnx.ModelProto, layers: list[WeightedLayer], config: PruneConfig, context: PassContext) -> Refit:
+    """For ``reconstruct``: the input Hessian of each of ``layers`` on the calibration data, or nothing with a warning
     when there is none. Only --calibration-data is used: fitting the weights to the evaluation data would let the
-    fidelity gate grade the model on the inputs it was fitted to."""
+    fidelity gate grade the model on the inputs it was fitted to. A layer whose output reaches a ``Log``, a
+    ``Reciprocal`` or a ``Div`` denominator value for value is left unfitted: a least-squares fit spends its error
+    where outputs are large, and there a small output that moves towards zero blows up (a mel filterbank before a log
+    went from cosine 0.9997 unfitted to 0.954 fitted)."""
     if not config.reconstruct:
-        return None, []
+        return Refit()
     if context.calibration_data is None:
-        return None, [
-            f"{context.label}: reconstruct needs calibration data (--calibration-data); without it the weights "
-            f"were pruned {'by magnitude' if config.method == 'magnitude' else 'by weight norm'} alone, which costs "
-            "more accuracy"
-        ]
+        how = "by magnitude" if config.method == "magnitude" else "by weight norm"
+        return Refit(
+            warnings=[
+                f"{context.label}: reconstruct needs calibration data (--calibration-data); without it the weights "
+                f"were pruned {how} alone, which costs more accuracy"
+            ]
+        )
+    sensitive = blow_up_readers(model.graph)
+    left_alone = {layer.node.name: sensitive[layer.node.name] for layer in layers if layer.node.name in sensitive}
+    fitted = [layer for layer in layers if layer.node.name not in left_alone]
     batches = stream_batches(context.calibration_data, input_specs(model), 1, RECONSTRUCT_SAMPLES)
-    return layer_hessians(model, layers, batches, context.workdir), []
+    return Refit(layer_hessians(model, fitted, batches, context.workdir), left_alone)
 
 
 def _magnitude_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> tuple[Pruner, list[str]]:
     layers, dense = _magnitude_layers(model, config, context)
-    hessians, warnings = _calibration_hessians(model, layers, config, context)
+    refit = _refit(model, layers, config, context)
     gzip_before = gzip_size(model)
 
     def prune(sparsity: float) -> tuple[onnx.ModelProto, dict]:
         store = context.workdir / "pruned_weights.data"
-        pruned, rows = prune_magnitude(model, layers, sparsity, config.scope, store, hessians)
+        pruned, rows = prune_magnitude(model, layers, sparsity, config.scope, store, refit.hessians)
         zeros, weights = sum(r["zeros"] for r in rows), sum(r["weights"] for r in rows)
         gzip_after = gzip_size(pruned)
         return pruned, {
@@ -109,14 +133,14 @@ def _magnitude_pruner(model: onnx.ModelProto, config: PruneConfig, context: Pass
             "model_weight_sparsity": round(weight_sparsity(pruned), 4),
             "layers": rows,
             "dense_layers": dense,
-            **({"reconstructed_on": str(context.calibration_data)} if hessians is not None else {}),
+            **refit.details(context.calibration_data),
             "gzip_bytes_before": gzip_before,
             "gzip_bytes_after": gzip_after,
             "gzip_ratio": round(gzip_after / gzip_before, 4),
             "note": MAGNITUDE_NOTE,
         }
 
-    return prune, warnings
+    return prune, refit.warnings
 
 
 def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> tuple[Pruner, list[str]]:
@@ -133,10 +157,10 @@ def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassCo
             "can shrink",
         )
     parameters_before = parameter_count(model)
-    hessians, warnings = _calibration_hessians(model, _refitted_layers(model, plan), config, context)
+    refit = _refit(model, _refitted_layers(model, plan), config, context)
 
     def prune(ratio: float) -> tuple[onnx.ModelProto, dict]:
-        pruned = prune_channels(model, plan, ratio, config.norm, hessians)
+        pruned = prune_channels(model, plan, ratio, config.norm, refit.hessians)
         checked = _shapes_and_session(pruned.model, context.label)
         return checked, {
             "ratio": round(ratio, 4),
@@ -146,11 +170,11 @@ def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassCo
             "parameters_after": parameter_count(checked),
             "layers": pruned.layers,
             "left_alone": pruned.left_alone,
-            **({"reconstructed_on": str(context.calibration_data)} if hessians is not None else {}),
+            **refit.details(context.calibration_data),
             "note": CHANNEL_NOTE,
         }
 
-    return prune, warnings
+    return prune, refit.warnings
 
 
 def _refitted_layers(model: onnx.ModelProto, plan: ChannelPlan) -> list[WeightedLayer]:
