@@ -1,4 +1,5 @@
-"""Data-aware unstructured pruning: SparseGPT's one-shot reconstruction (Frantar & Alistarh 2023).
+"""Pruning fitted to calibration data (``reconstruct``): SparseGPT's one-shot reconstruction for unstructured
+sparsity (Frantar & Alistarh 2023), and a least-squares refit of the layers that lose input channels to a channel cut.
 
 Plain magnitude pruning zeroes the smallest weights and leaves the rest as trained, so a layer's output moves by
 everything the zeroed weights contributed. With the layer's inputs seen on calibration data, the Hessian of the
@@ -9,6 +10,9 @@ Cholesky factor of ``H⁻¹``, choosing the mask per block of columns as it goes
 layer's ``H`` from the unpruned model; each layer is then pruned on its own. (Collecting each layer's inputs from
 the model with the layers before it pruned, as SparseGPT does for LLMs, did worse on the real models tried: the
 fidelity of an OCR recognizer's output 0.88 against 0.90, a sentence encoder's 0.951 against 0.953.)
+
+A channel cut removes input features of the layers after it; with the same ``H`` of their inputs, each keeps the
+least-squares fit of its old output from the features that stay (``keep_input_channels``).
 
 A Conv is the same product over its unfolded input patches (im2col), one ``H`` per group; a weight read by several
 nodes gets the sum of their ``H``.
