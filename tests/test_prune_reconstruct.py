@@ -11,6 +11,7 @@ import prune_graphs as graphs
 import pytest
 from onnx import helper, numpy_helper
 
+from optc.passes.prune import reconstruct, run
 from optc.passes.prune.channel_groups import trace_channels
 from optc.passes.prune.config import PruneConfig
 from optc.passes.prune.layers import weighted_layer
@@ -113,7 +114,7 @@ def test_conv_weights_pruned_per_group_keep_their_layout(tmp_path):
     initializers = {t.name: t for t in model.graph.initializer}
     layer = weighted_layer(next(n for n in model.graph.node if n.name == "gconv"), initializers)
     x = np.random.default_rng(2).standard_normal((16, 3, 8, 8)).astype(np.float32)
-    hessians = layer_hessians(model, [layer], [{"x": x[i : i + 1]} for i in range(16)], tmp_path)
+    hessians = layer_hessians(model, [layer], lambda: [{"x": x[i : i + 1]} for i in range(16)], tmp_path)
     assert [h.shape for h in hessians["gconv.w"]] == [(36, 36), (36, 36)]
     weight = numpy_helper.to_array(initializers["gconv.w"])
     pruned = prune_reconstructed(weight, layer, hessians["gconv.w"], 0.5)
@@ -173,9 +174,10 @@ def test_a_weight_read_by_two_nodes_is_refitted_to_both_inputs(tmp_path):
     assert [e.reader.node.name for e in plan.edits if e.reader is not None] == ["read1"]  # one edit for both
     assert [layer.node.name for layer in _refitted_layers(model, plan)] == ["read1", "read2"]
     x = correlated_inputs(np.random.default_rng(4), 64)
-    both = layer_hessians(model, _refitted_layers(model, plan), [{"x": x[i : i + 1]} for i in range(64)], tmp_path)
+    samples = [{"x": x[i : i + 1]} for i in range(64)]
+    both = layer_hessians(model, _refitted_layers(model, plan), lambda: samples, tmp_path)
     read1 = weighted_layer(next(n for n in model.graph.node if n.name == "read1"), initializers)
-    one = layer_hessians(model, [read1], [{"x": x[i : i + 1]} for i in range(64)], tmp_path)
+    one = layer_hessians(model, [read1], lambda: samples, tmp_path)
     assert not np.allclose(both["w2"][0], one["w2"][0])  # the sigmoid branch's inputs count too
 
 
@@ -198,3 +200,30 @@ def test_a_layer_feeding_a_log_is_cut_but_not_refitted(tmp_path):
     weights = [{t.name: numpy_helper.to_array(t) for t in o.model.graph.initializer} for o in (plain, fitted)]
     assert weights[0]["filters"].shape == (9, 4)
     np.testing.assert_array_equal(weights[0]["filters"], weights[1]["filters"])
+
+
+def test_hessians_beyond_one_pass_budget_take_more_passes_with_the_same_result(tmp_path, monkeypatch):
+    model = mlp()
+    initializers = {t.name: t for t in model.graph.initializer}
+    layers = [weighted_layer(n, initializers) for n in model.graph.node if n.op_type == "MatMul"]
+    x = correlated_inputs(np.random.default_rng(6), 16)
+    passes = []
+
+    def batches():
+        passes.append(1)
+        return [{"x": x[i : i + 1]} for i in range(16)]
+
+    together = layer_hessians(model, layers, batches, tmp_path)
+    assert len(passes) == 1
+    monkeypatch.setattr(reconstruct, "HESSIAN_BYTES", 32 * 32 * 8)  # one 32-input Hessian per pass
+    apart = layer_hessians(model, layers, batches, tmp_path)
+    assert len(passes) == 1 + 3
+    for weight in ("w1", "w2", "w3"):
+        np.testing.assert_allclose(apart[weight][0], together[weight][0])
+
+
+def test_a_layer_whose_hessian_alone_is_over_the_budget_is_pruned_unfitted(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "HESSIAN_BYTES", 16 * 16 * 8)  # w2 has 32 inputs: 8 KiB of Hessian
+    outcome = prune(mlp(), tmp_path, correlated_inputs(np.random.default_rng(7), 32), reconstruct=True)
+    assert [row["reconstructed"] for row in outcome.details["layers"]] == [False]
+    assert "input Hessian would take" in outcome.details["not_refitted"]["mm2"]

@@ -21,7 +21,7 @@ nodes gets the sum of their ``H``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +37,20 @@ from optc.verify import session_source
 ROWS_PER_SAMPLE = 256  # input rows (token positions, output pixels) kept per layer and sample
 GRAM_BLOCK_BYTES = 16 * 2**20  # input rows buffered per layer before they are multiplied into its XᵀX
 BLOCK = 128  # SparseGPT's mask-selection block: each block of columns gets the layer's sparsity
+HESSIAN_BYTES = 2**31  # Hessians held during one pass over the data; a layer needing more alone is not fitted
 DAMPING = 0.01  # of the mean of diag(H), added to its diagonal so that H inverts when inputs are collinear
 
 Hessians = dict[str, list[np.ndarray]]  # weight name → ``XᵀX`` per Conv group (a single one for Gemm/MatMul)
 
 
 def layer_hessians(
-    model: onnx.ModelProto, layers: list[WeightedLayer], batches: Iterable[dict[str, np.ndarray]], workdir: Path
+    model: onnx.ModelProto,
+    layers: list[WeightedLayer],
+    batches: Callable[[], Iterable[dict[str, np.ndarray]]],
+    workdir: Path,
 ) -> Hessians:
-    """Per weight of ``layers`` whose input is a float activation: ``XᵀX`` of its input rows over ``batches``."""
+    """Per weight of ``layers`` whose input is a float activation: ``XᵀX`` of its input rows over ``batches()``.
+    One pass over the data holds at most ``HESSIAN_BYTES`` of Hessians; more layers take more passes."""
     initializers = {t.name for t in model.graph.initializer}
     readers: dict[str, list[WeightedLayer]] = {}
     for layer in layers:
@@ -53,10 +58,36 @@ def layer_hessians(
             readers.setdefault(layer.weight, []).append(layer)
     # a weight read by nodes that unfold their input differently has no single H
     readers = {w: ls for w, ls in readers.items() if len({_layout(layer.node) for layer in ls}) == 1}
-    inputs = sorted({layer.node.input[0] for ls in readers.values() for layer in ls})
-    if not inputs:
-        return {}
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer if t.name in readers}
+    hessians: Hessians = {}
+    chunk: dict[str, list[WeightedLayer]] = {}
+    held = 0
+    for weight, weight_readers in readers.items():
+        size = hessian_bytes(weight_readers[0], shapes[weight])
+        if chunk and held + size > HESSIAN_BYTES:
+            hessians.update(_one_pass(model, chunk, shapes, batches(), workdir))
+            chunk, held = {}, 0
+        chunk[weight], held = weight_readers, held + size
+    if chunk:
+        hessians.update(_one_pass(model, chunk, shapes, batches(), workdir))
+    return hessians
+
+
+def hessian_bytes(layer: WeightedLayer, shape: tuple) -> int:
+    """What the layer's input Hessian takes in float64: (inputs per output)² per Conv group."""
+    if layer.node.op_type == "Conv":
+        return attribute(layer.node, "group", 1) * (int(np.prod(shape[1:])) ** 2) * 8
+    return shape[layer.in_axis] ** 2 * 8
+
+
+def _one_pass(
+    model: onnx.ModelProto,
+    readers: dict[str, list[WeightedLayer]],
+    shapes: dict[str, tuple],
+    batches: Iterable[dict[str, np.ndarray]],
+    workdir: Path,
+) -> Hessians:
+    inputs = sorted({layer.node.input[0] for ls in readers.values() for layer in ls})
     source = session_source(with_outputs(model, inputs), workdir, "prune_layer_inputs")
     session = ort.InferenceSession(source, check_options(), ["CPUExecutionProvider"])
     feeds = [i.name for i in session.get_inputs()]

@@ -21,7 +21,7 @@ from optc.passes.prune.config import PruneConfig
 from optc.passes.prune.layers import WeightedLayer, selected_layers, weighted_layer
 from optc.passes.prune.magnitude import prune_magnitude
 from optc.passes.prune.outputs import keep_outputs
-from optc.passes.prune.reconstruct import Hessians, layer_hessians
+from optc.passes.prune.reconstruct import HESSIAN_BYTES, Hessians, hessian_bytes, layer_hessians
 from optc.passes.prune.search import CandidateMeter, bisect_sparsity, gzip_size
 from optc.passes.prune.split_layers import split_conv_parts
 from optc.passes.quantize_keep_float import blow_up_readers
@@ -109,11 +109,19 @@ def _refit(model: onnx.ModelProto, layers: list[WeightedLayer], config: PruneCon
                 f"were pruned {how} alone, which costs more accuracy"
             ]
         )
-    sensitive = blow_up_readers(model.graph)
-    left_alone = {layer.node.name: sensitive[layer.node.name] for layer in layers if layer.node.name in sensitive}
+    left_alone = blow_up_readers(model.graph)
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    for layer in layers:
+        size = hessian_bytes(layer, shapes[layer.weight])
+        if size > HESSIAN_BYTES:
+            left_alone.setdefault(layer.node.name, f"its input Hessian would take {size / 2**30:.1f} GiB")
+    left_alone = {layer.node.name: left_alone[layer.node.name] for layer in layers if layer.node.name in left_alone}
     fitted = [layer for layer in layers if layer.node.name not in left_alone]
-    batches = stream_batches(context.calibration_data, input_specs(model), 1, RECONSTRUCT_SAMPLES)
-    return Refit(layer_hessians(model, fitted, batches, context.workdir), left_alone)
+    path, specs = context.calibration_data, input_specs(model)
+    hessians = layer_hessians(
+        model, fitted, lambda: stream_batches(path, specs, 1, RECONSTRUCT_SAMPLES), context.workdir
+    )
+    return Refit(hessians, left_alone)
 
 
 def _magnitude_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> tuple[Pruner, list[str]]:
