@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from optc.passes.prune.layers import WeightedLayer
-from optc.passes.prune.reconstruct import Hessians, prune_reconstructed
+from optc.passes.prune.reconstruct import Hessians, prune_reconstructed, smallest
 from optc.tensors import is_lazy, spill, tensor_values
 
 
@@ -74,7 +74,7 @@ def _pruned_globally(initializers: dict[str, onnx.TensorProto], names: list[str]
     if not weights:
         return weights
     flat = np.concatenate([np.abs(a).reshape(-1) for a in weights.values()])
-    chosen = _smallest(flat, round(sparsity * flat.size))
+    chosen = smallest(flat, round(sparsity * flat.size))
     start = 0
     for array in weights.values():
         inside = chosen[(chosen >= start) & (chosen < start + array.size)] - start
@@ -83,11 +83,5 @@ def _pruned_globally(initializers: dict[str, onnx.TensorProto], names: list[str]
     return weights
 
 
-def _smallest(magnitudes: np.ndarray, count: int) -> np.ndarray:
-    if count <= 0:
-        return np.empty(0, dtype=np.int64)
-    return np.argpartition(magnitudes, count - 1)[:count]
-
-
 def _zero_smallest(flat: np.ndarray, count: int) -> None:
-    flat[_smallest(np.abs(flat), count)] = 0
+    flat[smallest(np.abs(flat), count)] = 0

@@ -269,10 +269,8 @@ def _sparsegpt(weight: np.ndarray, hessian: np.ndarray, sparsity: float) -> np.n
         errors = np.zeros_like(block)
         inverse_block = inverse[start:stop, start:stop]
         saliency = block**2 / np.diag(inverse_block)[None, :] ** 2
-        count = int(round(sparsity * saliency.size))
         mask = np.zeros(saliency.size, dtype=bool)
-        if count:
-            mask[np.argpartition(saliency.reshape(-1), count - 1)[:count]] = True
+        mask[smallest(saliency.reshape(-1), int(round(sparsity * saliency.size)))] = True
         mask = mask.reshape(saliency.shape)
         for i in range(stop - start):
             column = block[:, i]
@@ -284,3 +282,10 @@ def _sparsegpt(weight: np.ndarray, hessian: np.ndarray, sparsity: float) -> np.n
         weight[:, start:stop] = block
         weight[:, stop:] -= errors @ inverse[start:stop, stop:]
     return weight
+
+
+def smallest(values: np.ndarray, count: int) -> np.ndarray:
+    """Flat indices of the ``count`` smallest of ``values`` (in no order): the weights a pruner zeroes."""
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    return np.argpartition(values, count - 1)[:count]
