@@ -26,10 +26,6 @@ def recipe_with(block: str) -> str:
             "    method: outputs\n    keep: [y]\n    reconstruct: true\n",
             "`reconstruct` does not apply to method outputs",
         ),
-        (
-            "    method: magnitude\n    sparsity: 0.5\n    scope: global\n    reconstruct: true\n",
-            "`reconstruct` prunes each layer against its own inputs: it needs scope per_layer",
-        ),
         ("    method: magnitude\n    sparsity: 0.5\n    sparse: 1\n", "passes[0].sparse: unknown field"),
         (
             "    method: channel\n    sparsity: auto\n    accuracy_budget: 1\n    search_range: [0.5, 0.2]\n",

@@ -15,6 +15,7 @@ from optc.passes.prune import reconstruct, run
 from optc.passes.prune.channel_groups import trace_channels
 from optc.passes.prune.config import PruneConfig
 from optc.passes.prune.layers import weighted_layer
+from optc.passes.prune.magnitude import MAX_LAYER_SPARSITY, TOWARDS_COST, fitted_sparsities
 from optc.passes.prune.reconstruct import _input_rows, layer_hessians, prune_reconstructed
 from optc.passes.prune.run import _refitted_layers, run_prune
 
@@ -64,6 +65,70 @@ def test_reconstruct_keeps_the_sparsity_and_stays_closer_to_the_original_on_held
     assert fitted.details["reconstructed_on"].endswith("calibration.npz")
     # the remaining weights moved to make up for the zeroed ones: far closer than magnitude alone
     assert output_error(fitted.model, model, held_out) < 0.5 * output_error(plain.model, model, held_out)
+
+
+def two_branches() -> onnx.ModelProto:
+    """``a`` reads redundant features (rank 2 of 16), ``b`` independent ones: a cut costs ``a`` far less."""
+    g = graphs.TinyGraph(12)
+    g.op("MatMul", ["a", g.weight("wa", (16, 16))], "mma", output="ya")
+    g.op("MatMul", ["b", g.weight("wb", (16, 16))], "mmb", output="yb")
+    return g.model({"a": ["N", 16], "b": ["N", 16]}, {"ya": ["N", 16], "yb": ["N", 16]})
+
+
+def branch_inputs(rng: np.random.Generator, samples: int) -> dict[str, np.ndarray]:
+    mixing = np.random.default_rng(98).standard_normal((2, 16))
+    redundant = rng.standard_normal((samples, 2)) @ mixing + 0.01 * rng.standard_normal((samples, 16))
+    return {"a": redundant.astype(np.float32), "b": rng.standard_normal((samples, 16)).astype(np.float32)}
+
+
+def test_global_reconstruct_spends_the_zeros_where_the_inputs_are_redundant(tmp_path):
+    rng = np.random.default_rng(3)
+    model = two_branches()
+    path = tmp_path / "calibration.npz"
+    np.savez(path, **branch_inputs(rng, 256))
+    held_out = branch_inputs(rng, 64)
+    outcomes = {}
+    for scope in ("per_layer", "global"):
+        config = PruneConfig.model_validate(
+            {
+                "type": "prune",
+                "method": "magnitude",
+                "sparsity": 0.5,
+                "scope": scope,
+                "reconstruct": True,
+                "dense_first_last": False,
+            }
+        )
+        context = replace(graphs.pass_context(tmp_path, "magnitude"), calibration_data=path)
+        outcomes[scope] = run_prune(model, config, context)
+    rows = {row["layer"]: row for row in outcomes["global"].details["layers"]}
+    assert rows["mma"]["zeros"] + rows["mmb"]["zeros"] == 256  # the same half of all weights as per layer
+    assert rows["mma"]["sparsity"] > 0.6 and rows["mmb"]["sparsity"] < 0.4
+    assert all(row["reconstructed"] for row in rows.values())
+
+    def worst_error(pruned: onnx.ModelProto) -> float:  # relative error of the output that moved most
+        expected, got = graphs.run(model, held_out), graphs.run(pruned, held_out)
+        return max(float(np.linalg.norm(g - e) / np.linalg.norm(e)) for g, e in zip(got, expected, strict=True))
+
+    assert worst_error(outcomes["global"].model) < 0.7 * worst_error(outcomes["per_layer"].model)
+
+
+def test_fitted_sparsities_reach_the_target_and_keep_every_layer_alive():
+    """A layer whose inputs lie along one direction would give up nearly every weight; the cap leaves it 5 %."""
+    rng = np.random.default_rng(4)
+    model = two_branches()
+    initializers = {t.name: t for t in model.graph.initializer}
+    layers = {
+        name: weighted_layer(next(n for n in model.graph.node if n.input[1] == name), initializers)
+        for name in ("wa", "wb")
+    }
+    inputs = branch_inputs(rng, 256)
+    one_direction = np.outer(inputs["a"][0], inputs["a"][0]).astype(np.float64)  # ``a``'s weights nearly free
+    independent = (inputs["b"].T @ inputs["b"]).astype(np.float64)
+    sparsities = fitted_sparsities(initializers, layers, {"wa": [one_direction], "wb": [independent]}, 0.6)
+    cost_placed = {name: 0.6 + (s - 0.6) / TOWARDS_COST for name, s in sparsities.items()}
+    assert cost_placed["wa"] == pytest.approx(MAX_LAYER_SPARSITY, abs=1 / 256)
+    assert sparsities["wa"] + sparsities["wb"] == pytest.approx(1.2, abs=2 / 256)
 
 
 def test_reconstruct_without_calibration_data_prunes_by_magnitude_and_says_so(tmp_path):

@@ -56,7 +56,8 @@ class PruneConfig(PassConfig):
     )
     scope: Literal["per_layer", "global"] = Field(
         default="per_layer",
-        description="magnitude: per_layer gives every layer the same sparsity; global ranks all weights together.",
+        description="magnitude: per_layer gives every layer the same sparsity; global spends it over all layers "
+        "together, more where it costs less (by magnitude; with reconstruct, by the cost to each layer's output).",
     )
     dense_first_last: bool = Field(
         default=True,
@@ -66,7 +67,7 @@ class PruneConfig(PassConfig):
     reconstruct: bool = Field(
         default=False,
         description="With --calibration-data, fit the weights that stay to the layers' inputs on that data. "
-        "magnitude (per_layer): choose each layer's zeros by their cost to its output and adjust the rest to make up "
+        "magnitude: choose each layer's zeros by their cost to its output and adjust the rest to make up "
         "for them (SparseGPT). channel: refit each following layer's weights on the channels kept to reproduce its "
         "old output (least squares). Without calibration data, plain pruning with a warning.",
     )
@@ -104,8 +105,6 @@ class PruneConfig(PassConfig):
             misplaced = [name for name in AUTO_FIELDS if name in self.model_fields_set]
             if misplaced:
                 raise ValueError(f"`{'`, `'.join(misplaced)}` only apply with sparsity: auto")
-        if self.reconstruct and self.scope == "global":
-            raise ValueError("`reconstruct` prunes each layer against its own inputs: it needs scope per_layer")
         if self.search_range is not None:
             low, high = self.search_range
             if not 0 <= low < high < 1:

@@ -14,8 +14,14 @@ import onnx
 from onnx import numpy_helper
 
 from optc.passes.prune.layers import WeightedLayer
-from optc.passes.prune.reconstruct import Hessians, prune_reconstructed, smallest
+from optc.passes.prune.reconstruct import Hessians, as_rows, damped_hessian, prune_reconstructed, smallest
 from optc.tensors import is_lazy, spill, tensor_values
+
+MAX_LAYER_SPARSITY = 0.95  # with fitted global sparsity: every layer keeps at least 5 % of its weights
+# How far each layer moves from the common sparsity towards the one placed by cost. On 12 real models at 50 %,
+# all the way lost up to 0.06 of output cosine on text models (sentence encoders, word segmenters) while it won
+# most on detectors; half way won on 10 of the 12 (face detector 0.87 → 0.98, text detector 0.961 → 0.996).
+TOWARDS_COST = 0.5
 
 
 def prune_magnitude(
@@ -28,8 +34,9 @@ def prune_magnitude(
 ) -> tuple[onnx.ModelProto, list[dict]]:
     """Zero ``round(sparsity * n)`` weights (per layer, or over all layers together for ``global``).
 
-    A weight with an entry in ``hessians`` (per layer only) is pruned by SparseGPT against its layer's inputs, which
-    chooses the zeros by their cost to the layer's output and moves the weights that stay to make up for them.
+    A weight with an entry in ``hessians`` is pruned by SparseGPT against its layer's inputs, which chooses the zeros
+    by their cost to the layer's output and moves the weights that stay to make up for them. With ``global``, those
+    weights share their zeros by that cost (``fitted_sparsities``) instead of by magnitude.
 
     Per layer, weights are read, pruned and put back one at a time; a weight that was still on disk goes back to
     disk (appended to ``store``), so a model too large to hold twice is never in memory whole.
@@ -42,14 +49,20 @@ def prune_magnitude(
     owners: dict[str, WeightedLayer] = {}  # a weight shared by several nodes is pruned once, under its first node
     for layer in layers:
         owners.setdefault(layer.weight, layer)
-    pruned_together = _pruned_globally(initializers, list(owners), sparsity) if scope == "global" else {}
+    layer_sparsity = dict.fromkeys(owners, sparsity)
+    pruned_together = {}
+    if scope == "global":
+        fitted = {name: layer for name, layer in owners.items() if name in hessians}
+        layer_sparsity.update(fitted_sparsities(initializers, fitted, hessians, sparsity))
+        unfitted = [name for name in owners if name not in fitted]
+        pruned_together = _pruned_globally(initializers, unfitted, sparsity)
     rows = []
     for name, layer in owners.items():
         array = pruned_together.pop(name, None)
         if array is None:
             array = tensor_values(initializers[name]).copy()
             if name in hessians:
-                array = prune_reconstructed(array, layer, hessians[name], sparsity)
+                array = prune_reconstructed(array, layer, hessians[name], layer_sparsity[name])
             else:
                 _zero_smallest(array.reshape(-1), round(sparsity * array.size))
         tensor = initializers[name]
@@ -66,6 +79,50 @@ def prune_magnitude(
             }
         )
     return result, rows
+
+
+def fitted_sparsities(
+    initializers: dict[str, onnx.TensorProto], layers: dict[str, WeightedLayer], hessians: Hessians, sparsity: float
+) -> dict[str, float]:
+    """Per weight of ``layers``, a sparsity such that ``sparsity`` of all their weights are zeroed, more of them where
+    they cost less.
+
+    Each weight's cost is the optimal brain surgeon's ``w² / [H⁻¹]ᵢᵢ`` (what removing it alone adds to its layer's
+    squared output error after the others make up for it) over its layer's output energy ``tr(W H Wᵀ)``; one
+    threshold on that relative cost places the zeros, no layer past ``MAX_LAYER_SPARSITY``. That cost ignores how
+    removed weights interact, which grows with sparsity, so it overstates what a cheap layer can give: each layer
+    goes only ``TOWARDS_COST`` of the way from the common sparsity to the one placed by cost."""
+    costs = {name: _relative_costs(initializers[name], layer, hessians[name]) for name, layer in layers.items()}
+    if not costs:
+        return {}
+    sizes = {name: cost.size for name, cost in costs.items()}
+    target = round(sparsity * sum(sizes.values()))
+    caps = {name: int(MAX_LAYER_SPARSITY * size) for name, size in sizes.items()}
+
+    def zeros_at(threshold: float) -> dict[str, int]:
+        return {name: min(int(np.searchsorted(cost, threshold, "right")), caps[name]) for name, cost in costs.items()}
+
+    pooled = np.sort(np.concatenate(list(costs.values())))
+    low, high = 0, len(pooled) - 1  # the smallest threshold among the pooled costs that reaches the target
+    while low < high:
+        middle = (low + high) // 2
+        if sum(zeros_at(pooled[middle]).values()) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    placed = zeros_at(pooled[low])
+    return {name: sparsity + TOWARDS_COST * (placed[name] / sizes[name] - sparsity) for name in costs}
+
+
+def _relative_costs(tensor: onnx.TensorProto, layer: WeightedLayer, hessians: list[np.ndarray]) -> np.ndarray:
+    """Sorted ``w² / [H⁻¹]ᵢᵢ`` of every weight of the layer, over the layer's output energy."""
+    matrices = as_rows(tensor_values(tensor), layer)
+    costs, energy = [], 0.0
+    for matrix, hessian in zip(matrices, hessians, strict=True):
+        damped = damped_hessian(hessian)
+        costs.append((matrix**2 / np.diag(np.linalg.inv(damped))[None, :]).reshape(-1))
+        energy += float(np.sum((matrix @ damped) * matrix))
+    return np.sort(np.concatenate(costs)) / max(energy, np.finfo(np.float64).tiny)
 
 
 def _pruned_globally(initializers: dict[str, onnx.TensorProto], names: list[str], sparsity: float) -> dict:

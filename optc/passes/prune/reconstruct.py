@@ -138,7 +138,7 @@ class _GramSum:
 
 def prune_reconstructed(weight: np.ndarray, layer: WeightedLayer, hessians: list[np.ndarray], sparsity: float):
     """``weight`` (as stored) with ``sparsity`` of each layer row zeroed by SparseGPT against ``hessians``."""
-    matrices = _as_rows(weight, layer)
+    matrices = as_rows(weight, layer)
     pruned = [_sparsegpt(m, h, sparsity) for m, h in zip(matrices, hessians, strict=True)]
     return _from_rows(pruned, weight, layer)
 
@@ -160,11 +160,11 @@ def keep_input_channels(weight: np.ndarray, layer: WeightedLayer, hessian: np.nd
 
 
 def _least_squares(rows: np.ndarray, hessian: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    damped = _damped(hessian)
+    damped = damped_hessian(hessian)
     return np.linalg.solve(damped[np.ix_(kept, kept)], (rows @ damped[:, kept]).T).T
 
 
-def _damped(hessian: np.ndarray) -> np.ndarray:
+def damped_hessian(hessian: np.ndarray) -> np.ndarray:
     """``hessian`` made invertible: inputs never seen non-zero get a unit diagonal, and every diagonal entry gets
     ``DAMPING`` of the mean diagonal (SparseGPT's dampening)."""
     damped = hessian.copy()
@@ -241,7 +241,7 @@ def _pads(node: onnx.NodeProto, spatial: tuple, kernel: tuple, strides: list, di
     return list(attribute(node, "pads", [0] * (2 * rank)))
 
 
-def _as_rows(weight: np.ndarray, layer: WeightedLayer) -> list[np.ndarray]:
+def as_rows(weight: np.ndarray, layer: WeightedLayer) -> list[np.ndarray]:
     """The weight as ``[outputs, inputs]`` matrices, one per Conv group, in float64."""
     if layer.node.op_type == "Conv":
         group = attribute(layer.node, "group", 1)
@@ -261,7 +261,7 @@ def _from_rows(matrices: list[np.ndarray], like: np.ndarray, layer: WeightedLaye
 def _sparsegpt(weight: np.ndarray, hessian: np.ndarray, sparsity: float) -> np.ndarray:
     """Algorithm 1 of the SparseGPT paper on ``weight`` ``[rows, columns]`` with ``hessian`` ``[columns, columns]``."""
     weight = weight.copy()
-    inverse = np.linalg.cholesky(np.linalg.inv(_damped(hessian))).T  # upper Cholesky factor of H⁻¹
+    inverse = np.linalg.cholesky(np.linalg.inv(damped_hessian(hessian))).T  # upper Cholesky factor of H⁻¹
     columns = weight.shape[1]
     for start in range(0, columns, BLOCK):
         stop = min(start + BLOCK, columns)
