@@ -6,7 +6,7 @@ from optc.data import Dataset, input_specs
 from optc.errors import OptcError
 from optc.gates import evaluate_gates
 from optc.measure import providers
-from optc.measure.accuracy import evaluate, output_fidelity
+from optc.measure.accuracy import AccuracyResult, evaluate, output_fidelity
 from optc.measure.latency import LatencyStats, measure_interleaved
 from optc.recipe import Gates
 from optc.report.schema import ProviderMeasurement
@@ -107,6 +107,29 @@ def test_integer_outputs_count_by_the_share_of_equal_values():
     assert output_fidelity("ids", reference, reference).cosine == 1.0
     mask = np.array([[True, False, True]] * 8)
     assert output_fidelity("mask", mask, ~mask).cosine == 0.0  # pooled (3 per sample): every value differs
+
+
+def test_the_cosine_gate_also_sees_all_samples_together():
+    """Nine faint samples exact and one strong sample off: the mean per sample stays high, but the outputs that
+    matter most moved, and the gate must see it (a pruned face detector passed at 0.985 per sample, 0.972 together)."""
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((10, 64))
+    reference[0] *= 20
+    candidate = reference.copy()
+    candidate[0] += 0.6 * np.linalg.norm(reference[0]) / 8 * rng.standard_normal(64)
+    fidelity = output_fidelity("heatmap", reference, candidate)
+    assert fidelity.cosine > 0.98 > fidelity.cosine_all_samples
+    result = AccuracyResult(
+        metric="cosine",
+        samples=10,
+        data="d.npz",
+        original=100,
+        optimized=100 * fidelity.cosine,
+        drop=0,
+        outputs=[fidelity],
+    )
+    assert result.min_cosine == fidelity.cosine_all_samples
+    assert output_fidelity("score", reference[:, :4], candidate[:, :4]).cosine_all_samples is None  # pooled already
 
 
 def test_top1_metric_without_labels_is_bad_input():
