@@ -12,6 +12,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from optc.passes.prune import reconstruct, run
+from optc.passes.prune.channel import ChannelRanking, cuts_by_cost
 from optc.passes.prune.channel_groups import trace_channels
 from optc.passes.prune.config import PruneConfig
 from optc.passes.prune.layers import weighted_layer
@@ -224,6 +225,35 @@ def test_channel_reconstruct_refits_the_next_layer_on_the_channels_kept(tmp_path
     assert fitted.details["reconstructed_on"].endswith("calibration.npz")
     held_out = inputs(rng, 32)
     assert output_error(fitted.model, original, held_out) < 0.5 * output_error(plain.model, original, held_out)
+
+
+def test_channels_are_ranked_by_what_they_cost_the_next_layer_not_by_weight_norm(tmp_path):
+    """Three channels with the largest weights never get past the Relu: by norm they stay, by their cost to the
+    next layer's output they are the first to go, and cutting them changes nothing."""
+    g = graphs.TinyGraph(14)
+    h = g.op("Relu", [g.op("MatMul", ["x", g.weight("w1", (16, 12))], "mm1")], "relu1")
+    g.op("MatMul", [h, g.weight("w2", (12, 8))], "mm2", output="y")
+    w1 = g.array("w1")
+    w1[:, [2, 5, 9]] = -5 * np.abs(w1[:, [2, 5, 9]]) - 1  # positive inputs: these outputs are always negative
+    g.set("w1", w1)
+    model = g.model({"x": ["N", 16]}, {"y": ["N", 8]})
+    rng = np.random.default_rng(5)
+    positive = lambda n: np.abs(rng.standard_normal((n, 16))).astype(np.float32)  # noqa: E731
+    by_norm = prune(model, tmp_path, None, method="channel", sparsity=0.25)
+    by_cost = prune(model, tmp_path, positive(128), method="channel", sparsity=0.25, reconstruct=True)
+    kept = numpy_helper.to_array(next(t for t in by_cost.model.graph.initializer if t.name == "w1"))
+    assert kept.shape == (16, 9) and not np.any(np.all(kept < 0, axis=0))  # the three dead channels went
+    held_out = positive(32)
+    assert output_error(by_cost.model, model, held_out) < 1e-5 < output_error(by_norm.model, model, held_out)
+
+
+def test_groups_whose_channels_cost_less_give_up_more():
+    cheap = ChannelRanking(np.arange(10), np.linspace(0.0, 0.01, 9))
+    dear = ChannelRanking(np.arange(10), np.linspace(1.0, 2.0, 9))
+    cuts = cuts_by_cost({"cheap": cheap, "dear": dear}, 0.3)
+    # by cost alone the cheap group would lose all 6 of the 20 channels: half way from 3 each
+    assert cuts == {"cheap": round(3 + TOWARDS_COST * 3), "dear": round(3 - TOWARDS_COST * 3)}
+    assert cuts_by_cost({"cheap": cheap, "dear": dear}, 0.0) == {"cheap": 0, "dear": 0}
 
 
 def test_a_weight_read_by_two_nodes_is_refitted_to_both_inputs(tmp_path):

@@ -15,7 +15,7 @@ from optc.measure.providers import check_options
 from optc.messages import exception_reason
 from optc.model_facts import parameter_count, reader_counts, weight_sparsity
 from optc.passes.exclude import excluded_nodes
-from optc.passes.prune.channel import prune_channels
+from optc.passes.prune.channel import prune_channels, rank_channels
 from optc.passes.prune.channel_groups import ChannelPlan, trace_channels
 from optc.passes.prune.config import PruneConfig
 from optc.passes.prune.layers import WeightedLayer, selected_layers, weighted_layer
@@ -27,6 +27,7 @@ from optc.passes.prune.split_layers import split_conv_parts
 from optc.passes.quantize_keep_float import blow_up_readers
 from optc.passes.quantize_prepare import constants_to_initializers, drop_initializer_inputs, name_unnamed_nodes
 from optc.passes.registry import PassContext, PassOutcome, register
+from optc.tensors import tensor_values
 
 MAGNITUDE_NOTE = (
     "unstructured sparsity: tensors keep their shapes, so ONNX Runtime's dense kernels do the same work and latency "
@@ -166,9 +167,14 @@ def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassCo
         )
     parameters_before = parameter_count(model)
     refit = _refit(model, _refitted_layers(model, plan), config, context)
+    ranking = {}
+    if refit.hessians:  # ranked once up to the most any ratio asks for: the order does not depend on it
+        most = config.range_searched()[1] if config.sparsity == "auto" else min(1.0, 2 * config.sparsity)
+        arrays = {t.name: tensor_values(t) for t in model.graph.initializer}
+        ranking = rank_channels(plan, arrays, refit.hessians, most)
 
     def prune(ratio: float) -> tuple[onnx.ModelProto, dict]:
-        pruned = prune_channels(model, plan, ratio, config.norm, refit.hessians)
+        pruned = prune_channels(model, plan, ratio, config.norm, refit.hessians, ranking)
         checked = _shapes_and_session(pruned.model, context.label)
         return checked, {
             "ratio": round(ratio, 4),
