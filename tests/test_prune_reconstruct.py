@@ -12,11 +12,12 @@ import pytest
 from onnx import helper, numpy_helper
 
 from optc.passes.prune import reconstruct, run
+from optc.passes.prune.allocate import TOWARDS_COST
 from optc.passes.prune.channel import ChannelRanking, cuts_by_cost
 from optc.passes.prune.channel_groups import trace_channels
 from optc.passes.prune.config import PruneConfig
 from optc.passes.prune.layers import weighted_layer
-from optc.passes.prune.magnitude import MAX_LAYER_SPARSITY, TOWARDS_COST, fitted_sparsities
+from optc.passes.prune.magnitude import MAX_LAYER_SPARSITY, fitted_sparsities
 from optc.passes.prune.reconstruct import _input_rows, layer_hessians, prune_reconstructed
 from optc.passes.prune.run import _refitted_layers, run_prune
 

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from optc.passes.prune.allocate import share_by_cost
 from optc.passes.prune.channel_groups import ChannelPlan, Layout
 from optc.passes.prune.layers import WeightedLayer
-from optc.passes.prune.magnitude import TOWARDS_COST
 from optc.passes.prune.reconstruct import Hessians, as_rows, damped_hessian, keep_input_channels
 from optc.tensors import tensor_values
 
@@ -173,31 +173,10 @@ def _greedy(readers: list[_Reader], channels: int, steps: int) -> ChannelRanking
 
 def cuts_by_cost(ranking: dict[str, ChannelRanking], ratio: float) -> dict[str, int]:
     """Channels to remove per ranked group so that ``ratio`` of all their channels go, more from groups whose
-    channels cost less: one threshold on the pooled costs places the cuts, and each group moves ``TOWARDS_COST`` of
-    the way there from its ``ratio`` share, as fitted magnitude pruning does. No group loses more than it ranked."""
-    if not ranking:
-        return {}
+    channels cost less (``share_by_cost``); no group loses more than it ranked."""
     sizes = {root: len(r.order) for root, r in ranking.items()}
-    target = round(ratio * sum(sizes.values()))
-
-    def cuts_at(threshold: float) -> dict[str, int]:
-        return {root: int(np.searchsorted(r.costs, threshold, "right")) for root, r in ranking.items()}
-
-    pooled = np.sort(np.concatenate([r.costs for r in ranking.values()]))
-    placed = dict.fromkeys(sizes, 0)
-    if target and len(pooled):
-        low, high = 0, len(pooled) - 1
-        while low < high:
-            middle = (low + high) // 2
-            if sum(cuts_at(pooled[middle]).values()) >= target:
-                high = middle
-            else:
-                low = middle + 1
-        placed = cuts_at(pooled[low])
-    return {
-        root: min(round(ratio * size + TOWARDS_COST * (placed[root] - ratio * size)), len(ranking[root].costs))
-        for root, size in sizes.items()
-    }
+    shares = share_by_cost({root: r.costs for root, r in ranking.items()}, sizes, ratio)
+    return {root: min(round(count), len(ranking[root].costs)) for root, count in shares.items()}
 
 
 def _channel_importance(layer: WeightedLayer, initializers: dict[str, np.ndarray], norm: str) -> np.ndarray:

@@ -13,15 +13,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from optc.passes.prune.allocate import share_by_cost
 from optc.passes.prune.layers import WeightedLayer
 from optc.passes.prune.reconstruct import Hessians, as_rows, damped_hessian, prune_reconstructed, smallest
 from optc.tensors import is_lazy, spill, tensor_values
 
 MAX_LAYER_SPARSITY = 0.95  # with fitted global sparsity: every layer keeps at least 5 % of its weights
-# How far each layer moves from the common sparsity towards the one placed by cost. On 12 real models at 50 %,
-# all the way lost up to 0.06 of output cosine on text models (sentence encoders, word segmenters) while it won
-# most on detectors; half way won on 10 of the 12 (face detector 0.87 → 0.98, text detector 0.961 → 0.996).
-TOWARDS_COST = 0.5
 
 
 def prune_magnitude(
@@ -89,29 +86,11 @@ def fitted_sparsities(
 
     Each weight's cost is the optimal brain surgeon's ``w² / [H⁻¹]ᵢᵢ`` (what removing it alone adds to its layer's
     squared output error after the others make up for it) over its layer's output energy ``tr(W H Wᵀ)``; one
-    threshold on that relative cost places the zeros, no layer past ``MAX_LAYER_SPARSITY``. That cost ignores how
-    removed weights interact, which grows with sparsity, so it overstates what a cheap layer can give: each layer
-    goes only ``TOWARDS_COST`` of the way from the common sparsity to the one placed by cost."""
+    threshold on that relative cost places the zeros, no layer past ``MAX_LAYER_SPARSITY`` (``share_by_cost``)."""
     costs = {name: _relative_costs(initializers[name], layer, hessians[name]) for name, layer in layers.items()}
-    if not costs:
-        return {}
     sizes = {name: cost.size for name, cost in costs.items()}
-    target = round(sparsity * sum(sizes.values()))
-    caps = {name: int(MAX_LAYER_SPARSITY * size) for name, size in sizes.items()}
-
-    def zeros_at(threshold: float) -> dict[str, int]:
-        return {name: min(int(np.searchsorted(cost, threshold, "right")), caps[name]) for name, cost in costs.items()}
-
-    pooled = np.sort(np.concatenate(list(costs.values())))
-    low, high = 0, len(pooled) - 1  # the smallest threshold among the pooled costs that reaches the target
-    while low < high:
-        middle = (low + high) // 2
-        if sum(zeros_at(pooled[middle]).values()) >= target:
-            high = middle
-        else:
-            low = middle + 1
-    placed = zeros_at(pooled[low])
-    return {name: sparsity + TOWARDS_COST * (placed[name] / sizes[name] - sparsity) for name in costs}
+    cheapest = {name: cost[: int(MAX_LAYER_SPARSITY * cost.size)] for name, cost in costs.items()}
+    return {name: count / sizes[name] for name, count in share_by_cost(cheapest, sizes, sparsity).items()}
 
 
 def _relative_costs(tensor: onnx.TensorProto, layer: WeightedLayer, hessians: list[np.ndarray]) -> np.ndarray:
