@@ -68,10 +68,15 @@ class PruneConfig(PassConfig):
         default=False,
         description="With --calibration-data, fit the weights that stay to the layers' inputs on that data. "
         "magnitude: choose each layer's zeros by their cost to its output and adjust the rest to make up "
-        "for them (SparseGPT). channel: refit each following layer's weights on the channels kept to reproduce its "
-        "old output (least squares). Without calibration data, plain pruning with a warning.",
+        "for them (SparseGPT). channel: cut the channels whose loss the following layers can best make up for, and "
+        "refit those layers' weights on the channels kept to reproduce their old output (least squares). Without "
+        "calibration data, plain pruning with a warning.",
     )
-    norm: Literal["l1", "l2"] = Field(default="l1", description="channel: how output channels are ranked.")
+    norm: Literal["l1", "l2"] = Field(
+        default="l1",
+        description="channel: how output channels are ranked, unless reconstruct ranks them by their cost on the "
+        "calibration data.",
+    )
     op_types: list[Literal[PRUNABLE_OP_TYPES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(PRUNABLE_OP_TYPES), description="Op types whose weights are pruned."
     )
