@@ -52,7 +52,10 @@ class AccuracyResult(BaseModel):
     def min_cosine(self) -> float:
         """The worst output's cosine, per sample or all samples together (non-float outputs count as 1 when they
         agree exactly)."""
-        return min((min(o.cosine, o.cosine_all_samples or o.cosine) for o in self.outputs), default=1.0)
+        worst = (
+            o.cosine if o.cosine_all_samples is None else min(o.cosine, o.cosine_all_samples) for o in self.outputs
+        )
+        return min(worst, default=1.0)
 
 
 def run_all(
