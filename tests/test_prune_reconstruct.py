@@ -17,7 +17,7 @@ from optc.passes.prune.channel import ChannelRanking, cuts_by_cost
 from optc.passes.prune.channel_groups import trace_channels
 from optc.passes.prune.config import PruneConfig
 from optc.passes.prune.layers import weighted_layer
-from optc.passes.prune.magnitude import MAX_LAYER_SPARSITY, fitted_sparsities
+from optc.passes.prune.magnitude import MAX_LAYER_SPARSITY, fitted_sparsities, layer_costs
 from optc.passes.prune.reconstruct import _input_rows, layer_hessians, prune_reconstructed
 from optc.passes.prune.run import _refitted_layers, run_prune
 
@@ -127,7 +127,8 @@ def test_fitted_sparsities_reach_the_target_and_keep_every_layer_alive():
     inputs = branch_inputs(rng, 256)
     one_direction = np.outer(inputs["a"][0], inputs["a"][0]).astype(np.float64)  # ``a``'s weights nearly free
     independent = (inputs["b"].T @ inputs["b"]).astype(np.float64)
-    sparsities = fitted_sparsities(initializers, layers, {"wa": [one_direction], "wb": [independent]}, 0.6)
+    costs = layer_costs(initializers, list(layers.values()), {"wa": [one_direction], "wb": [independent]})
+    sparsities = fitted_sparsities(costs, 0.6)
     cost_placed = {name: 0.6 + (s - 0.6) / TOWARDS_COST for name, s in sparsities.items()}
     assert cost_placed["wa"] == pytest.approx(MAX_LAYER_SPARSITY, abs=1 / 256)
     assert sparsities["wa"] + sparsities["wb"] == pytest.approx(1.2, abs=2 / 256)

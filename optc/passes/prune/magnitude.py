@@ -28,12 +28,14 @@ def prune_magnitude(
     scope: Literal["per_layer", "global"],
     store: Path,
     hessians: Hessians | None = None,
+    costs: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, list[dict]]:
     """Zero ``round(sparsity * n)`` weights (per layer, or over all layers together for ``global``).
 
     A weight with an entry in ``hessians`` is pruned by SparseGPT against its layer's inputs, which chooses the zeros
     by their cost to the layer's output and moves the weights that stay to make up for them. With ``global``, those
-    weights share their zeros by that cost (``fitted_sparsities``) instead of by magnitude.
+    weights share their zeros by that cost (``fitted_sparsities`` over ``costs``, from ``layer_costs``: a search over
+    sparsities passes them in, since they do not depend on the sparsity) instead of by magnitude.
 
     Per layer, weights are read, pruned and put back one at a time; a weight that was still on disk goes back to
     disk (appended to ``store``), so a model too large to hold twice is never in memory whole.
@@ -49,9 +51,10 @@ def prune_magnitude(
     layer_sparsity = dict.fromkeys(owners, sparsity)
     pruned_together = {}
     if scope == "global":
-        fitted = {name: layer for name, layer in owners.items() if name in hessians}
-        layer_sparsity.update(fitted_sparsities(initializers, fitted, hessians, sparsity))
-        unfitted = [name for name in owners if name not in fitted]
+        if costs is None:
+            costs = layer_costs(initializers, layers, hessians)
+        layer_sparsity.update(fitted_sparsities(costs, sparsity))
+        unfitted = [name for name in owners if name not in hessians]
         pruned_together = _pruned_globally(initializers, unfitted, sparsity)
     rows = []
     for name, layer in owners.items():
@@ -78,23 +81,30 @@ def prune_magnitude(
     return result, rows
 
 
-def fitted_sparsities(
-    initializers: dict[str, onnx.TensorProto], layers: dict[str, WeightedLayer], hessians: Hessians, sparsity: float
-) -> dict[str, float]:
-    """Per weight of ``layers``, a sparsity such that ``sparsity`` of all their weights are zeroed, more of them where
-    they cost less.
+def layer_costs(
+    initializers: dict[str, onnx.TensorProto], layers: list[WeightedLayer], hessians: Hessians
+) -> dict[str, np.ndarray]:
+    """Per weight of ``layers`` with an entry in ``hessians``: the sorted cost of each of its entries, the optimal
+    brain surgeon's ``w² / [H⁻¹]ᵢᵢ`` (what removing it alone adds to its layer's squared output error after the
+    others make up for it) over its layer's output energy ``tr(W H Wᵀ)``."""
+    owners = {layer.weight: layer for layer in reversed(layers)}  # a shared weight under its first node
+    return {
+        name: _relative_costs(initializers[name], layer, hessians[name])
+        for name, layer in owners.items()
+        if name in hessians
+    }
 
-    Each weight's cost is the optimal brain surgeon's ``w² / [H⁻¹]ᵢᵢ`` (what removing it alone adds to its layer's
-    squared output error after the others make up for it) over its layer's output energy ``tr(W H Wᵀ)``; one
-    threshold on that relative cost places the zeros, no layer past ``MAX_LAYER_SPARSITY`` (``share_by_cost``)."""
-    costs = {name: _relative_costs(initializers[name], layer, hessians[name]) for name, layer in layers.items()}
+
+def fitted_sparsities(costs: dict[str, np.ndarray], sparsity: float) -> dict[str, float]:
+    """Per weight in ``costs`` (``layer_costs``), a sparsity such that ``sparsity`` of all their weights are zeroed,
+    more of them where they cost less: one threshold on the relative cost places the zeros, no layer past
+    ``MAX_LAYER_SPARSITY`` (``share_by_cost``)."""
     sizes = {name: cost.size for name, cost in costs.items()}
     cheapest = {name: cost[: int(MAX_LAYER_SPARSITY * cost.size)] for name, cost in costs.items()}
     return {name: count / sizes[name] for name, count in share_by_cost(cheapest, sizes, sparsity).items()}
 
 
 def _relative_costs(tensor: onnx.TensorProto, layer: WeightedLayer, hessians: list[np.ndarray]) -> np.ndarray:
-    """Sorted ``w² / [H⁻¹]ᵢᵢ`` of every weight of the layer, over the layer's output energy."""
     matrices = as_rows(tensor_values(tensor), layer)
     costs, energy = [], 0.0
     for matrix, hessian in zip(matrices, hessians, strict=True):

@@ -19,7 +19,7 @@ from optc.passes.prune.channel import prune_channels, rank_channels
 from optc.passes.prune.channel_groups import ChannelPlan, trace_channels
 from optc.passes.prune.config import PruneConfig
 from optc.passes.prune.layers import WeightedLayer, selected_layers, weighted_layer
-from optc.passes.prune.magnitude import prune_magnitude
+from optc.passes.prune.magnitude import layer_costs, prune_magnitude
 from optc.passes.prune.outputs import keep_outputs
 from optc.passes.prune.reconstruct import HESSIAN_BYTES, Hessians, hessian_bytes, layer_hessians
 from optc.passes.prune.search import CandidateMeter, bisect_sparsity, gzip_size
@@ -128,11 +128,14 @@ def _refit(model: onnx.ModelProto, layers: list[WeightedLayer], config: PruneCon
 def _magnitude_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> tuple[Pruner, list[str]]:
     layers, dense = _magnitude_layers(model, config, context)
     refit = _refit(model, layers, config, context)
+    costs = None
+    if config.scope == "global" and refit.hessians:  # once: a search tries several sparsities on the same costs
+        costs = layer_costs({t.name: t for t in model.graph.initializer}, layers, refit.hessians)
     gzip_before = gzip_size(model)
 
     def prune(sparsity: float) -> tuple[onnx.ModelProto, dict]:
         store = context.workdir / "pruned_weights.data"
-        pruned, rows = prune_magnitude(model, layers, sparsity, config.scope, store, refit.hessians)
+        pruned, rows = prune_magnitude(model, layers, sparsity, config.scope, store, refit.hessians, costs)
         zeros, weights = sum(r["zeros"] for r in rows), sum(r["weights"] for r in rows)
         gzip_after = gzip_size(pruned)
         return pruned, {
