@@ -37,3 +37,9 @@ class PassError(OptcError):
     def __init__(self, pass_label: str, message: str, hint: str | None = None) -> None:
         super().__init__(f"{pass_label}: {message}", hint)
         self.pass_label = pass_label
+        self.reason = message
+
+
+class NotApplicable(PassError):
+    """The pass can do nothing for this model: nothing it works on, or no result within its accuracy budget. A
+    recipe that marks the pass ``optional`` goes on without it (the pipeline records it as skipped)."""

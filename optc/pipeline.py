@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 from pydantic import BaseModel
 
-from optc.errors import OptcError, PassError
+from optc.errors import NotApplicable, OptcError, PassError
 from optc.messages import exception_reason
 from optc.model_facts import node_count
 from optc.modelio import serialized_size, too_large_to_serialize
@@ -33,6 +33,7 @@ class PassRecord(BaseModel):
     details: dict[str, Any]
     warnings: list[str]
     calibrated_on: str | None = None  # a path, or "synthetic"; None for passes that do not calibrate
+    skipped: str | None = None  # why an optional pass was left out; it changed nothing
 
 
 def run_passes(
@@ -42,7 +43,9 @@ def run_passes(
     progress: Progress,
     finite_outputs: set[str],
 ) -> tuple[onnx.ModelProto, list[PassRecord]]:
-    """Run ``passes`` in order; ``base_context`` is copied for each pass with that pass's label.
+    """Run ``passes`` in order; ``base_context`` is copied for each pass with that pass's label. An optional pass
+    that finds it can do nothing for the model (``NotApplicable``) is recorded as skipped; if every optional pass is,
+    the recipe does not apply to the model and is refused.
 
     ``finite_outputs`` are the input model's outputs that were finite on the sample inputs (NaN/Inf appearing in
     them after a pass fails that pass).
@@ -53,6 +56,7 @@ def run_passes(
     # What each pass is compared with; a pass's "after" is the next one's "before", so each is computed once.
     size, nodes, digest = serialized_size(model), node_count(model), _digest(model)
     first = model
+    skipped: list[NotApplicable] = []
     for index, config in enumerate(passes):
         label = f"passes[{index}] {describe(config)}"
         registered = lookup(config.type)
@@ -63,11 +67,20 @@ def run_passes(
             started = time.perf_counter()
             try:
                 outcome = registered.run(model, config, context)
+            except NotApplicable as exc:
+                if not config.optional:
+                    raise
+                outcome = exc
             except OptcError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure inside a pass is that pass's failure
                 raise PassError(label, f"failed: {type(exc).__name__}: {exception_reason(exc)}") from exc
             wall = time.perf_counter() - started
+            if isinstance(outcome, NotApplicable):
+                skipped.append(outcome)
+                records.append(_skipped(index, config, label, wall, size, nodes, outcome))
+                progress.warn(records[-1].warnings[0])
+                continue
             verify_model(outcome.model, label, workdir, feed, finite_outputs)
         warnings = list(outcome.warnings)
         size_before, nodes_before, digest_before = size, nodes, digest
@@ -95,7 +108,32 @@ def run_passes(
         )
         for warning in warnings:
             progress.warn(warning)
+    optional = [config for config in passes if config.optional]
+    if optional and len(skipped) == len(optional):
+        raise NotApplicable(
+            "recipe",
+            "none of its optional passes can do anything for this model: " + "; ".join(e.message for e in skipped),
+            hint=skipped[0].hint,
+        )
     return _without_added_value_info(model, first), records
+
+
+def _skipped(
+    index: int, config: PassConfig, label: str, wall: float, size: int, nodes: int, reason: NotApplicable
+) -> PassRecord:
+    return PassRecord(
+        index=index,
+        type=config.type,
+        label=label,
+        wall_s=wall,
+        size_before=size,
+        size_after=size,
+        nodes_before=nodes,
+        nodes_after=nodes,
+        details={},
+        warnings=[f"{label} skipped (optional): {reason.reason}"],
+        skipped=reason.reason,
+    )
 
 
 def _without_added_value_info(model: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:

@@ -11,9 +11,6 @@ import prune_graphs as graphs
 from typer.testing import CliRunner
 
 from optc.cli.app import app
-from optc.data import Dataset
-from optc.passes.prune.config import PruneConfig
-from optc.passes.prune.run import run_prune
 from optc.passes.prune.search import CurvePoint, bisect_sparsity
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -41,8 +38,8 @@ def test_bisection_takes_the_high_end_when_it_fits_and_reports_none_when_nothing
     assert bisect_sparsity(lambda s: model, fake_measure(10.0), 0.5, 0.9, 6, 3.0).sparsity is None
 
 
-def compress(tmp_path: Path, recipe: str, *extra: str) -> dict:
-    result = CliRunner().invoke(
+def run_cli(tmp_path: Path, recipe: str, *extra: str):
+    return CliRunner().invoke(
         app,
         [
             "compress",
@@ -57,6 +54,10 @@ def compress(tmp_path: Path, recipe: str, *extra: str) -> dict:
             *extra,
         ],
     )
+
+
+def compress(tmp_path: Path, recipe: str, *extra: str) -> dict:
+    result = run_cli(tmp_path, recipe, *extra)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)["report"]
 
@@ -93,28 +94,45 @@ def test_prune_channels_25_shrinks_the_sample_cnn_and_keeps_its_interface(tmp_pa
     assert logits.shape == (4, 10)
 
 
-def test_a_search_that_can_prune_nothing_within_the_budget_says_so_and_leaves_the_model_whole(tmp_path):
+STRICT_PRUNE = (
+    "version: 1\nname: strict\npasses:\n  - type: prune\n    method: channel\n    sparsity: auto\n"
+    "    accuracy_budget: 0.01\n    search_steps: 1\n"
+)
+
+
+def test_a_search_that_can_prune_nothing_within_the_budget_is_refused_with_what_the_first_step_cost(tmp_path):
+    recipe = tmp_path / "strict.yaml"
+    recipe.write_text(STRICT_PRUNE)
+    result = run_cli(tmp_path, str(recipe))
+    assert result.exit_code == 3
+    assert "nothing could be pruned within the 0.01-point budget (sparsity 0.45 cost" in result.output
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_an_optional_prune_that_can_do_nothing_is_skipped_and_the_passes_after_it_still_run(tmp_path):
     recipe = tmp_path / "strict.yaml"
     recipe.write_text(
-        "version: 1\nname: strict\npasses:\n  - type: prune\n    method: channel\n    sparsity: auto\n"
-        "    accuracy_budget: 0.01\n    search_steps: 1\n"
+        STRICT_PRUNE + "    optional: true\n  - type: fuse\n  - type: quantize\n    mode: dynamic\n    optional: true\n"
     )
-    report = compress(tmp_path, str(recipe))
-    details = report["passes"][0]["details"]
-    assert details["search"]["chosen"] == 0 and details["channels_removed"] == 0
-    assert any(
-        "nothing could be pruned within the 0.01-point budget (sparsity 0.45 cost" in w for w in report["warnings"]
-    )
+    report = compress(tmp_path, str(recipe), "--min-cosine", "-1")
+    prune, fuse, quantize = report["passes"]
+    assert prune["skipped"].startswith("nothing could be pruned within the 0.01-point budget")
+    assert prune["nodes_before"] == prune["nodes_after"] and prune["size_before"] == prune["size_after"]
+    assert fuse["skipped"] is None and fuse["nodes_after"] < fuse["nodes_before"]  # BatchNorm folded
+    assert quantize["skipped"] is None and quantize["size_after"] < quantize["size_before"] / 2
+    assert any("passes[0] prune (channel) skipped (optional): nothing could be pruned" in w for w in report["warnings"])
 
 
-def test_a_search_that_prunes_nothing_returns_the_model_as_it_came_not_its_surgery_form(tmp_path):
-    model = graphs.conv_silu_split()  # channel surgery writes its Conv as one Conv per part of the Split
-    rng = np.random.default_rng(0)
-    weight = next(t for t in model.graph.initializer if t.name == "conv.w")
-    weight.CopyFrom(onnx.numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "conv.w"))
-    dataset = Dataset(inputs={"x": rng.standard_normal((8, 3, 6, 6)).astype(np.float32)}, labels=None, source="x.npz")
-    config = PruneConfig(type="prune", method="channel", sparsity="auto", accuracy_budget=0.01, search_steps=1)
-    outcome = run_prune(model, config, graphs.pass_context(tmp_path, "channel", dataset))
-    assert outcome.details["channels_removed"] == 0
-    assert any("nothing could be pruned" in w for w in outcome.warnings)
-    assert outcome.model.graph == model.graph
+def test_a_recipe_whose_optional_passes_are_all_skipped_is_refused_with_each_reason(tmp_path):
+    recipe = tmp_path / "strict.yaml"
+    recipe.write_text(
+        STRICT_PRUNE
+        + "    optional: true\n  - type: fuse\n  - type: quantize\n    mode: dynamic\n    min_cosine: 1.0\n"
+        + "    optional: true\n"  # no int8 output equals the float one
+    )
+    result = run_cli(tmp_path, str(recipe))
+    assert result.exit_code == 3, result.output
+    assert "none of its optional passes can do anything for this model" in result.output
+    assert "passes[0] prune (channel): nothing could be pruned" in result.output
+    assert "passes[2] quantize (dynamic): " in result.output.split("none of its optional passes")[1]
+    assert not (tmp_path / "out.onnx").exists()

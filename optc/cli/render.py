@@ -18,6 +18,7 @@ from optc.report.format import (
     human_bytes,
     is_table,
     latency_rows,
+    pass_title,
     speed_change,
     table_columns,
     where_measured,
@@ -90,7 +91,7 @@ def report_view(report: Report) -> Group:
     for p in report.passes:
         passes.add_row(
             str(p.index),
-            Text(printable(p.label)),
+            Text(printable(pass_title(p))),
             f"{p.wall_s:.2f} s",
             f"{human_bytes(p.size_before)} → {human_bytes(p.size_after)}",
             f"{p.nodes_before} → {p.nodes_after}",

@@ -28,7 +28,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from optc.data import Dataset, input_specs
-from optc.errors import PassError
+from optc.errors import NotApplicable
 from optc.measure.accuracy import output_fidelity
 from optc.measure.providers import check_options
 from optc.measure.tensor_error import compare_tensors
@@ -282,7 +282,7 @@ def keep_in_float_until(
         if passed:
             good, best = count, model
         elif count >= len(names):
-            raise PassError(
+            raise NotApplicable(
                 label,
                 f"still not good enough with the {len(names)} most damaged node(s) kept in float "
                 f"({', '.join(f'{k}: {v}' for k, v in tried[-1].items() if k not in ('ok', 'kept_in_float'))})",

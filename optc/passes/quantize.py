@@ -64,6 +64,7 @@ QUANTIZED_BY_DYNAMIC = ("MatMulInteger", "ConvInteger", "QAttention")
 
 WEIGHT_ONLY_FIELDS = {
     "type",
+    "optional",
     "mode",
     "weights",
     "exclude",

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from optc.data import input_specs
-from optc.errors import PassError
+from optc.errors import NotApplicable
 from optc.measure.accuracy import Evaluator
 from optc.measure.providers import check_options
 from optc.passes.fallback import (
@@ -138,10 +138,10 @@ def _drop_of(original: onnx.ModelProto, context: PassContext, batch: int) -> Cal
     return lambda model: evaluator(session(model, "budget_candidate")).drop
 
 
-def all_kept_in_float(label: str, kinds: list[str]) -> PassError:
+def all_kept_in_float(label: str, kinds: list[str]) -> NotApplicable:
     """The failure of a conversion whose fidelity targets kept every one of its candidates (of op types ``kinds``)
     in float: writing the model unchanged would pass for an optimization."""
-    return PassError(
+    return NotApplicable(
         label,
         f"all {len(kinds)} {'/'.join(sorted(set(kinds)))} node(s) stayed in float, so the model would come out "
         "unchanged",

@@ -25,7 +25,7 @@ import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
 from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, synthetic_dataset
-from optc.errors import OptcError, PassError
+from optc.errors import NotApplicable, OptcError, PassError
 from optc.messages import exception_reason
 from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
 from optc.modelio import adopt_model
@@ -129,7 +129,7 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
     )
     quantized = quantized_op_counts(result)
     if not quantized:
-        raise PassError(context.label, _nothing_quantized(model, config, kept))
+        raise NotApplicable(context.label, _nothing_quantized(model, config, kept))
     ops = {n.name: n.op_type for n in prepared.model.graph.node}
     share, left_by_op = int8_share(prepared.model, result, COMPUTE_OPS)
     return PassOutcome(

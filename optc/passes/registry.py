@@ -15,7 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from optc.data import Dataset
 from optc.target import detect_cpu
@@ -23,6 +23,13 @@ from optc.target import detect_cpu
 
 class PassConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    optional: bool = Field(
+        default=False,
+        description="Go on without this pass when it can do nothing for the model (nothing it works on, or no "
+        "result within its accuracy budget); the report shows it skipped and why. A recipe whose optional passes are "
+        "all skipped is refused.",
+    )
 
     def data_files(self) -> dict[str, Path]:
         """Data the pass reads, by its field path in the pass's block (``calibration.data``), as written."""

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from optc.measure.latency import LatencyStats
+    from optc.pipeline import PassRecord
     from optc.report.schema import ProviderMeasurement, Report
 
 
@@ -14,6 +15,11 @@ def human_bytes(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.2f} {unit}"
     return f"{size} B"
+
+
+def pass_title(record: PassRecord) -> str:
+    """A pass's label in the passes table; an optional pass that was skipped says so (its reason is a warning)."""
+    return f"{record.label} (skipped)" if record.skipped else record.label
 
 
 def speed_change(speedup: float) -> str:

@@ -17,6 +17,7 @@ from optc.report.format import (
     inline_details,
     is_table,
     latency_rows,
+    pass_title,
     speed_change,
     table_columns,
     timing_order,
@@ -173,7 +174,7 @@ def _passes(report: Report) -> str:
             [
                 [
                     p.index,
-                    p.label,
+                    pass_title(p),
                     f"{p.wall_s:.2f} s",
                     f"{human_bytes(p.size_before)} → {human_bytes(p.size_after)}",
                     f"{p.nodes_before} → {p.nodes_after}",

@@ -10,6 +10,7 @@ from optc.report.format import (
     inline_details,
     is_table,
     latency_rows,
+    pass_title,
     speed_change,
     table_columns,
     timing_order,
@@ -76,7 +77,7 @@ def render_markdown(report: Report) -> str:
     for p in report.passes:
         details = inline_details(p.details)
         lines.append(
-            f"| {p.index} | {p.label} | {p.wall_s:.2f} s | "
+            f"| {p.index} | {pass_title(p)} | {p.wall_s:.2f} s | "
             f"{human_bytes(p.size_before)} → {human_bytes(p.size_after)} | "
             f"{p.nodes_before} → {p.nodes_after} | {details} |"
         )

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from optc.data import input_specs, stream_batches
-from optc.errors import OptcError, PassError
+from optc.errors import NotApplicable, OptcError, PassError
 from optc.measure.providers import check_options
 from optc.messages import exception_reason
 from optc.model_facts import parameter_count, reader_counts, weight_sparsity
@@ -69,7 +69,7 @@ def _magnitude_layers(
         dense = [layer.node.name for layer in layers if layer.weight in first_last]
         layers = [layer for layer in layers if layer.weight not in first_last]
     if not layers:
-        raise PassError(
+        raise NotApplicable(
             context.label,
             f"no {'/'.join(config.op_types)} node with a constant float weight is left to prune"
             + (f" (kept dense as first/last layer: {', '.join(dense)})" if dense else ""),
@@ -162,7 +162,7 @@ def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassCo
     groups = plan.groups()
     if all(plan.reasons(members) for members in groups.values()):
         reasons = "; ".join(dict.fromkeys(r for members in groups.values() for r in plan.reasons(members)))
-        raise PassError(
+        raise NotApplicable(
             context.label,
             "no channel group can be pruned" + (f": {reasons[:400]}" if reasons else " (no prunable layer found)"),
             hint="channel pruning needs Conv/Gemm/MatMul layers with constant weights whose outputs feed ops optc "
@@ -257,7 +257,7 @@ def _search(model: onnx.ModelProto, pruner: Pruner, config: PruneConfig, context
     result = bisect_sparsity(lambda s: pruner(s)[0], meter, low, high, config.search_steps, config.accuracy_budget)
     curve = [point.row() for point in result.curve]
     if result.sparsity is None:
-        raise PassError(
+        raise NotApplicable(
             context.label,
             f"even sparsity {low} drops accuracy by {result.curve[0].drop:.2f} points, over the budget of "
             f"{config.accuracy_budget}",
@@ -266,13 +266,13 @@ def _search(model: onnx.ModelProto, pruner: Pruner, config: PruneConfig, context
     pruned, details = pruner(result.sparsity)
     warnings = []
     unpruned = details["channels_removed"] == 0 if config.method == "channel" else result.sparsity == 0
-    if unpruned:  # the later passes still run: a prune-auto recipe's int8 can improve what pruning could not
-        pruned = model  # not the surgery form, whose split layers and added names would be all that changed
+    if unpruned:  # prune-auto marks the pass optional: its int8 can still improve what pruning could not
         tried = next((p for p in result.curve if p.sparsity > result.sparsity), None)
         cost = f" (sparsity {tried.sparsity:.3g} cost {tried.drop:.2f} points)" if tried else ""
-        warnings.append(
-            f"{context.label}: nothing could be pruned within the {config.accuracy_budget}-point budget{cost}; "
-            "the model goes on unpruned"
+        raise NotApplicable(
+            context.label,
+            f"nothing could be pruned within the {config.accuracy_budget}-point budget{cost}",
+            hint="raise accuracy_budget",
         )
     if context.dataset.synthetic:
         warnings.append(
