@@ -355,3 +355,40 @@ def test_fp16_of_an_if_whose_branch_reads_an_outer_tensor(tmp_path):
     assert outcome.details["output_error"] <= 0.01
     weights = {t.name: t.data_type for t in outcome.model.graph.initializer}
     assert weights["W_head"] == TensorProto.FLOAT16  # outside the If, the model is fp16
+
+
+def test_prune_auto_still_quantizes_a_model_whose_channels_it_cannot_cut(runner, tmp_path):
+    """Wake-word classifiers and GRU translators of the corpus: every channel reaches a graph output or an op
+    channel surgery cannot shrink, and prune-auto used to refuse them outright; static int8 alone is usable."""
+    model = save(
+        vector_model(
+            [helper.make_node("Gemm", ["x", "W", "b"], ["y"], name="only_layer")],
+            {"W": RNG.standard_normal((16, 16)), "b": RNG.standard_normal(16)},
+        ),
+        tmp_path / "one_layer.onnx",
+    )
+    for name, seed in (("calib", 1), ("eval", 2)):
+        inputs = np.random.default_rng(seed).standard_normal((64, 16)).astype(np.float32)
+        np.savez(tmp_path / f"{name}.npz", x=inputs)
+    out = tmp_path / "o.onnx"
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            str(model),
+            "-r",
+            "prune-auto",
+            "-o",
+            str(out),
+            "--data",
+            str(tmp_path / "eval.npz"),
+            "--calibration-data",
+            str(tmp_path / "calib.npz"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    prune, _, quantize = json.loads(report_of(out).read_text())["passes"]
+    assert prune["skipped"].startswith("no channel group can be pruned: reaches graph output 'y'")
+    assert quantize["skipped"] is None and quantize["details"]["ops_quantized"] == 1
+    assert "passes[0] prune (channel) skipped (optional)" in result.stderr
+    assert {n.op_type for n in onnx.load(str(out)).graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Gemm"}
