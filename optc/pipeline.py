@@ -56,6 +56,8 @@ def run_passes(
     # What each pass is compared with; a pass's "after" is the next one's "before", so each is computed once.
     size, nodes, digest = serialized_size(model), node_count(model), _digest(model)
     first = model
+    for index, config in enumerate(passes):
+        config.refuse_input(model, f"passes[{index}] {describe(config)}")
     skipped: list[NotApplicable] = []
     for index, config in enumerate(passes):
         label = f"passes[{index}] {describe(config)}"

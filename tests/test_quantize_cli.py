@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from optc.cli.app import app
 from tests.conftest import SAMPLES
@@ -53,12 +54,14 @@ def test_builtin_int8_keeps_top1_on_the_sample_cnn(runner, tmp_path: Path):
     assert payload["report"]["warnings"] == []
 
 
-def test_requantizing_exits_2_with_a_clear_message(runner, tmp_path: Path):
+@pytest.mark.parametrize("recipe", ["int8", "prune-auto"])
+def test_requantizing_exits_2_with_a_clear_message_before_any_pass_runs(runner, tmp_path: Path, recipe: str):
     compress(runner, tmp_path, "int8")
     quantized = tmp_path / "out.onnx"
-    result = runner.invoke(app, ["compress", str(quantized), "-r", "int8", "-o", str(tmp_path / "again.onnx")])
+    result = runner.invoke(app, ["compress", str(quantized), "-r", recipe, "-o", str(tmp_path / "again.onnx")])
     assert result.exit_code == 2
     assert "already quantized" in result.output and "QuantizeLinear" in result.output
+    assert "passes[0]" not in result.output.split("error:")[0]  # prune-auto's pruning did not run first
     assert not (tmp_path / "again.onnx").exists()
 
 

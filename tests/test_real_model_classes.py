@@ -360,10 +360,16 @@ def test_fp16_of_an_if_whose_branch_reads_an_outer_tensor(tmp_path):
 def test_prune_auto_still_quantizes_a_model_whose_channels_it_cannot_cut(runner, tmp_path):
     """Wake-word classifiers and GRU translators of the corpus: every channel reaches a graph output or an op
     channel surgery cannot shrink, and prune-auto used to refuse them outright; static int8 alone is usable."""
+    rng = np.random.default_rng(0)
     model = save(
-        vector_model(
-            [helper.make_node("Gemm", ["x", "W", "b"], ["y"], name="only_layer")],
-            {"W": RNG.standard_normal((16, 16)), "b": RNG.standard_normal(16)},
+        make_model(  # an embedding: scored by cosine, not by an argmax that int8 noise can flip between near ties
+            [helper.make_node("Gemm", ["x", "W", "b"], ["embedding"], name="only_layer")],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", 16])],
+            [
+                numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+                for name, shape in (("W", (16, 16)), ("b", (16,)))
+            ],
         ),
         tmp_path / "one_layer.onnx",
     )
@@ -388,7 +394,7 @@ def test_prune_auto_still_quantizes_a_model_whose_channels_it_cannot_cut(runner,
     )
     assert result.exit_code == 0, result.output
     prune, _, quantize = json.loads(report_of(out).read_text())["passes"]
-    assert prune["skipped"].startswith("no channel group can be pruned: reaches graph output 'y'")
+    assert prune["skipped"].startswith("no channel group can be pruned: reaches graph output 'embedding'")
     assert quantize["skipped"] is None and quantize["details"]["ops_quantized"] == 1
     assert "passes[0] prune (channel) skipped (optional)" in result.stderr
     assert {n.op_type for n in onnx.load(str(out)).graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Gemm"}

@@ -82,6 +82,9 @@ class Fp16Config(PassConfig):
     def reads_lazy_weights(self) -> bool:
         return True
 
+    def refuse_input(self, model: onnx.ModelProto, label: str) -> None:
+        refuse_quantized(model, label)
+
 
 @register(Fp16Config)
 def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -> PassOutcome:

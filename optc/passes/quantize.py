@@ -167,6 +167,9 @@ class QuantizeConfig(PassConfig):
     )
     exclude: ExcludeSpec = Field(default_factory=ExcludeSpec)
 
+    def refuse_input(self, model: onnx.ModelProto, label: str) -> None:
+        refuse_quantized(model, label)
+
     @model_validator(mode="after")
     def _fields_of_one_mode(self) -> QuantizeConfig:
         if self.mode != "weight_only" and "weights" in self.model_fields_set:

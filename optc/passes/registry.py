@@ -41,6 +41,10 @@ class PassConfig(BaseModel):
         cannot."""
         return False
 
+    def refuse_input(self, model: onnx.ModelProto, label: str) -> None:
+        """Raise ``OptcError`` for an input model the pass cannot take at all; the pipeline asks every pass before
+        any runs, so such a model is refused before work that a later pass would throw away."""
+
     def promised_drop(self) -> float | None:
         """The accuracy budget the pass promises to stay within, in points; None when it promises none."""
         return getattr(self, "accuracy_budget", None)
