@@ -49,7 +49,7 @@ from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls, smoothing_facts
 from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.quantize_smooth import smoothing
-from optc.passes.quantize_static import run_static
+from optc.passes.quantize_static import refuse_without_onnx_ops, run_static
 from optc.passes.quantize_weights import WeightOnlyConfig, run_weight_only
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
 
@@ -169,6 +169,8 @@ class QuantizeConfig(PassConfig):
 
     def refuse_input(self, model: onnx.ModelProto, label: str) -> None:
         refuse_quantized(model, label)
+        if self.mode == "static":
+            refuse_without_onnx_ops(model, label)
 
     @model_validator(mode="after")
     def _fields_of_one_mode(self) -> QuantizeConfig:

@@ -99,13 +99,17 @@ class CalibrationBatches:
     warnings: list[str]
 
 
-def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
+def refuse_without_onnx_ops(model: onnx.ModelProto, label: str) -> None:
     if not any(node.domain in ("", "ai.onnx") for node in model.graph.node):
         domains = ", ".join(sorted({node.domain for node in model.graph.node}))
         raise OptcError(
-            f"{context.label}: the model has only {domains} operators, none of which int8 can quantize",
+            f"{label}: the model has only {domains} operators, none of which int8 can quantize",
             hint="there is nothing for this recipe to do on this model",
         )
+
+
+def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
+    refuse_without_onnx_ops(model, context.label)
     prepared = prepare(model, config, context)
     batches = calibration_batches(prepared.model, config, context)
     quantize, calibration = calibrated_quantizer(prepared, config, context, batches)
