@@ -398,3 +398,26 @@ def test_prune_auto_still_quantizes_a_model_whose_channels_it_cannot_cut(runner,
     assert quantize["skipped"] is None and quantize["details"]["ops_quantized"] == 1
     assert "passes[0] prune (channel) skipped (optional)" in result.stderr
     assert {n.op_type for n in onnx.load(str(out)).graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Gemm"}
+
+
+@pytest.mark.parametrize("mode", ["weight_only", "dynamic"])
+def test_weights_also_listed_as_graph_inputs_are_still_quantized(tmp_path, mode):
+    """A face detector at IR 3 lists every weight among the graph inputs, as IR < 4 required: int4 refused it for
+    having no Conv with constant weights."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "conv.w")
+    model = make_model(
+        [helper.make_node("Conv", ["x", "conv.w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8]),
+            helper.make_tensor_value_info("conv.w", TensorProto.FLOAT, [8, 3, 3, 3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 8, 8])],
+        [weight],
+        opset=9,
+    )
+    model.ir_version = 3
+    x = {"x": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)}
+    outcome = run_quantize(model, QuantizeConfig(type="quantize", mode=mode), context(tmp_path, x))
+    assert outcome.details["conv_weights_int8"] == 1
+    assert [i.name for i in outcome.model.graph.input] == ["x"]

@@ -42,7 +42,7 @@ from optc.passes.quantize_conv_weights import (
 )
 from optc.passes.quantize_fallback import all_kept_in_float, meet_fidelity_targets
 from optc.passes.quantize_keep_float import blow_up_readers
-from optc.passes.quantize_prepare import gemm_to_matmul, name_unnamed_nodes, normalize_opsets
+from optc.passes.quantize_prepare import drop_initializer_inputs, gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.registry import PassContext, PassOutcome
 from optc.tensors import tensor_values
 
@@ -115,7 +115,9 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
         raise OptcError(f"{context.label}.weights.embeddings: only with format: matmulnbits (GatherBlockQuantized)")
     excluded = excluded_nodes(model.graph, config.exclude, context.label)
     # Gemm has no weight-only kernel; as MatMul + Add (under the Gemm's name) its weight can be quantized.
-    model = name_unnamed_nodes(normalize_opsets(gemm_to_matmul(model)))
+    # Weights listed as graph inputs (IR < 4) are not constants to the quantizer: a face detector was refused for having
+    # no Conv with constant weights.
+    model = name_unnamed_nodes(normalize_opsets(gemm_to_matmul(drop_initializer_inputs(model)[0])))
     accuracy_level = settings.accuracy_level
     if accuracy_level is None and settings.format == "matmulnbits":
         accuracy_level = ACCURACY_LEVEL.get(context.target, DEFAULT_ACCURACY_LEVEL)
