@@ -273,3 +273,22 @@ def test_a_matmul_feeding_log_stays_float_where_int8_compute_would_zero_its_inpu
     off = QuantizeConfig(type="quantize", mode="weight_only", keep_float_sensitive=False)
     broken = run_quantize(model, off, context(tmp_path, feed)).model
     assert not np.isfinite(outputs(broken, feed)).all() or cosine(outputs(broken, feed), outputs(model, feed)) < 0.99
+
+
+def test_awq_scales_only_the_inputs_of_4_bit_layers(tmp_path):
+    """A layer at 8 bits (first/last, or raised there by a fidelity target) keeps its input unscaled: at int8 compute
+    MatMulNBits also rounds the scaled input, and a wake-word head's layer raised to 8 bits with its AWQ scaling kept
+    stayed at cosine 0.91 (0.996 unscaled)."""
+    model = mlp_chain(layers=3)
+    x = RNG.standard_normal((64, WIDTH)).astype(np.float32)
+    x[:, :3] *= 30  # outlier channels: AWQ scales x when layer0 is at 4 bits (previous test)
+    data = {"x": x}
+
+    def scaled(eight_bit) -> tuple[set[str], int]:
+        outcome = run_quantize(model, weight_only(algorithm="awq", eight_bit=eight_bit), context(tmp_path, data))
+        muls = {n.input[0] for n in outcome.model.graph.node if n.op_type == "Mul" and n.name.endswith("_awq")}
+        return muls, outcome.details["awq_scaled_inputs"]
+
+    assert "x" in scaled("none")[0]
+    inputs, count = scaled(["layer0"])
+    assert "x" not in inputs and count == len(inputs)

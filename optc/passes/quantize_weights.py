@@ -133,15 +133,18 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
         raise nothing_to_quantize(model, context.label, "MatMul", "weight-only quantization", config.conv_weights)
     eight_bit = _eight_bit_layers(model, candidates, settings.eight_bit, context.label)
     scales, calibrated_on = {}, None
-    if settings.algorithm == "awq" and candidates:
+    scaled = [c for c in candidates if c.node.name not in eight_bit] if settings.bits == 4 else candidates
+    if settings.algorithm == "awq" and scaled:
         batches, calibrated_on = _calibration_batches(model, settings, context)
-        scales = awq_scales(model, candidates, batches, settings, context.workdir)
+        scales = awq_scales(model, scaled, batches, settings, context.workdir)
     if settings.format == "qdq" and _opset(model) < QDQ_OPSET:
         model = _upgraded(model, context.label)
 
     def convert(upgraded: set[str]) -> onnx.ModelProto:
-        """Upgraded MatMuls go to 8 bits, upgraded Convs (already at 8) to float."""
-        quantized = quantize_weights(model, candidates, settings, accuracy_level, set(eight_bit) | upgraded, scales)
+        """Upgraded MatMuls go to 8 bits without their AWQ scaling, upgraded Convs (already at 8) to float."""
+        at_8 = set(eight_bit) | upgraded
+        kept_scales = _scales_for(scales, candidates, at_8) if settings.bits == 4 else scales
+        quantized = quantize_weights(model, candidates, settings, accuracy_level, at_8, kept_scales)
         return store_conv_weights_int8(quantized, convs - upgraded) if convs - upgraded else quantized
 
     full = convert(set())
@@ -183,11 +186,19 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
             "eight_bit_layers": [{"node": name, **facts} for name, facts in sorted(kept.items())],
             "convs_kept_in_float": [{"node": name, **facts} for name, facts in sorted(conv_float.items())],
             "kept_in_float": [{"node": name, "reason": reason} for name, reason in sorted(in_float.items())],
-            "awq_scaled_inputs": len(scales),
+            "awq_scaled_inputs": len(_scales_for(scales, candidates, set(kept)) if settings.bits == 4 else scales),
             **details,
         },
         calibrated_on=calibrated_on,
     )
+
+
+def _scales_for(scales: dict[str, np.ndarray], candidates: list[Candidate], at_8: set[str]) -> dict[str, np.ndarray]:
+    """The AWQ scales of the inputs that still feed a 4-bit MatMul. Scaling is for 4-bit rounding; where
+    ``MatMulNBits`` computes in int8 it also rounds the scaled input, and a channel divided by a small scale can swamp
+    its block: a wake-word head stayed at cosine 0.91 with its AWQ-scaled layer raised to 8 bits, 0.996 unscaled."""
+    four_bit_inputs = {c.node.input[0] for c in candidates if c.node.name not in at_8}
+    return {name: scale for name, scale in scales.items() if name in four_bit_inputs}
 
 
 def _candidates(model: onnx.ModelProto, excluded: set[str]) -> list[Candidate]:
