@@ -278,7 +278,7 @@ def test_a_matmul_feeding_log_stays_float_where_int8_compute_would_zero_its_inpu
 def test_awq_scales_only_the_inputs_of_4_bit_layers(tmp_path):
     """A layer at 8 bits (first/last, or raised there by a fidelity target) keeps its input unscaled: at int8 compute
     MatMulNBits also rounds the scaled input, and a wake-word head's layer raised to 8 bits with its AWQ scaling kept
-    stayed at cosine 0.91 (0.996 unscaled)."""
+    stayed at cosine 0.91 (0.9996 unscaled)."""
     model = mlp_chain(layers=3)
     x = RNG.standard_normal((64, WIDTH)).astype(np.float32)
     x[:, :3] *= 30  # outlier channels: AWQ scales x when layer0 is at 4 bits (previous test)

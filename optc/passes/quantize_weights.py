@@ -196,7 +196,7 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
 def _scales_for(scales: dict[str, np.ndarray], candidates: list[Candidate], at_8: set[str]) -> dict[str, np.ndarray]:
     """The AWQ scales of the inputs that still feed a 4-bit MatMul. Scaling is for 4-bit rounding; where
     ``MatMulNBits`` computes in int8 it also rounds the scaled input, and a channel divided by a small scale can swamp
-    its block: a wake-word head stayed at cosine 0.91 with its AWQ-scaled layer raised to 8 bits, 0.996 unscaled."""
+    its block: a wake-word head stayed at cosine 0.91 with its AWQ-scaled layer raised to 8 bits, 0.9996 unscaled."""
     four_bit_inputs = {c.node.input[0] for c in candidates if c.node.name not in at_8}
     return {name: scale for name, scale in scales.items() if name in four_bit_inputs}
 
