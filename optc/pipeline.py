@@ -14,7 +14,7 @@ from optc.errors import NotApplicable, OptcError, PassError
 from optc.messages import exception_reason
 from optc.model_facts import node_count
 from optc.modelio import serialized_size, too_large_to_serialize
-from optc.passes import PassConfig, PassContext, describe, lookup
+from optc.passes import PassConfig, PassContext, PassOutcome, describe, lookup
 from optc.progress import Progress
 from optc.report.format import human_bytes
 from optc.tensors import has_lazy_tensors, materialize
@@ -67,29 +67,30 @@ def run_passes(
             if not config.reads_lazy_weights() and has_lazy_tensors(model):
                 materialize(model)
             started = time.perf_counter()
+            skip: NotApplicable | None = None
             try:
                 outcome = registered.run(model, config, context)
             except NotApplicable as exc:
                 if not config.optional:
                     raise
-                outcome = exc
+                skip = exc
+                outcome = PassOutcome(model=model, warnings=[f"{label} skipped (optional): {exc.reason}"])
             except OptcError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure inside a pass is that pass's failure
                 raise PassError(label, f"failed: {type(exc).__name__}: {exception_reason(exc)}") from exc
             wall = time.perf_counter() - started
-            if isinstance(outcome, NotApplicable):
-                skipped.append(outcome)
-                records.append(_skipped(index, config, label, wall, size, nodes, outcome))
-                progress.warn(records[-1].warnings[0])
-                continue
-            verify_model(outcome.model, label, workdir, feed, finite_outputs)
+            if skip is None:
+                verify_model(outcome.model, label, workdir, feed, finite_outputs)
         warnings = list(outcome.warnings)
         size_before, nodes_before, digest_before = size, nodes, digest
-        model = outcome.model
-        size, nodes, digest = serialized_size(model), node_count(model), _digest(model)
-        if digest_before is not None and digest == digest_before:
-            warnings.append(f"{label} left the model unchanged")
+        if skip is None:
+            model = outcome.model
+            size, nodes, digest = serialized_size(model), node_count(model), _digest(model)
+            if digest_before is not None and digest == digest_before:
+                warnings.append(f"{label} left the model unchanged")
+        else:
+            skipped.append(skip)
         record = PassRecord(
             index=index,
             type=config.type,
@@ -102,12 +103,14 @@ def run_passes(
             details=outcome.details,
             warnings=warnings,
             calibrated_on=outcome.calibrated_on,
+            skipped=skip.reason if skip else None,
         )
         records.append(record)
-        progress.done(
-            f"{label}: {record.nodes_before}→{record.nodes_after} nodes, "
-            f"{human_bytes(record.size_before)}→{human_bytes(record.size_after)} in {wall:.2f} s"
-        )
+        if skip is None:
+            progress.done(
+                f"{label}: {record.nodes_before}→{record.nodes_after} nodes, "
+                f"{human_bytes(record.size_before)}→{human_bytes(record.size_after)} in {wall:.2f} s"
+            )
         for warning in warnings:
             progress.warn(warning)
     optional = [config for config in passes if config.optional]
@@ -118,24 +121,6 @@ def run_passes(
             hint=skipped[0].hint,
         )
     return _without_added_value_info(model, first), records
-
-
-def _skipped(
-    index: int, config: PassConfig, label: str, wall: float, size: int, nodes: int, reason: NotApplicable
-) -> PassRecord:
-    return PassRecord(
-        index=index,
-        type=config.type,
-        label=label,
-        wall_s=wall,
-        size_before=size,
-        size_after=size,
-        nodes_before=nodes,
-        nodes_after=nodes,
-        details={},
-        warnings=[f"{label} skipped (optional): {reason.reason}"],
-        skipped=reason.reason,
-    )
 
 
 def _without_added_value_info(model: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
