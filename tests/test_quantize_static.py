@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optc.data import Dataset
-from optc.errors import OptcError, PassError
+from optc.errors import NotApplicable, OptcError, PassError
 from optc.model_facts import op_histogram
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec
@@ -270,3 +270,27 @@ def test_the_fidelity_search_checks_the_evaluation_data_the_ranges_were_not_fitt
     kept = [row["node"] for row in outcome.details["kept_in_float"] if row["reason"].startswith("fidelity target")]
     assert kept == ["mm_x"]
     assert outcome.details["ops_quantized"] >= 1  # mm_z
+
+
+def test_static_int8_that_would_leave_the_model_mostly_float_and_larger_is_refused(tmp_path: Path):
+    """An LSTM wake-word head: static int8 keeps the cell in float and quantizes only the small MatMul after it, so
+    the Quantize/Dequantize pairs made the model larger than fp32 (and no faster), handed over with exit 0."""
+    rng = np.random.default_rng(0)
+    hidden, features = 32, 16
+    weights = {
+        "W": rng.standard_normal((1, 4 * hidden, features)) * 0.3,
+        "R": rng.standard_normal((1, 4 * hidden, hidden)) * 0.3,
+        "head": rng.standard_normal((hidden, 4)),
+    }
+    model = make_model(
+        [
+            helper.make_node("LSTM", ["x", "W", "R"], ["steps"], name="lstm", hidden_size=hidden),
+            helper.make_node("MatMul", ["steps", "head"], ["score"], name="head"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, "n", features])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [10, 1, "n", 4])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    x = rng.standard_normal((10, 4, features)).astype(np.float32)  # time-major: slices along time feed it
+    with pytest.raises(NotApplicable, match=r"no smaller than its input .*the rest is read by LSTM 100%"):
+        run_quantize(model, static(), context(tmp_path, calib_file(tmp_path, x=x), {"x": x}))

@@ -28,7 +28,7 @@ from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, s
 from optc.errors import NotApplicable, OptcError, PassError
 from optc.messages import exception_reason
 from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
-from optc.modelio import adopt_model
+from optc.modelio import adopt_model, serialized_size
 from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import evaluation_probe, probe_of, rank_by_damage
@@ -52,6 +52,7 @@ from optc.passes.quantize_prepare import (
     upgrade_opset,
 )
 from optc.passes.registry import PassContext, PassOutcome
+from optc.report.format import human_bytes
 
 if TYPE_CHECKING:
     from optc.passes.quantize import QuantizeConfig
@@ -134,6 +135,7 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
     quantized = quantized_op_counts(result)
     if not quantized:
         raise NotApplicable(context.label, _nothing_quantized(model, config, kept))
+    _refuse_larger(model, result, prepared.model, context.label)
     ops = {n.name: n.op_type for n in prepared.model.graph.node}
     share, left_by_op = int8_share(prepared.model, result, COMPUTE_OPS)
     return PassOutcome(
@@ -162,6 +164,23 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
         warnings=batches.warnings
         + ([_little_quantized(context.label, share, left_by_op)] if share < LITTLE_QUANTIZED_SHARE else []),
         calibrated_on=batches.source,
+    )
+
+
+def _refuse_larger(model: onnx.ModelProto, result: onnx.ModelProto, prepared: onnx.ModelProto, label: str) -> None:
+    """Static int8 that keeps nearly every weight in float adds Quantize/Dequantize pairs and stores nothing
+    smaller: an LSTM wake-word head and a word segmenter came out larger than fp32 and no faster, with exit 0. (A
+    graph of a few kB can grow by the pairs alone with half its weights int8: only a mostly float result is refused.)"""
+    before, after = serialized_size(model), serialized_size(result)
+    share, left_by_op = int8_share(prepared, result)
+    if after < before or share >= LITTLE_QUANTIZED_SHARE:
+        return
+    raise NotApplicable(
+        label,
+        f"the int8 model would be no smaller than its input ({human_bytes(before)} → {human_bytes(after)}): "
+        f"{share:.1%} of its float weights came out int8, the rest is read by {largest_readers(left_by_op)}",
+        hint="the int8-dynamic recipe quantizes MatMul, LSTM and embedding weights without calibration, and stores "
+        "Conv weights in int8",
     )
 
 
