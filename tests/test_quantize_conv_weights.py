@@ -116,7 +116,7 @@ def test_weight_only_stores_conv_weights_in_8_bits(tmp_path: Path):
     assert [n.op_type for n in outcome.model.graph.node].count("Cast") == 2
 
 
-@pytest.mark.parametrize(("mode", "candidates"), [("dynamic", "MatMul/Gather"), ("weight_only", "MatMul")])
+@pytest.mark.parametrize(("mode", "candidates"), [("dynamic", "MatMul/Gather/LSTM"), ("weight_only", "MatMul")])
 def test_with_conv_weights_float_a_conv_network_is_refused_with_the_way_out(tmp_path: Path, mode, candidates):
     config = QuantizeConfig(type="quantize", mode=mode, conv_weights="float")
     with pytest.raises(OptcError, match=f"no {candidates} node with constant weights") as info:

@@ -13,6 +13,7 @@ from optc.model_facts import op_histogram
 from optc.passes.exclude import ExcludeSpec
 from optc.passes.ort_tools import quiet_root_logger
 from optc.passes.quantize import QuantizeConfig, run_quantize
+from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls
 from optc.passes.quantize_prepare import gemm_to_matmul
 from optc.passes.registry import PassContext
@@ -243,3 +244,36 @@ def test_the_fidelity_search_counts_integer_outputs_as_the_gate_does(tmp_path: P
     assert [row["node"] for row in outcome.details["kept_in_float"]] == ["classes"]
     session = ort.InferenceSession(outcome.model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(["ids"], {"x": x})[0], np.argmax(x @ scores, axis=1))
+
+
+def lstm_model(hidden: int = 32, features: int = 16) -> onnx.ModelProto:
+    """x[time, batch, features] → LSTM → Y_h[1, batch, hidden]: its weights are most of the model."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "W": rng.standard_normal((1, 4 * hidden, features)) * 0.3,
+        "R": rng.standard_normal((1, 4 * hidden, hidden)) * 0.3,
+        "B": rng.standard_normal((1, 8 * hidden)) * 0.1,
+    }
+    return make_model(
+        [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "y"], name="lstm", hidden_size=hidden)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, "n", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", hidden])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+
+
+def test_dynamic_int8_quantizes_lstm_weights_and_static_int8_keeps_the_cell_in_float(tmp_path: Path):
+    """The corpus's LSTM word segmenters and wake-word head stayed about as large as fp32 under int8-dynamic while
+    every LSTM was kept in float by rule; dynamic int8 now quantizes them and its fidelity search judges them."""
+    model = lstm_model()
+    x = np.random.default_rng(1).standard_normal((10, 4, 16)).astype(np.float32)
+    dataset = Dataset(inputs={"x": x}, labels=None, source="test")  # time-major: slices along time feed it
+    context = PassContext(label="passes[0] quantize (dynamic)", workdir=tmp_path, seed=0, dataset=dataset)
+    outcome = run_quantize(model, config(min_cosine=0.99), context)
+    assert op_histogram(outcome.model).get("DynamicQuantizeLSTM") == 1
+    assert outcome.model.ByteSize() < model.ByteSize() / 2
+    reference, quantized = run(model, {"x": x}), run(outcome.model, {"x": x})
+    assert np.sum(reference * quantized) / (np.linalg.norm(reference) * np.linalg.norm(quantized)) > 0.99
+    static_rule = float_sensitive_nodes(model.graph, outputs=True)
+    assert static_rule == {"lstm": "recurrent cell (LSTM): quantization error compounds over time"}
+    assert float_sensitive_nodes(model.graph, outputs=False) == {}

@@ -60,7 +60,7 @@ DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "Gather", "Em
 OUTPUT_RANKING_BYTES = 8 * 2**30
 QUANTIZED_BY_OPTC = ("MatMul", "Gather")  # the rest of DYNAMIC_OP_TYPES through ONNX Runtime's quantize_dynamic
 # One of each per quantized MatMul, Conv, fused Attention (embedding Gathers are counted by their int8 tables).
-QUANTIZED_BY_DYNAMIC = ("MatMulInteger", "ConvInteger", "QAttention")
+QUANTIZED_BY_DYNAMIC = ("MatMulInteger", "ConvInteger", "QAttention", "DynamicQuantizeLSTM")
 
 WEIGHT_ONLY_FIELDS = {
     "type",
@@ -123,7 +123,7 @@ class QuantizeConfig(PassConfig):
     op_types: list[str] | None = Field(
         default=None,
         description="Op types to quantize. Default for dynamic: MatMul, Gemm, Gather (embedding tables stored in "
-        "int8; ConvInteger is slow on CPU); "
+        "int8; ConvInteger is slow on CPU), LSTM; "
         "for static: every op type ONNX Runtime's static quantizer supports.",
     )
     preprocess: bool = Field(
@@ -204,7 +204,7 @@ class QuantizeConfig(PassConfig):
         return {}
 
     def dynamic_op_types(self) -> list[str]:
-        return list(self.op_types) if self.op_types is not None else ["MatMul", "Gemm", "Gather"]
+        return list(self.op_types) if self.op_types is not None else ["MatMul", "Gemm", "Gather", "LSTM"]
 
     def reads_lazy_weights(self) -> bool:
         return True
