@@ -120,6 +120,8 @@ def test_an_optional_prune_that_can_do_nothing_is_skipped_and_the_passes_after_i
     assert prune["nodes_before"] == prune["nodes_after"] and prune["size_before"] == prune["size_after"]
     assert fuse["skipped"] is None and fuse["nodes_after"] < fuse["nodes_before"]  # BatchNorm folded
     assert quantize["skipped"] is None and quantize["size_after"] < quantize["size_before"] / 2
+    for suffix in (".md", ".html"):
+        assert "passes[0] prune (channel) (skipped)" in (tmp_path / f"out.report{suffix}").read_text()
     assert any("passes[0] prune (channel) skipped (optional): nothing could be pruned" in w for w in report["warnings"])
 
 
