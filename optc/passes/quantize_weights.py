@@ -277,10 +277,10 @@ def _calibration_batches(model: onnx.ModelProto, settings: WeightOnlyConfig, con
     path = context.calibration_data or (
         context.resolve(settings.calibration.data) if settings.calibration.data else None
     )
-    specs = input_specs(model)
+    specs, samples = input_specs(model), settings.calibration.samples or 64
     if path is not None:
-        return list(stream_batches(path, specs, 1, settings.calibration.samples or 64)), str(path)
-    return list(probe_of(context.dataset.batches(1), settings.calibration.samples or 64)), "synthetic" if (
+        return list(stream_batches(path, specs, 1, samples)), str(path)
+    return list(probe_of(context.dataset.batches(1), samples, least_feeds=1)), "synthetic" if (
         context.dataset.synthetic
     ) else context.dataset.source
 
