@@ -10,8 +10,9 @@ With ``outputs`` (static int8, where a quantized node's output is itself rounded
 that write a graph output (Sigmoid, Softmax, ...) stay in float too: 256 levels across a probability's range turn a
 wake-word score of 1e-4 into 0 or 2e-4; so do recurrent cells (``LSTM``/``GRU``/``RNN``) and the nodes reading their
 state outputs, whose states would be rounded at every step. Dynamic int8 quantizes an LSTM's weights and requantizes
-its state each step (``DynamicQuantizeLSTM``), and its fidelity search judges the result; the blanket rule had left
-an LSTM wake-word head at 1.00 of its fp32 size and LSTM word segmenters at 0.69.
+its state each step (``DynamicQuantizeLSTM``), and its fidelity search judges the result: on the corpus's LSTM
+models that took a wake-word head from 1.00 of its fp32 size to 0.29 and three word segmenters from 0.65–0.69 to
+0.36–0.37, cosine ≥ 0.9997; the search kept a fourth segmenter's LSTMs float.
 """
 
 from __future__ import annotations
