@@ -357,6 +357,16 @@ def test_fp16_of_an_if_whose_branch_reads_an_outer_tensor(tmp_path):
     assert weights["W_head"] == TensorProto.FLOAT16  # outside the If, the model is fp16
 
 
+def compress_with_data(runner, tmp_path: Path, model: Path, recipe: str, width: int):
+    """``optc compress`` with seeded normal calibration (seed 1) and evaluation (seed 2) data for input ``x``."""
+    for name, seed in (("calib", 1), ("eval", 2)):
+        inputs = np.random.default_rng(seed).standard_normal((64, width)).astype(np.float32)
+        np.savez(tmp_path / f"{name}.npz", x=inputs)
+    out = tmp_path / "o.onnx"
+    data = ["--data", str(tmp_path / "eval.npz"), "--calibration-data", str(tmp_path / "calib.npz")]
+    return runner.invoke(app, ["compress", str(model), "-r", recipe, "-o", str(out), *data]), out
+
+
 def test_prune_auto_still_quantizes_a_model_whose_channels_it_cannot_cut(runner, tmp_path):
     """Wake-word classifiers and GRU translators of the corpus: every channel reaches a graph output or an op
     channel surgery cannot shrink, and prune-auto used to refuse them outright; static int8 alone is usable."""
@@ -373,25 +383,7 @@ def test_prune_auto_still_quantizes_a_model_whose_channels_it_cannot_cut(runner,
         ),
         tmp_path / "one_layer.onnx",
     )
-    for name, seed in (("calib", 1), ("eval", 2)):
-        inputs = np.random.default_rng(seed).standard_normal((64, 16)).astype(np.float32)
-        np.savez(tmp_path / f"{name}.npz", x=inputs)
-    out = tmp_path / "o.onnx"
-    result = runner.invoke(
-        app,
-        [
-            "compress",
-            str(model),
-            "-r",
-            "prune-auto",
-            "-o",
-            str(out),
-            "--data",
-            str(tmp_path / "eval.npz"),
-            "--calibration-data",
-            str(tmp_path / "calib.npz"),
-        ],
-    )
+    result, out = compress_with_data(runner, tmp_path, model, "prune-auto", width=16)
     assert result.exit_code == 0, result.output
     prune, _, quantize = json.loads(report_of(out).read_text())["passes"]
     assert prune["skipped"].startswith("no channel group can be pruned: reaches graph output 'embedding'")
@@ -438,23 +430,6 @@ def test_builtin_static_int8_that_leaves_the_model_no_smaller_fails_its_size_gat
         ),
         tmp_path / "small.onnx",
     )
-    for name, seed in (("calib", 1), ("eval", 2)):
-        np.savez(tmp_path / f"{name}.npz", x=np.random.default_rng(seed).standard_normal((64, 8)).astype(np.float32))
-    out = tmp_path / "o.onnx"
-    result = runner.invoke(
-        app,
-        [
-            "compress",
-            str(model),
-            "-r",
-            recipe,
-            "-o",
-            str(out),
-            "--data",
-            str(tmp_path / "eval.npz"),
-            "--calibration-data",
-            str(tmp_path / "calib.npz"),
-        ],
-    )
+    result, out = compress_with_data(runner, tmp_path, model, recipe, width=8)
     assert result.exit_code == 1, result.output
     assert "max_size_ratio" in result.stderr and not out.exists()
