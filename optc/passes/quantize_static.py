@@ -171,9 +171,11 @@ def _refuse_larger(model: onnx.ModelProto, result: onnx.ModelProto, prepared: on
     """Static int8 that keeps nearly every weight in float adds Quantize/Dequantize pairs and stores nothing
     smaller: an LSTM wake-word head and a word segmenter came out larger than fp32 and no faster, with exit 0. (A
     graph of a few kB can grow by the pairs alone with half its weights int8: only a mostly float result is refused.)"""
-    before, after = serialized_size(model), serialized_size(result)
     share, left_by_op = int8_share(prepared, result)
-    if after < before or share >= LITTLE_QUANTIZED_SHARE:
+    if share >= LITTLE_QUANTIZED_SHARE:
+        return
+    before, after = serialized_size(model), serialized_size(result)  # serializing is the costly part: only here
+    if after < before:
         return
     raise NotApplicable(
         label,
