@@ -36,7 +36,8 @@ class FuseConfig(PassConfig):
         default=None,
         description="Run ONNX Runtime's transformer optimizer (Attention, SkipLayerNormalization, Gelu fusions; "
         "for a CPU target without SkipLayerNormalization and BiasGelu, whose CPU kernels are slower than what they "
-        "replace). auto: detect a BERT-like encoder and its heads and hidden size. The result needs ONNX Runtime.",
+        "replace). auto: detect a BERT-like encoder and its heads and hidden size, and warn (fusing nothing) where there is "
+        "none. The result needs ONNX Runtime.",
     )
     num_heads: int | None = Field(default=None, ge=1, description="Attention heads (transformer only).")
     hidden_size: int | None = Field(default=None, ge=1, description="Hidden size (transformer only).")
@@ -94,7 +95,12 @@ def run_fuse(model: onnx.ModelProto, config: FuseConfig, context: PassContext) -
             context.workdir,
         )
         fusions += [{"fusion": f"transformer: {op}", "applied": n} for op, n in fused_ops.items()]
-        if not for_cpu and not fused_ops.get("Attention"):
+        if not details["transformer"]["detected"] and config.transformer == "auto":
+            warnings.append(
+                f"{context.label}: {details['transformer']['not_found']}; if the model has one, set transformer: "
+                "bert (or gpt2) with num_heads and hidden_size"
+            )
+        elif not for_cpu and not fused_ops.get("Attention"):
             warnings.append(f"{context.label}: ONNX Runtime's transformer optimizer fused no Attention block")
     model, counts = simplify(model, skip=config.skip)
     fusions += [{"fusion": name, "applied": n} for name, n in counts.items()]

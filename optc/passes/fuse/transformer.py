@@ -38,6 +38,10 @@ CONTRIB_DOMAIN = "com.microsoft"
 SLOW_ON_CPU = ("enable_skip_layer_norm", "enable_bias_skip_layer_norm", "enable_bias_gelu")
 LAYER_NORM_OPSET = 17  # the first ONNX opset with LayerNormalization
 HEAD_SPLIT_PERM = [0, 2, 1, 3]  # [batch, seq, heads, head_dim] -> [batch, heads, seq, head_dim]
+NOT_FOUND = (
+    "transformer: auto found no BERT-like encoder (Softmax attention, LayerNorm and a Reshape splitting hidden "
+    "states into heads), so no transformer fusion ran"
+)
 
 
 def detect_encoder(model: onnx.ModelProto) -> tuple[int, int] | None:
@@ -85,16 +89,14 @@ def fuse_transformer(
     workdir: Path,
 ) -> tuple[onnx.ModelProto, dict[str, int], dict]:
     """The fused model, the count of each fused op type, and the settings used (model type, heads, hidden size,
-    fusions left out for the CPU)."""
+    fusions left out for the CPU). ``auto`` on a model with no encoder it recognises returns the model as it is,
+    with settings that say why (``not_found``): a recipe such as bert-int8 still applies its other passes, as ONNX
+    Runtime's optimizer would, where refusing stopped pipelines on every CNN and LSTM they met."""
     detected = False
     if model_type == "auto":
         found = detect_encoder(model)
         if found is None:
-            raise OptcError(
-                f"{label}.transformer: auto found no BERT-like encoder (Softmax attention, LayerNorm and a Reshape "
-                "splitting hidden states into heads)",
-                hint="set transformer: bert or gpt2 with num_heads and hidden_size",
-            )
+            return model, {}, {"model_type": None, "detected": False, "not_found": NOT_FOUND}
         model_type, detected = "bert", True
         num_heads, hidden_size = num_heads or found[0], hidden_size or found[1]
     if model_type == "gpt2" and not (num_heads and hidden_size):
