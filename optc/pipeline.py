@@ -44,8 +44,8 @@ def run_passes(
     finite_outputs: set[str],
 ) -> tuple[onnx.ModelProto, list[PassRecord]]:
     """Run ``passes`` in order; ``base_context`` is copied for each pass with that pass's label. An optional pass
-    that finds it can do nothing for the model (``NotApplicable``) is recorded as skipped; if every optional pass is,
-    the recipe does not apply to the model and is refused.
+    that finds it can do nothing for the model (``NotApplicable``) is recorded as skipped; where the skipped ones
+    leave no pass that compresses the model (only fusion ran), the recipe does not apply to it and is refused.
 
     ``finite_outputs`` are the input model's outputs that were finite on the sample inputs (NaN/Inf appearing in
     them after a pass fails that pass).
@@ -113,8 +113,8 @@ def run_passes(
             )
         for warning in warnings:
             progress.warn(warning)
-    optional = [config for config in passes if config.optional]
-    if optional and len(skipped) == len(optional):
+    ran = [config for config, record in zip(passes, records, strict=True) if record.skipped is None]
+    if skipped and not any(config.compresses() for config in ran):
         raise NotApplicable(
             "recipe",
             "none of its optional passes can do anything for this model: " + "; ".join(e.message for e in skipped),

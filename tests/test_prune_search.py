@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import prune_graphs as graphs
 from typer.testing import CliRunner
 
@@ -109,11 +110,13 @@ def test_a_search_that_can_prune_nothing_within_the_budget_is_refused_with_what_
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_an_optional_prune_that_can_do_nothing_is_skipped_and_the_passes_after_it_still_run(tmp_path):
+@pytest.mark.parametrize("quantize_optional", [True, False])
+def test_an_optional_prune_that_can_do_nothing_is_skipped_and_the_passes_after_it_still_run(tmp_path, quantize_optional):
+    """With int8 not optional, the recipe's only optional pass was skipped, and the recipe used to be refused as if
+    no pass had improved the model."""
     recipe = tmp_path / "strict.yaml"
-    recipe.write_text(
-        STRICT_PRUNE + "    optional: true\n  - type: fuse\n  - type: quantize\n    mode: dynamic\n    optional: true\n"
-    )
+    quantize = "  - type: quantize\n    mode: dynamic\n" + ("    optional: true\n" if quantize_optional else "")
+    recipe.write_text(STRICT_PRUNE + "    optional: true\n  - type: fuse\n" + quantize)
     report = compress(tmp_path, str(recipe), "--min-cosine", "-1")
     prune, fuse, quantize = report["passes"]
     assert prune["skipped"].startswith("nothing could be pruned within the 0.01-point budget")

@@ -27,9 +27,14 @@ class PassConfig(BaseModel):
     optional: bool = Field(
         default=False,
         description="Go on without this pass when it can do nothing for the model (nothing it works on, or no "
-        "result within its accuracy budget); the report shows it skipped and why. A recipe whose optional passes are "
-        "all skipped is refused.",
+        "result within its accuracy budget); the report shows it skipped and why. A recipe whose skipped passes leave "
+        "none that compresses the model (only fusion) is refused.",
     )
+
+    def compresses(self) -> bool:
+        """Whether the pass makes the model smaller or cheaper (pruning, quantization), not only simpler (fusion): a
+        recipe whose optional passes were skipped and left none that does is refused."""
+        return True
 
     def data_files(self) -> dict[str, Path]:
         """Data the pass reads, by its field path in the pass's block (``calibration.data``), as written."""

@@ -75,6 +75,9 @@ class FuseConfig(PassConfig):
     def reads_lazy_weights(self) -> bool:
         return True
 
+    def compresses(self) -> bool:
+        return False
+
 
 @register(FuseConfig)
 def run_fuse(model: onnx.ModelProto, config: FuseConfig, context: PassContext) -> PassOutcome:
