@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 import prune_graphs as graphs
+import pytest
 from typer.testing import CliRunner
 
 from optc.cli.app import app
@@ -111,7 +111,9 @@ def test_a_search_that_can_prune_nothing_within_the_budget_is_refused_with_what_
 
 
 @pytest.mark.parametrize("quantize_optional", [True, False])
-def test_an_optional_prune_that_can_do_nothing_is_skipped_and_the_passes_after_it_still_run(tmp_path, quantize_optional):
+def test_an_optional_prune_that_can_do_nothing_is_skipped_and_the_passes_after_it_still_run(
+    tmp_path, quantize_optional
+):
     """With int8 not optional, the recipe's only optional pass was skipped, and the recipe used to be refused as if
     no pass had improved the model."""
     recipe = tmp_path / "strict.yaml"

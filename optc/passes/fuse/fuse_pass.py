@@ -36,8 +36,8 @@ class FuseConfig(PassConfig):
         default=None,
         description="Run ONNX Runtime's transformer optimizer (Attention, SkipLayerNormalization, Gelu fusions; "
         "for a CPU target without SkipLayerNormalization and BiasGelu, whose CPU kernels are slower than what they "
-        "replace). auto: detect a BERT-like encoder and its heads and hidden size, and warn (fusing nothing) where there is "
-        "none. The result needs ONNX Runtime.",
+        "replace). auto: detect a BERT-like encoder and its heads and hidden size, and warn (fusing nothing) where "
+        "there is none. The result needs ONNX Runtime.",
     )
     num_heads: int | None = Field(default=None, ge=1, description="Attention heads (transformer only).")
     hidden_size: int | None = Field(default=None, ge=1, description="Hidden size (transformer only).")
