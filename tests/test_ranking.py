@@ -10,13 +10,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optc.data import Dataset
-from optc.errors import PassError
 from optc.model_facts import op_histogram
 from optc.passes.fallback import (
     PROBE_FEEDS,
     PROBE_SAMPLES,
+    PROMOTION_ROUNDS,
     RANKING_INPUT_BYTES,
     RANKING_SELECTOR,
+    NodeDamage,
+    keep_in_float_until,
     probe_of,
     rank_by_damage,
     rank_by_output_damage,
@@ -156,13 +158,23 @@ def test_dynamic_int8_keeps_in_float_the_node_that_hurts_the_outputs(tmp_path: P
     assert op_histogram(outcome.model).get("MatMulInteger") == 1
 
 
-def test_dynamic_int8_ranks_in_one_pass_when_a_conversion_per_node_is_too_dear(tmp_path: Path, monkeypatch):
-    """Over the budget the one-pass ranking decides, and on this model it keeps ``damped`` first, then both."""
+def test_a_misranked_search_puts_the_node_that_made_the_difference_first(tmp_path: Path, monkeypatch):
+    """Over the budget for ranking at the outputs, the one-pass ranking decides, and it gets this model backwards:
+    ``damped`` alone kept in float misses the target, both pass. The node that made the difference, ``direct``, then
+    goes first, and alone it is enough (both in float used to end in a refusal: every candidate kept)."""
     monkeypatch.setattr("optc.passes.quantize.OUTPUT_RANKING_BYTES", 1)
     context = dynamic_context(tmp_path)
     config = QuantizeConfig(type="quantize", mode="dynamic", min_cosine=0.99999)
-    with pytest.raises(PassError, match="all 2 MatMul node"):
-        run_quantize(damped_and_direct(), config, context)
+    outcome = run_quantize(damped_and_direct(), config, context)
+    kept = [row["node"] for row in outcome.details["kept_in_float"] if row["reason"].startswith("fidelity target")]
+    assert kept == ["direct"]
+    search = outcome.details["fidelity_search"]
+    assert [(row["kept_in_float"], row["ok"], row.get("promoted")) for row in search[1:]] == [
+        (1, False, None),
+        (2, True, None),
+        (1, True, 1),
+    ]
+    assert op_histogram(outcome.model).get("MatMulInteger") == 1
 
 
 def test_the_probe_spans_several_feeds_even_where_one_feed_holds_all_its_samples():
@@ -173,3 +185,19 @@ def test_the_probe_spans_several_feeds_even_where_one_feed_holds_all_its_samples
     one_each = [{"x": np.full((1, 21), i, np.float32)} for i in range(100)]
     assert len(probe_of(one_each)) == PROBE_SAMPLES
     assert len(probe_of(iter(texts[:3]))) == 3  # all there is
+
+
+def test_the_search_finds_a_misranked_node_in_a_few_conversions_per_round():
+    """1000 candidates, of which the first four by the ranking and the last are what the target needs: the shortest
+    prefix is all 1000; with the last put first, 5; a node per conversion would have taken 1000."""
+    names = [f"n{i}" for i in range(1000)]
+    needed = {"n0", "n1", "n2", "n3", "n999"}
+    ranking = [NodeDamage(name, "MatMul", 1000.0 - i, 0.0) for i, name in enumerate(names)]
+
+    def acceptable(kept):
+        return needed <= kept, {}
+
+    fallback = keep_in_float_until(set, set(), lambda: ranking, acceptable, set(), "test")
+    assert set(fallback.kept) == needed and fallback.model == needed
+    rounds = 1 + PROMOTION_ROUNDS
+    assert len(fallback.tried) <= 1 + rounds * 2 * 10  # doubling then bisecting: twice log2(1000) per round

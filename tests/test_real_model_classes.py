@@ -190,7 +190,7 @@ def test_min_cosine_keeps_the_fewest_damaged_nodes_in_float(tmp_path):
     ctx.calibration_data = SAMPLES / "digits_calib.npz"
     outcome = run_quantize(onnx.load_model(str(CNN)), config, ctx)
     search = outcome.details["fidelity_search"]
-    assert not search[0]["ok"] and len(search) <= 6  # a handful of conversions, not one per node
+    assert not search[0]["ok"]  # what the search costs: tests/test_ranking.py
     fewest = min(t["kept_in_float"] for t in search if t["ok"])
     kept = [row for row in outcome.details["kept_in_float"] if "fidelity target" in row["reason"]]
     assert 0 < len(kept) == fewest < 5 and outcome.details["ops_quantized"] > 0

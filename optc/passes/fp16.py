@@ -165,7 +165,7 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
         model=result,
         details={
             "tolerance": config.tolerance,
-            "output_error": fallback.tried[-1].get("max_relative_error"),
+            "output_error": fallback.facts.get("max_relative_error"),
             "probe_samples": sum(len(next(iter(feed.values()))) for feed in probe),
             "casts_removed": removed,
             "fallback_search": fallback.tried,
