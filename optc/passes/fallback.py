@@ -269,7 +269,7 @@ def keep_in_float_until(
     The ranking is a guess, and the shortest prefix it allows can end in the one node that mattered: the prefix
     without it failed. That node then goes first and the shortest prefix is searched again, within the nodes kept so
     far, for as long as it gets shorter (``PROMOTION_ROUNDS`` at most). A Thai segmenter's static int8 needed all
-    243 candidates in float by the ranking's order, where the 243rd and 32 others were enough.
+    243 candidates in float by the ranking's order; with the 243rd first, 20 were enough, and after a second round 3.
     """
     ok, facts = first_verdict or acceptable(first)
     tried = [{"kept_in_float": 0, "ok": ok, **facts}]
