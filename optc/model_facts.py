@@ -135,7 +135,7 @@ def weight_sparsity(model: onnx.ModelProto) -> float:
         if node.op_type not in WEIGHTED_OP_TYPES or len(node.input) < 2:
             continue
         tensor = initializers.get(node.input[1])
-        if tensor is None or tensor.name in seen or tensor.data_type not in _FLOAT_TYPES:
+        if tensor is None or tensor.name in seen or tensor.data_type not in FLOAT_TYPES:
             continue
         seen.add(tensor.name)
         values = tensor_values(tensor)
@@ -144,7 +144,7 @@ def weight_sparsity(model: onnx.ModelProto) -> float:
     return zeros / total if total else 0.0
 
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -279,14 +280,12 @@ def keep_in_float_until(
     if not ranking:
         return Fallback(first, [], tried, ranking, facts)
     order = [d.node for d in ranking[:limit]]
-    checks: dict[int, dict] = {}  # id(model) -> its check
 
-    def attempt(kept: list[str], promoted: int) -> tuple[bool, onnx.ModelProto]:
+    def attempt(kept: list[str], promoted: int) -> tuple[bool, tuple[onnx.ModelProto, dict]]:
         model = convert(always_kept | set(kept))
         good, found = acceptable(model)
         tried.append({"kept_in_float": len(kept), "ok": good, **found} | ({"promoted": promoted} if promoted else {}))
-        checks[id(model)] = found
-        return good, model
+        return good, (model, found)
 
     good, best = _shortest_prefix(order, None, lambda count: attempt(order[:count], 0))
     if good is None:
@@ -304,15 +303,16 @@ def keep_in_float_until(
         if shorter >= good:
             break
         order, good, best = reordered, shorter, model
-    return Fallback(best, order[:good], tried, ranking, checks[id(best)])
+    model, facts = best
+    return Fallback(model, order[:good], tried, ranking, facts)
 
 
 def _shortest_prefix(
-    order: list[str], known_good: int | None, attempt: Callable[[int], tuple[bool, onnx.ModelProto]]
-) -> tuple[int | None, onnx.ModelProto | None]:
-    """The shortest prefix length of ``order`` that ``attempt`` accepts, and its model: doubling from 1, then
-    bisecting. ``known_good`` is a length already accepted (not tried again; its model is the caller's); None when
-    none is, and then (None, None) if not even the whole of ``order`` is accepted."""
+    order: list[str], known_good: int | None, attempt: Callable[[int], tuple[bool, Any]]
+) -> tuple[int | None, Any]:
+    """The shortest prefix length of ``order`` that ``attempt`` accepts, and what ``attempt`` gave for it: doubling
+    from 1, then bisecting. ``known_good`` is a length already accepted (not tried again; its result is the caller's);
+    None when none is, and then (None, None) if not even the whole of ``order`` is accepted."""
     bad, good, best = 0, known_good, None
     count = 1
     while good is None or count < good:

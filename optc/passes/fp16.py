@@ -37,7 +37,7 @@ from pydantic import Field
 from optc.data import input_specs
 from optc.isolation import RISKY_OP_TYPES, NativeCrash, run_isolated
 from optc.measure.providers import check_options
-from optc.model_facts import all_nodes, node_reads, subgraphs
+from optc.model_facts import FLOAT_TYPES, all_nodes, node_reads, subgraphs
 from optc.modelio import adopt_model, too_large_to_serialize
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import keep_in_float_until, output_agreement, probe_of, rank_by_damage, run_outputs
@@ -58,7 +58,6 @@ FP16_UNSAFE_OPS = sorted(
     | RISKY_OP_TYPES
 )
 PROBE_SAMPLES = 32
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 MIN_FALLBACK_NODES = 8
 
 

@@ -98,7 +98,7 @@ def run_fuse(model: onnx.ModelProto, config: FuseConfig, context: PassContext) -
             context.workdir,
         )
         fusions += [{"fusion": f"transformer: {op}", "applied": n} for op, n in fused_ops.items()]
-        if not details["transformer"]["detected"] and config.transformer == "auto":
+        if "not_found" in details["transformer"]:
             warnings.append(
                 f"{context.label}: {details['transformer']['not_found']}; if the model has one, set transformer: "
                 "bert (or gpt2) with num_heads and hidden_size"
