@@ -17,7 +17,7 @@ from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls
 from optc.passes.quantize_prepare import gemm_to_matmul
 from optc.passes.registry import PassContext
-from tests.conftest import make_model, mlp_model, read_again_in_an_if_branch, relu_model, wide_mlp
+from tests.conftest import lstm_model, make_model, mlp_model, read_again_in_an_if_branch, relu_model, wide_mlp
 
 
 def context(tmp_path: Path) -> PassContext:
@@ -244,22 +244,6 @@ def test_the_fidelity_search_counts_integer_outputs_as_the_gate_does(tmp_path: P
     assert [row["node"] for row in outcome.details["kept_in_float"]] == ["classes"]
     session = ort.InferenceSession(outcome.model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(["ids"], {"x": x})[0], np.argmax(x @ scores, axis=1))
-
-
-def lstm_model(hidden: int = 32, features: int = 16) -> onnx.ModelProto:
-    """x[time, batch, features] → LSTM → Y_h[1, batch, hidden]: its weights are most of the model."""
-    rng = np.random.default_rng(0)
-    weights = {
-        "W": rng.standard_normal((1, 4 * hidden, features)) * 0.3,
-        "R": rng.standard_normal((1, 4 * hidden, hidden)) * 0.3,
-        "B": rng.standard_normal((1, 8 * hidden)) * 0.1,
-    }
-    return make_model(
-        [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "y"], name="lstm", hidden_size=hidden)],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, "n", features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", hidden])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
-    )
 
 
 def test_dynamic_int8_quantizes_lstm_weights_and_static_int8_keeps_the_cell_in_float(tmp_path: Path):

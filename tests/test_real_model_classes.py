@@ -55,16 +55,19 @@ def vector_model(nodes, inits=(), width: int = 16) -> onnx.ModelProto:
 
 
 def test_fp16_keeps_the_node_that_loses_precision_instead_of_refusing(tmp_path):
-    """x·1000.3 − x·1000: fp16 stores 1000.3 as 1000.5, so the difference comes out 0.5·x, not 0.3·x (67 % off)."""
+    """x·1000.3 − x·1000: fp16 stores 1000.3 as 1000.5, so the difference comes out 0.5·x, not 0.3·x (67 % off).
+    (A projection after it gives fp16 a weight to halve: a conversion no smaller than fp32 is refused.)"""
     model = vector_model(
         [
             helper.make_node("Mul", ["x", "k1"], ["a"], name="scale_a"),
             helper.make_node("Mul", ["x", "k2"], ["b"], name="scale_b"),
-            helper.make_node("Sub", ["a", "b"], ["y"], name="difference"),
+            helper.make_node("Sub", ["a", "b"], ["d"], name="difference"),
+            helper.make_node("MatMul", ["d", "w"], ["y"], name="projection"),
         ],
-        {"k1": np.full(16, 1000.3), "k2": np.full(16, 1000.0)},
+        {"k1": np.full(64, 1000.3), "k2": np.full(64, 1000.0), "w": RNG.standard_normal((64, 64)) / 8},
+        width=64,
     )
-    x = {"x": RNG.standard_normal((32, 16)).astype(np.float32)}
+    x = {"x": RNG.standard_normal((32, 64)).astype(np.float32)}
     outcome = run_fp16(model, Fp16Config(type="fp16"), context(tmp_path, x))
     search = outcome.details["fallback_search"]
     assert search[0]["max_relative_error"] > 0.1 and any(t["ok"] for t in search)
@@ -325,13 +328,13 @@ def test_fp16_of_an_if_whose_branch_reads_an_outer_tensor(tmp_path):
         [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Sigmoid", ["h"], ["verified"])],
         "then",
         [],
-        [helper.make_tensor_value_info("verified", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("verified", TensorProto.FLOAT, ["n", 64])],
     )
     passthrough = helper.make_graph(
         [helper.make_node("Identity", ["score"], ["kept"])],
         "else",
         [],
-        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, ["n", 64])],
     )
     nodes = [
         helper.make_node("MatMul", ["x", "W_head"], ["logits"], name="head"),
@@ -342,15 +345,15 @@ def test_fp16_of_an_if_whose_branch_reads_an_outer_tensor(tmp_path):
     ]
     model = make_model(
         nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
         [
-            numpy_helper.from_array(RNG.standard_normal((16, 16)).astype(np.float32) * 0.3, "W"),
-            numpy_helper.from_array(RNG.standard_normal((16, 16)).astype(np.float32) * 0.3, "W_head"),
+            numpy_helper.from_array(RNG.standard_normal((64, 64)).astype(np.float32) * 0.3, "W"),
+            numpy_helper.from_array(RNG.standard_normal((64, 64)).astype(np.float32) * 0.3, "W_head"),
             numpy_helper.from_array(np.array(0.5, np.float32), "threshold"),
         ],
     )
-    x = {"x": RNG.standard_normal((8, 16)).astype(np.float32)}
+    x = {"x": RNG.standard_normal((8, 64)).astype(np.float32)}
     outcome = run_fp16(model, Fp16Config(type="fp16"), context(tmp_path, x))
     assert outcome.details["output_error"] <= 0.01
     weights = {t.name: t.data_type for t in outcome.model.graph.initializer}
