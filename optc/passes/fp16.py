@@ -44,18 +44,17 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 from pydantic import Field
 
 from optc.data import input_specs
-from optc.errors import NotApplicable
 from optc.isolation import RISKY_OP_TYPES, NativeCrash, run_isolated
 from optc.measure.providers import check_options
 from optc.model_facts import FLOAT_TYPES, all_nodes, node_reads, reader_counts, subgraphs
-from optc.modelio import adopt_model, serialized_size, too_large_to_serialize
+from optc.modelio import adopt_model, too_large_to_serialize
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import keep_in_float_until, output_agreement, probe_of, rank_by_damage, run_outputs
 from optc.passes.ort_tools import inside, quiet_root_logger
 from optc.passes.quantize import refuse_quantized
+from optc.passes.quantize_fallback import refuse_no_smaller
 from optc.passes.quantize_prepare import drop_initializer_inputs, name_unnamed_nodes
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
-from optc.report.format import human_bytes
 from optc.tensors import is_lazy, spill, tensor_values
 from optc.verify import session_source
 
@@ -184,7 +183,7 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
             facts = stored_facts
         else:  # the fp32 nodes' weights were the ones that needed their precision
             result, stored = converted, []
-    _refuse_larger(model, result, context.label)
+    refuse_no_smaller(model, result, context.label, "fp16")
     ops = {n.name: n.op_type for n in source.graph.node}
     return PassOutcome(
         model=result,
@@ -248,18 +247,6 @@ def store_kept_weights_fp16(
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out, sorted(chosen)
-
-
-def _refuse_larger(model: onnx.ModelProto, result: onnx.ModelProto, label: str) -> None:
-    """A conversion that stores nothing smaller has nothing to offer: the Casts of a graph of ai.onnx.ml operators
-    with a few float constants made it 17 % larger, and no faster."""
-    before, after = serialized_size(model), serialized_size(result)
-    if after >= before:
-        raise NotApplicable(
-            label,
-            f"the fp16 model would be no smaller than its input ({human_bytes(before)} → {human_bytes(after)}): "
-            "it holds almost no float weights that fp16 can store",
-        )
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, s
 from optc.errors import NotApplicable, OptcError, PassError
 from optc.messages import exception_reason
 from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
-from optc.modelio import adopt_model, serialized_size
+from optc.modelio import adopt_model
 from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import evaluation_probe, probe_of, rank_by_damage
@@ -40,6 +40,7 @@ from optc.passes.quantize_fallback import (
     int8_share,
     largest_readers,
     meet_fidelity_targets,
+    refuse_no_smaller,
 )
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_prepare import (
@@ -52,7 +53,6 @@ from optc.passes.quantize_prepare import (
     upgrade_opset,
 )
 from optc.passes.registry import PassContext, PassOutcome
-from optc.report.format import human_bytes
 
 if TYPE_CHECKING:
     from optc.passes.quantize import QuantizeConfig
@@ -169,21 +169,17 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
 
 def _refuse_larger(model: onnx.ModelProto, result: onnx.ModelProto, prepared: onnx.ModelProto, label: str) -> None:
     """Static int8 that keeps nearly every weight in float adds Quantize/Dequantize pairs and stores nothing
-    smaller: an LSTM wake-word head and a word segmenter came out larger than fp32 and no faster, with exit 0. (A
-    graph of a few kB can grow by the pairs alone with half its weights int8: only a mostly float result is refused.)"""
-    share, left_by_op = int8_share(prepared, result)
-    if share >= LITTLE_QUANTIZED_SHARE:
-        return
-    before, after = serialized_size(model), serialized_size(result)  # serializing is the costly part: only here
-    if after < before:
-        return
-    raise NotApplicable(
-        label,
-        f"the int8 model would be no smaller than its input ({human_bytes(before)} → {human_bytes(after)}): "
-        f"{share:.1%} of its float weights came out int8, the rest is read by {largest_readers(left_by_op)}",
-        hint="the int8-dynamic recipe quantizes MatMul, LSTM and embedding weights without calibration, and stores "
-        "Conv weights in int8",
-    )
+    smaller (an LSTM wake-word head, a word segmenter). A graph of a few kB can grow by the pairs alone with half its
+    weights int8: only a mostly float result is refused, and only then is it serialized to tell."""
+    if int8_share(prepared, result)[0] < LITTLE_QUANTIZED_SHARE:
+        refuse_no_smaller(
+            model,
+            result,
+            label,
+            "int8",
+            hint="the int8-dynamic recipe quantizes MatMul, LSTM and embedding weights without calibration, and "
+            "stores Conv weights in int8",
+        )
 
 
 def _little_quantized(label: str, share: float, left_by_op: dict[str, int]) -> str:

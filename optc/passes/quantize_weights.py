@@ -40,7 +40,7 @@ from optc.passes.quantize_conv_weights import (
     nothing_to_quantize,
     store_conv_weights_int8,
 )
-from optc.passes.quantize_fallback import all_kept_in_float, meet_fidelity_targets
+from optc.passes.quantize_fallback import all_kept_in_float, meet_fidelity_targets, refuse_no_smaller
 from optc.passes.quantize_keep_float import blow_up_readers
 from optc.passes.quantize_prepare import drop_initializer_inputs, gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.registry import PassContext, PassOutcome
@@ -169,6 +169,14 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
     conv_float = {name: kept.pop(name) for name in convs & set(kept)}
     if not candidates and len(conv_float) == len(convs):
         raise all_kept_in_float(context.label, [n.op_type for n in model.graph.node if n.name in convs])
+    refuse_no_smaller(
+        model,
+        result,
+        context.label,
+        f"{settings.bits}-bit",
+        hint="weight-only quantization stores MatMul weights in fewer bits and Conv weights in int8 (embedding "
+        "tables with weights.embeddings: true); the int8-dynamic recipe quantizes LSTM weights too",
+    )
     four_bit = [c.node.name for c in candidates if c.node.name not in kept] if settings.bits == 4 else []
     return PassOutcome(
         model=result,
