@@ -42,7 +42,7 @@ def test_builtin_int8_dynamic_on_the_sample_cnn(runner, tmp_path: Path):
     assert cpu["accuracy"]["original"] > 95 and abs(cpu["accuracy"]["drop"]) < 1.0
     assert [p["type"] for p in report["passes"]] == ["fuse", "quantize"]  # the recipe folds BatchNorm first
     assert report["passes"][1]["details"]["ops_quantized"] == 5
-    assert report["passes"][1]["details"]["conv_weights_int8"] == 3
+    assert report["passes"][1]["details"]["weights_stored_int8"] == 3
     assert "# optc report" in report_of(out, ".md").read_text()
     assert "\x1b[" not in result.output  # no colour when stdout is not a terminal
     props = {p.key: p.value for p in onnx.load_model(str(out)).metadata_props}
@@ -152,7 +152,7 @@ def test_dynamic_int8_with_nothing_to_quantize_says_so(runner, tmp_path: Path, f
     onnx.save_model(relu_model(), str(model))
     result = compress(runner, model, "-r", fast_recipe(DYNAMIC_PASS), "-o", tmp_path / "out" / "m.onnx")
     assert result.exit_code == 2
-    assert "no MatMul/Gather/LSTM or Conv node with constant weights" in result.stderr
+    assert "no MatMul/Gather/LSTM/GRU/RNN or Conv node with constant weights" in result.stderr
     assert "nothing to quantize" in result.stderr and "check op_types" not in result.stderr
     assert nothing_written(tmp_path / "out")
 

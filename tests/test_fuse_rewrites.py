@@ -22,7 +22,7 @@ from optc.passes.fuse.rewrites.merge_duplicates import merge_duplicates
 from optc.passes.fuse.rewrites.merge_reshapes import merge_reshapes
 from optc.passes.fuse.rewrites.merge_slices import merge_slices
 from optc.passes.fuse.rewrites.merge_transposes import merge_transposes
-from optc.passes.quantize_conv_weights import store_conv_weights_int8
+from optc.passes.quantize_stored_weights import store_weights_int8
 from tests.conftest import SAMPLES, make_model
 from tests.fuse_graphs import (
     assert_same_outputs,
@@ -122,7 +122,7 @@ def test_fold_constants_leaves_a_weight_stored_in_int8():
     folding them here would write the float weight back, 4x the bytes."""
     conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
     model = make_model([conv], [tensor("x", [1, 4, 5, 5])], [tensor("y", [1, 4, 5, 5])], [init("w", rand(4, 4, 3, 3))])
-    stored = store_conv_weights_int8(model, {"conv"})
+    stored = store_weights_int8(model, {"conv"})
     fused, applied = fold_constants(stored)
     assert applied == 0 and ops(fused) == {"Cast": 1, "Mul": 1, "Conv": 1}
 

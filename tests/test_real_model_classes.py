@@ -414,7 +414,7 @@ def test_weights_also_listed_as_graph_inputs_are_still_quantized(tmp_path, mode)
     model.ir_version = 3
     x = {"x": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)}
     outcome = run_quantize(model, QuantizeConfig(type="quantize", mode=mode), context(tmp_path, x))
-    assert outcome.details["conv_weights_int8"] == 1
+    assert outcome.details["weights_stored_int8"] == 1
     assert [i.name for i in outcome.model.graph.input] == ["x"]
 
 

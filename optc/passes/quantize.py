@@ -3,7 +3,8 @@
 Dynamic int8 (int8 weights, activations quantized at run time): MatMuls with constant weights are quantized by optc
 (``quantize_matmul_dynamic``, inputs smoothed by ``quantize_smooth``), and so are embedding tables
 (``quantize_gather``); other op types asked for go through ONNX Runtime's ``quantize_dynamic``. By default only
-MatMul/Gemm/Gather are quantized, and Conv weights are stored in int8 for float compute (``quantize_conv_weights``):
+MatMul/Gemm/Gather/LSTM are quantized, and Conv and GRU/RNN weights are stored in int8 for float compute
+(``quantize_stored_weights``):
 a dynamically quantized Conv becomes ConvInteger, which is slower than fp32 Conv on ONNX Runtime's CPU provider.
 ONNX Runtime has no integer Gemm, so Gemm nodes with
 constant weights are first rewritten to MatMul + Add. Static int8 (activations calibrated ahead of time) lives in
@@ -29,12 +30,6 @@ from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import PROBE_SAMPLES, Convert, evaluation_probe
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
-from optc.passes.quantize_conv_weights import (
-    conv_weight_nodes,
-    int8_conv_weights,
-    nothing_to_quantize,
-    store_conv_weights_int8,
-)
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import (
     LITTLE_QUANTIZED_SHARE,
@@ -50,15 +45,24 @@ from optc.passes.quantize_matmul_dynamic import quantize_matmuls, smoothing_fact
 from optc.passes.quantize_prepare import drop_initializer_inputs, gemm_to_matmul, name_unnamed_nodes, normalize_opsets
 from optc.passes.quantize_smooth import smoothing
 from optc.passes.quantize_static import refuse_without_onnx_ops, run_static
+from optc.passes.quantize_stored_weights import (
+    CONV_OP_TYPES,
+    RECURRENT_OP_TYPES,
+    int8_stored_weights,
+    nothing_to_quantize,
+    store_weights_int8,
+    stored_weight_nodes,
+)
 from optc.passes.quantize_weights import WeightOnlyConfig, run_weight_only
 from optc.passes.registry import PassConfig, PassContext, PassOutcome, register
 
-DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "GRU", "RNN", "Gather", "EmbedLayerNormalization")
 # The fallback ranks nodes by their damage at the outputs, 8 runs per candidate of a model holding float and int8
 # weights (all-MiniLM-L6: 38 candidates of 90 MB), while candidates × model bytes stay within this (a proxy
 # for those runs' time); beyond it, in one pass.
 OUTPUT_RANKING_BYTES = 8 * 2**30
-QUANTIZED_BY_OPTC = ("MatMul", "Gather")  # the rest of DYNAMIC_OP_TYPES through ONNX Runtime's quantize_dynamic
+# The rest of DYNAMIC_OP_TYPES goes through ONNX Runtime's quantize_dynamic.
+QUANTIZED_BY_OPTC = ("MatMul", "Gather", "GRU", "RNN")
 # One of each per quantized MatMul, Conv, fused Attention (embedding Gathers are counted by their int8 tables).
 QUANTIZED_BY_DYNAMIC = ("MatMulInteger", "ConvInteger", "QAttention", "DynamicQuantizeLSTM")
 
@@ -123,7 +127,8 @@ class QuantizeConfig(PassConfig):
     op_types: list[str] | None = Field(
         default=None,
         description="Op types to quantize. Default for dynamic: MatMul, Gemm, Gather (embedding tables stored in "
-        "int8; ConvInteger is slow on CPU), LSTM; "
+        "int8; ConvInteger is slow on CPU), LSTM (DynamicQuantizeLSTM), GRU and RNN (no int8 kernel: weights stored "
+        "in int8 for float compute, as Conv weights are); "
         "for static: every op type ONNX Runtime's static quantizer supports.",
     )
     preprocess: bool = Field(
@@ -204,7 +209,7 @@ class QuantizeConfig(PassConfig):
         return {}
 
     def dynamic_op_types(self) -> list[str]:
-        return list(self.op_types) if self.op_types is not None else ["MatMul", "Gemm", "Gather", "LSTM"]
+        return list(self.op_types) if self.op_types is not None else ["MatMul", "Gemm", "Gather", *RECURRENT_OP_TYPES]
 
     def reads_lazy_weights(self) -> bool:
         return True
@@ -244,8 +249,8 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         model = gemm_to_matmul(model)
         op_types = [op for op in op_types if op != "Gemm"] + (["MatMul"] if "MatMul" not in op_types else [])
     model = name_unnamed_nodes(normalize_opsets(model))
-    convs = _stored_convs(model, config, op_types)
-    weighted = _weighted_nodes(model, op_types) | convs
+    stored = _stored_weights(model, config, op_types)
+    weighted = _weighted_nodes(model, op_types) | stored
     if not weighted:
         conv_weights = "float" if "Conv" in op_types else config.conv_weights
         raise nothing_to_quantize(model, context.label, "/".join(op_types), "dynamic int8", conv_weights)
@@ -271,14 +276,14 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         )
     )
     smoothed = search.scales(float_channels=False) if search else {}
-    quantize = _dynamic_quantizer(model, config, op_types, convs, smoothed, context)
+    quantize = _dynamic_quantizer(model, config, op_types, stored, smoothed, context)
     full = quantize(set(kept))
 
     def with_float_channels() -> tuple[Convert, onnx.ModelProto] | None:
         scales = search.scales(float_channels=True)
         if not any(np.isinf(scale).any() for scale in scales.values()):
             return None  # no input gains enough from them: the smoothed conversion again
-        converter = _dynamic_quantizer(model, config, op_types, convs, scales, context)
+        converter = _dynamic_quantizer(model, config, op_types, stored, scales, context)
         return converter, converter(set(kept))
 
     result, details = meet_fidelity_targets(
@@ -300,7 +305,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     before, after = op_histogram(model), op_histogram(result)
     quantized = (
         int8_gathers(result)
-        + int8_conv_weights(result)
+        + int8_stored_weights(result)
         + sum(after.get(op, 0) - before.get(op, 0) for op in QUANTIZED_BY_DYNAMIC)
     )
     ops = {n.name: n.op_type for n in model.graph.node}
@@ -320,7 +325,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
             "per_channel": config.per_channel,
             "weight_type": config.weight_type,
             "reduce_range": config.reduce_range,
-            "conv_weights_int8": int8_conv_weights(result),
+            "weights_stored_int8": int8_stored_weights(result),
             **smoothing_facts(result),
             "smoothed_on": None if smoothed_on is None else str(smoothed_on),
             "kept_in_float": [
@@ -355,23 +360,26 @@ def _weighted_nodes(model: onnx.ModelProto, op_types: list[str]) -> set[str]:
     }
 
 
-def _stored_convs(model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str]) -> set[str]:
-    """The Conv nodes whose weights dynamic int8 stores in int8 for float compute: none where ``conv_weights`` is
-    float or op_types asks for ConvInteger."""
-    return set() if config.conv_weights == "float" or "Conv" in op_types else conv_weight_nodes(model)
+def _stored_weights(model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str]) -> set[str]:
+    """The nodes whose weights dynamic int8 stores in int8 for float compute: the Convs, unless ``conv_weights`` is
+    float or op_types asks for ConvInteger, and the GRU/RNN cells op_types names (ONNX Runtime has no int8 kernel
+    for them; the corpus's GRU encoders kept 90 % of their size)."""
+    convs = set() if config.conv_weights == "float" or "Conv" in op_types else stored_weight_nodes(model, CONV_OP_TYPES)
+    cells = tuple(op for op in ("GRU", "RNN") if op in op_types)
+    return convs | stored_weight_nodes(model, cells)
 
 
 def _dynamic_quantizer(
     model: onnx.ModelProto,
     config: QuantizeConfig,
     op_types: list[str],
-    convs: set[str],
+    stored: set[str],
     scales: dict[str, np.ndarray],
     context: PassContext,
 ) -> Convert:
     """A function from the node names to keep in float to the dynamically quantized model. MatMul (Gemm having
     become MatMul + Add) and Gather are quantized here one weight at a time, MatMul inputs smoothed by ``scales``,
-    and the weights of ``convs`` stored in int8; other op types (a fused Attention, Conv as ConvInteger) then go
+    and the weights of ``stored`` stored in int8; other op types (a fused Attention, Conv as ConvInteger) then go
     through ONNX Runtime's ``quantize_dynamic``, which reads the whole model into memory."""
     matmuls = _weighted_nodes(model, ["MatMul"]) if "MatMul" in op_types else set()
     gathers = _weighted_nodes(model, ["Gather"]) if "Gather" in op_types else set()
@@ -382,7 +390,7 @@ def _dynamic_quantizer(
             model, matmuls - kept, config.weight_type, config.per_channel, config.reduce_range, scales
         )
         with_gathers = quantize_gathers(with_matmuls, gathers - kept, config.per_channel)
-        return store_conv_weights_int8(with_gathers, convs - kept) if convs - kept else with_gathers
+        return store_weights_int8(with_gathers, stored - kept) if stored - kept else with_gathers
 
     if not others:
         return quantize_by_optc

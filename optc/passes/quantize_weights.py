@@ -1,6 +1,7 @@
 """``type: quantize`` with ``mode: weight_only``: MatMul weights stored in 4 (or 8) bits, blockwise; activations stay
-float, so there is nothing to calibrate for plain round-to-nearest. Conv weights go to 8 bits for float compute
-(``quantize_conv_weights``); where a fidelity target asks, a MatMul is raised to 8 bits and a Conv to float.
+float, so there is nothing to calibrate for plain round-to-nearest. Conv and recurrent-cell (LSTM/GRU/RNN) weights
+go to 8 bits for float compute (``quantize_stored_weights``); where a fidelity target asks, a MatMul is raised to 8
+bits and a Conv or a cell to float.
 
 Output formats: ONNX Runtime's ``MatMulNBits`` (its fast CPU and CUDA kernels; ``accuracy_level`` from the target:
 4, int8 compute, on CPUs — 4x faster than level 0 at batch 1 on AVX2, see the README), or standard ONNX
@@ -34,15 +35,17 @@ from optc.passes.channel_scaling import divided_input
 from optc.passes.exclude import excluded_nodes
 from optc.passes.fallback import probe_of
 from optc.passes.quantize_awq import awq_scales
-from optc.passes.quantize_conv_weights import (
-    conv_weight_nodes,
-    int8_conv_weights,
-    nothing_to_quantize,
-    store_conv_weights_int8,
-)
 from optc.passes.quantize_fallback import all_kept_in_float, meet_fidelity_targets, refuse_no_smaller
 from optc.passes.quantize_keep_float import blow_up_readers
 from optc.passes.quantize_prepare import drop_initializer_inputs, gemm_to_matmul, name_unnamed_nodes, normalize_opsets
+from optc.passes.quantize_stored_weights import (
+    CONV_OP_TYPES,
+    RECURRENT_OP_TYPES,
+    int8_stored_weights,
+    nothing_to_quantize,
+    store_weights_int8,
+    stored_weight_nodes,
+)
 from optc.passes.registry import PassContext, PassOutcome
 from optc.tensors import tensor_values
 
@@ -128,8 +131,10 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
     candidates = [c for c in candidates if c.node.name not in in_float]
     # 8 bits, not 4: 4-bit round-to-nearest Conv weights (blocks of 32) took a DBNet text detector to cosine 0.92
     # and a CAPTCHA detector to 0.68, where 8 bits per channel kept both above 0.997
-    convs = set() if config.conv_weights == "float" else conv_weight_nodes(model) - excluded
-    if not candidates and not convs:
+    convs = set() if config.conv_weights == "float" else stored_weight_nodes(model, CONV_OP_TYPES)
+    # An LSTM wake-word head and two EEG detectors kept most of their weights float in their recurrent cells.
+    stored = (convs | stored_weight_nodes(model, RECURRENT_OP_TYPES)) - excluded
+    if not candidates and not stored:
         raise nothing_to_quantize(model, context.label, "MatMul", "weight-only quantization", config.conv_weights)
     eight_bit = _eight_bit_layers(model, candidates, settings.eight_bit, context.label)
     scales, calibrated_on = {}, None
@@ -141,11 +146,11 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
         model = _upgraded(model, context.label)
 
     def convert(upgraded: set[str]) -> onnx.ModelProto:
-        """Upgraded MatMuls go to 8 bits without their AWQ scaling, upgraded Convs (already at 8) to float."""
+        """Upgraded MatMuls go to 8 bits without their AWQ scaling, upgraded stored weights (already at 8) to float."""
         at_8 = set(eight_bit) | upgraded
         kept_scales = _scales_for(scales, candidates, at_8) if settings.bits == 4 else scales
         quantized = quantize_weights(model, candidates, settings, accuracy_level, at_8, kept_scales)
-        return store_conv_weights_int8(quantized, convs - upgraded) if convs - upgraded else quantized
+        return store_weights_int8(quantized, stored - upgraded) if stored - upgraded else quantized
 
     full = convert(set())
     kept = {name: {"reason": reason} for name, reason in eight_bit.items()}
@@ -157,32 +162,32 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
         full,
         kept,
         probe,
-        lambda n: n.name in {c.node.name for c in candidates} | convs,
+        lambda n: n.name in {c.node.name for c in candidates} | stored,
         config,
         context,
         context.batch_size,
     )
     if details:  # MatMuls the targets asked for go to 8 bits, not to float (Convs, at 8 already, do)
         for row in details.get("sensitivity", []):
-            if row.get("node") not in convs:
+            if row.get("node") not in stored:
                 row["kept_at_8_bits"] = row.pop("kept_in_float")
-    conv_float = {name: kept.pop(name) for name in convs & set(kept)}
-    if not candidates and len(conv_float) == len(convs):
-        raise all_kept_in_float(context.label, [n.op_type for n in model.graph.node if n.name in convs])
+    stored_float = {name: kept.pop(name) for name in stored & set(kept)}
+    if not candidates and len(stored_float) == len(stored):
+        raise all_kept_in_float(context.label, [n.op_type for n in model.graph.node if n.name in stored])
     refuse_no_smaller(
         model,
         result,
         context.label,
         f"{settings.bits}-bit",
-        hint="weight-only quantization stores MatMul weights in fewer bits and Conv weights in int8 (embedding "
-        "tables with weights.embeddings: true); the int8-dynamic recipe quantizes LSTM weights too",
+        hint="weight-only quantization stores MatMul weights in fewer bits and Conv and LSTM/GRU/RNN weights in "
+        "int8; embedding tables only with weights.embeddings: true (the int8-dynamic recipe stores them in int8)",
     )
     four_bit = [c.node.name for c in candidates if c.node.name not in kept] if settings.bits == 4 else []
     return PassOutcome(
         model=result,
         details={
             "weights_quantized": len(candidates),
-            "conv_weights_int8": int8_conv_weights(result),
+            "weights_stored_int8": int8_stored_weights(result),
             "bits": settings.bits,
             "four_bit_layers": len(four_bit),
             "block_size": settings.block_size,
@@ -192,7 +197,7 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
             "accuracy_level": accuracy_level,
             "embeddings": settings.embeddings,
             "eight_bit_layers": [{"node": name, **facts} for name, facts in sorted(kept.items())],
-            "convs_kept_in_float": [{"node": name, **facts} for name, facts in sorted(conv_float.items())],
+            "stored_kept_in_float": [{"node": name, **facts} for name, facts in sorted(stored_float.items())],
             "kept_in_float": [{"node": name, "reason": reason} for name, reason in sorted(in_float.items())],
             "awq_scaled_inputs": len(_scales_for(scales, candidates, set(kept)) if settings.bits == 4 else scales),
             **details,

@@ -11,9 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 from optc.data import Dataset
 from optc.errors import OptcError, PassError
 from optc.passes.quantize import QuantizeConfig, run_quantize
-from optc.passes.quantize_conv_weights import int8_conv_weights, store_conv_weights_int8
+from optc.passes.quantize_stored_weights import int8_stored_weights, store_weights_int8
 from optc.passes.registry import PassContext
-from tests.conftest import make_model
+from tests.conftest import lstm_model, make_model
 
 RNG = np.random.default_rng(0)
 
@@ -52,7 +52,7 @@ def outputs(model: onnx.ModelProto, x: np.ndarray, optimized: Path | None = None
 
 def test_conv_weights_become_int8_per_output_channel_and_outputs_stay_close(tmp_path: Path):
     model = conv_net(weight_readers=2)
-    stored = store_conv_weights_int8(model, {"conv0", "conv1", "up"})
+    stored = store_weights_int8(model, {"conv0", "conv1", "up"})
     onnx.checker.check_model(stored, full_check=True)
     initializers = {t.name: numpy_helper.to_array(t) for t in stored.graph.initializer}
     assert "K" not in initializers and "T" not in initializers
@@ -64,7 +64,7 @@ def test_conv_weights_become_int8_per_output_channel_and_outputs_stay_close(tmp_
     assert (channel_error <= np.abs(kernel).reshape(8, -1).max(axis=1) / 254 * 1.001).all()
     ops = [n.op_type for n in stored.graph.node]
     assert ops == ["Cast", "Mul", "Conv", "Conv", "Cast", "Mul", "ConvTranspose"]  # K dequantized once for both
-    assert int8_conv_weights(stored) == 2
+    assert int8_stored_weights(stored) == 2
     assert stored.ByteSize() < model.ByteSize() * 0.5  # 1 byte per weight instead of 4, plus the scales and nodes
     x = RNG.standard_normal((2, 8, 6, 6)).astype(np.float32)
     [expected], [got] = outputs(model, x), outputs(stored, x)
@@ -76,19 +76,19 @@ def test_conv_weights_become_int8_per_output_channel_and_outputs_stay_close(tmp_
 def test_onnx_runtime_folds_the_dequantization_when_it_loads_the_model(tmp_path: Path):
     """The design rests on this: the session runs a float Conv with a constant weight, not Cast and Mul on every run
     (as DequantizeLinear would be, which ONNX Runtime keeps for its QDQ fusions)."""
-    stored = store_conv_weights_int8(conv_net(), {"conv0", "up"})
+    stored = store_weights_int8(conv_net(), {"conv0", "up"})
     outputs(stored, RNG.standard_normal((1, 8, 6, 6)).astype(np.float32), tmp_path / "loaded.onnx")
     loaded = [n.op_type for n in onnx.load(str(tmp_path / "loaded.onnx")).graph.node]
     assert loaded == ["Conv", "ConvTranspose"]
 
 
 def test_a_weight_something_else_reads_or_a_caller_can_override_stays_float():
-    shared = store_conv_weights_int8(conv_net(shared_with_max=True), {"conv0", "up"})
+    shared = store_weights_int8(conv_net(shared_with_max=True), {"conv0", "up"})
     names = {t.name for t in shared.graph.initializer}
     assert "K" in names and "K_int8" not in names and "T_int8" in names
     overridable = conv_net()
     overridable.graph.input.append(helper.make_tensor_value_info("T", TensorProto.FLOAT, [8, 4, 2, 2]))
-    assert int8_conv_weights(store_conv_weights_int8(overridable, {"conv0", "up"})) == 1
+    assert int8_stored_weights(store_weights_int8(overridable, {"conv0", "up"})) == 1
 
 
 def context(tmp_path: Path) -> PassContext:
@@ -105,18 +105,18 @@ def test_dynamic_int8_stores_a_conv_networks_weights_in_int8(tmp_path: Path):
     """Corpus CNNs without a MatMul (text and face detectors, YOLOv8n) were refused; now they come out about 4x
     smaller at the same speed."""
     outcome = run_quantize(conv_net(), QuantizeConfig(type="quantize", mode="dynamic"), context(tmp_path))
-    assert outcome.details["conv_weights_int8"] == 2 and outcome.details["ops_quantized"] == 2
+    assert outcome.details["weights_stored_int8"] == 2 and outcome.details["ops_quantized"] == 2
     assert outcome.details["weights_int8_share"] == 1.0 and outcome.warnings == []
 
 
 def test_weight_only_stores_conv_weights_in_8_bits(tmp_path: Path):
     """The int4 recipes refused Conv networks outright; their convolutions now get 8-bit weights."""
     outcome = run_quantize(conv_net(), QuantizeConfig(type="quantize", mode="weight_only"), context(tmp_path))
-    assert outcome.details["conv_weights_int8"] == 2 and outcome.details["weights_quantized"] == 0
+    assert outcome.details["weights_stored_int8"] == 2 and outcome.details["weights_quantized"] == 0
     assert [n.op_type for n in outcome.model.graph.node].count("Cast") == 2
 
 
-@pytest.mark.parametrize(("mode", "candidates"), [("dynamic", "MatMul/Gather/LSTM"), ("weight_only", "MatMul")])
+@pytest.mark.parametrize(("mode", "candidates"), [("dynamic", "MatMul/Gather/LSTM/GRU/RNN"), ("weight_only", "MatMul")])
 def test_with_conv_weights_float_a_conv_network_is_refused_with_the_way_out(tmp_path: Path, mode, candidates):
     config = QuantizeConfig(type="quantize", mode=mode, conv_weights="float")
     with pytest.raises(OptcError, match=f"no {candidates} node with constant weights") as info:
@@ -159,8 +159,8 @@ def test_weight_only_keeps_a_conv_in_float_where_8_bits_miss_the_target(tmp_path
     assert np.dot(expected.ravel(), damaged.ravel()) / np.linalg.norm(expected) / np.linalg.norm(damaged) < 0.99
     config = QuantizeConfig(type="quantize", mode="weight_only", min_cosine=0.999)
     outcome = run_quantize(model, config, data)
-    assert [row["node"] for row in outcome.details["convs_kept_in_float"]] == ["spoiled"]
-    assert outcome.details["conv_weights_int8"] == 1 and outcome.details["eight_bit_layers"] == []
+    assert [row["node"] for row in outcome.details["stored_kept_in_float"]] == ["spoiled"]
+    assert outcome.details["weights_stored_int8"] == 1 and outcome.details["eight_bit_layers"] == []
     [got] = outputs(outcome.model, x)
     assert np.dot(expected.ravel(), got.ravel()) / np.linalg.norm(expected) / np.linalg.norm(got) > 0.999
 
@@ -170,3 +170,46 @@ def test_weight_only_keeps_a_conv_in_float_where_8_bits_miss_the_target(tmp_path
     alone.graph.output[0].name = "h"
     with pytest.raises(PassError, match="all 1 Conv node"):  # not an unchanged model passed off as optimized
         run_quantize(alone, config, data)
+
+
+def gru_model(hidden: int = 32, features: int = 16) -> onnx.ModelProto:
+    """x[time, batch, features] → GRU → Y_h, as the corpus's romanizer encoders hold them."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "W": rng.standard_normal((1, 3 * hidden, features)) * 0.3,
+        "R": rng.standard_normal((1, 3 * hidden, hidden)) * 0.3,
+        "B": rng.standard_normal((1, 6 * hidden)) * 0.1,
+    }
+    return make_model(
+        [helper.make_node("GRU", ["x", "W", "R", "B"], ["", "y"], name="gru", hidden_size=hidden)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, "n", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", hidden])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+
+
+@pytest.mark.parametrize(("build", "cell", "gates"), [(lstm_model, "lstm", 4), (gru_model, "gru", 3)])
+def test_recurrent_weights_get_one_scale_per_row_and_outputs_stay_close(build, cell, gates):
+    model = build()
+    stored = store_weights_int8(model, {cell})
+    onnx.checker.check_model(stored, full_check=True)
+    initializers = {t.name: numpy_helper.to_array(t) for t in stored.graph.initializer}
+    assert initializers["W_int8"].dtype == initializers["R_int8"].dtype == np.int8 and "B" in initializers
+    assert initializers["W_int8_scale"].shape == initializers["R_int8_scale"].shape == (1, gates * 32, 1)
+    x = RNG.standard_normal((10, 4, 16)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (model, stored)]
+    np.testing.assert_allclose(run[1].run(None, {"x": x})[0], run[0].run(None, {"x": x})[0], atol=0.02)
+
+
+def test_dynamic_int8_stores_gru_weights_in_int8(tmp_path: Path):
+    """ONNX Runtime has no int8 GRU: the corpus's GRU encoders kept 89 % of their size under int8-dynamic."""
+    x = {"x": RNG.standard_normal((10, 8, 16)).astype(np.float32)}
+    context = PassContext(
+        label="passes[0] quantize (dynamic)",
+        workdir=tmp_path,
+        seed=0,
+        dataset=Dataset(inputs=x, labels=None, source="x"),
+        target="x86-avx2",
+    )
+    outcome = run_quantize(gru_model(), QuantizeConfig(type="quantize", mode="dynamic"), context)
+    assert outcome.details["weights_stored_int8"] == 2 and outcome.details["weights_int8_share"] > 0.9
