@@ -358,6 +358,8 @@ def test_fp16_of_an_if_whose_branch_reads_an_outer_tensor(tmp_path):
     assert outcome.details["output_error"] <= 0.01
     weights = {t.name: t.data_type for t in outcome.model.graph.initializer}
     assert weights["W_head"] == TensorProto.FLOAT16  # outside the If, the model is fp16
+    # the branch computes in fp32, from its weight stored in fp16 and cast back outside the If
+    assert outcome.details["fp32_weights_stored_fp16"] == ["W"] and weights["W_fp16"] == TensorProto.FLOAT16
 
 
 def compress_with_data(runner, tmp_path: Path, model: Path, recipe: str, width: int):

@@ -46,7 +46,7 @@ from pydantic import Field
 from optc.data import input_specs
 from optc.isolation import RISKY_OP_TYPES, NativeCrash, run_isolated
 from optc.measure.providers import check_options
-from optc.model_facts import FLOAT_TYPES, all_nodes, node_reads, reader_counts, subgraphs
+from optc.model_facts import FLOAT_TYPES, all_nodes, node_reads, subgraphs
 from optc.modelio import adopt_model, too_large_to_serialize
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import keep_in_float_until, output_agreement, probe_of, rank_by_damage, run_outputs
@@ -208,13 +208,15 @@ def store_kept_weights_fp16(
     Gemm, embedding tables) stored as float16 behind a Cast back to float32 under its own name, and those weights'
     names. ONNX Runtime folds a Cast of a constant when it loads the model, so the session computes exactly what it
     did with fp32 weights rounded to fp16; the file holds half the bytes. Weights of fewer than
-    ``MIN_STORED_ELEMENTS``, non-finite or beyond fp16's range, read anywhere else or by a node in ``excluded``
-    stay as they are. A pure rewrite, but for the bytes of weights on disk appended to ``store``."""
+    ``MIN_STORED_ELEMENTS``, non-finite or beyond fp16's range, read anywhere else (at any depth of subgraphs) or by
+    a node in ``excluded`` stay as they are. A pure rewrite, but for the bytes of weights on disk appended to
+    ``store``."""
     graph = model.graph
-    readers = reader_counts(graph)
+    # Reads inside If/Loop bodies count too: an openWakeWord head's verifier weights, half its bytes, sit in a branch.
+    readers = Counter(name for node in all_nodes(graph) for name in node.input) + Counter(o.name for o in graph.output)
     weight_reads = Counter(
         name
-        for node in graph.node
+        for node in all_nodes(graph)
         if node.op_type in WEIGHT_READERS and node.name not in excluded
         for index, name in enumerate(node.input)
         if not (node.op_type == "Gather" and index == 1)  # Gather's indices are no weight
