@@ -129,16 +129,20 @@ def fast_recipe(tmp_path: Path):
 DYNAMIC_PASS = "  - type: quantize\n    mode: dynamic\n"
 
 
-def lstm_model(hidden: int = 32, features: int = 16) -> onnx.ModelProto:
-    """x[time, batch, features] → LSTM → Y_h[1, batch, hidden]: its weights are most of the model."""
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def recurrent_model(cell: str = "LSTM", hidden: int = 32, features: int = 16) -> onnx.ModelProto:
+    """x[time, batch, features] → LSTM/GRU/RNN → Y_h[1, batch, hidden]: its weights are most of the model."""
     rng = np.random.default_rng(0)
+    gates = GATES[cell]
     weights = {
-        "W": rng.standard_normal((1, 4 * hidden, features)) * 0.3,
-        "R": rng.standard_normal((1, 4 * hidden, hidden)) * 0.3,
-        "B": rng.standard_normal((1, 8 * hidden)) * 0.1,
+        "W": rng.standard_normal((1, gates * hidden, features)) * 0.3,
+        "R": rng.standard_normal((1, gates * hidden, hidden)) * 0.3,
+        "B": rng.standard_normal((1, 2 * gates * hidden)) * 0.1,
     }
     return make_model(
-        [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "y"], name="lstm", hidden_size=hidden)],
+        [helper.make_node(cell, ["x", "W", "R", "B"], ["", "y"], name=cell.lower(), hidden_size=hidden)],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, "n", features])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", hidden])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],

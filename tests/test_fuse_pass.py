@@ -16,7 +16,7 @@ from optc.cli import app
 from optc.passes.fuse import driver
 from optc.passes.fuse.graph import GraphIndex, copy_model
 from optc.passes.fuse.transformer import detect_encoder
-from tests.conftest import SAMPLES, lstm_model, make_model, report_of
+from tests.conftest import SAMPLES, make_model, recurrent_model, report_of
 from tests.fuse_graphs import ops
 
 CNN, CNN_TEST = SAMPLES / "digits_cnn.onnx", SAMPLES / "digits_test.npz"
@@ -240,7 +240,7 @@ def test_bert_int8_quantizes_lstm_weights_where_it_finds_no_encoder(runner, tmp_
     """bert-int8's dynamic int8 left LSTMs alone: an LSTM wake-word head came out 0.2 % larger than fp32, where
     int8-dynamic made it 0.29x."""
     source = tmp_path / "lstm.onnx"
-    onnx.save_model(lstm_model(), str(source))
+    onnx.save_model(recurrent_model(), str(source))
     out = tmp_path / "lstm.int8.onnx"
     result = runner.invoke(app, ["compress", str(source), "-r", "bert-int8", "-o", str(out)])
     assert result.exit_code == 0, result.output

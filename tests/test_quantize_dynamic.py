@@ -17,7 +17,7 @@ from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls
 from optc.passes.quantize_prepare import gemm_to_matmul
 from optc.passes.registry import PassContext
-from tests.conftest import lstm_model, make_model, mlp_model, read_again_in_an_if_branch, relu_model, wide_mlp
+from tests.conftest import make_model, mlp_model, read_again_in_an_if_branch, recurrent_model, relu_model, wide_mlp
 
 
 def context(tmp_path: Path) -> PassContext:
@@ -249,7 +249,7 @@ def test_the_fidelity_search_counts_integer_outputs_as_the_gate_does(tmp_path: P
 def test_dynamic_int8_quantizes_lstm_weights_and_static_int8_keeps_the_cell_in_float(tmp_path: Path):
     """The corpus's LSTM word segmenters and wake-word head stayed about as large as fp32 under int8-dynamic while
     every LSTM was kept in float by rule; dynamic int8 now quantizes them and its fidelity search judges them."""
-    model = lstm_model()
+    model = recurrent_model()
     x = np.random.default_rng(1).standard_normal((10, 4, 16)).astype(np.float32)
     dataset = Dataset(inputs={"x": x}, labels=None, source="test")  # time-major: slices along time feed it
     context = PassContext(label="passes[0] quantize (dynamic)", workdir=tmp_path, seed=0, dataset=dataset)

@@ -298,7 +298,8 @@ def test_static_int8_stores_recurrent_weights_in_int8_and_computes_the_cell_in_f
     rounded at every step), and so did its weights, all but a few hundred of the model's."""
     model, x = lstm_head()
     outcome = run_quantize(model, static(), context(tmp_path, calib_file(tmp_path, x=x), {"x": x}))
-    assert outcome.details["recurrent_cells_float_with_int8_weights"] == ["lstm"]
+    kept = {row["node"]: row["reason"] for row in outcome.details["kept_in_float"]}
+    assert kept == {"lstm": "recurrent cell (LSTM): quantization error compounds over time; weights stored in int8"}
     lstm = next(n for n in outcome.model.graph.node if n.op_type == "LSTM")
     producers = {o: n.op_type for n in outcome.model.graph.node for o in n.output}
     assert [producers.get(name) for name in lstm.input[:3]] == [None, "Mul", "Mul"]  # x float, W and R dequantized

@@ -13,7 +13,7 @@ from optc.errors import OptcError, PassError
 from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.quantize_stored_weights import int8_stored_weights, store_weights_int8
 from optc.passes.registry import PassContext
-from tests.conftest import lstm_model, make_model
+from tests.conftest import GATES, make_model, recurrent_model
 
 RNG = np.random.default_rng(0)
 
@@ -172,30 +172,14 @@ def test_weight_only_keeps_a_conv_in_float_where_8_bits_miss_the_target(tmp_path
         run_quantize(alone, config, data)
 
 
-def gru_model(hidden: int = 32, features: int = 16) -> onnx.ModelProto:
-    """x[time, batch, features] → GRU → Y_h, as the corpus's romanizer encoders hold them."""
-    rng = np.random.default_rng(0)
-    weights = {
-        "W": rng.standard_normal((1, 3 * hidden, features)) * 0.3,
-        "R": rng.standard_normal((1, 3 * hidden, hidden)) * 0.3,
-        "B": rng.standard_normal((1, 6 * hidden)) * 0.1,
-    }
-    return make_model(
-        [helper.make_node("GRU", ["x", "W", "R", "B"], ["", "y"], name="gru", hidden_size=hidden)],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, "n", features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", hidden])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
-    )
-
-
-@pytest.mark.parametrize(("build", "cell", "gates"), [(lstm_model, "lstm", 4), (gru_model, "gru", 3)])
-def test_recurrent_weights_get_one_scale_per_row_and_outputs_stay_close(build, cell, gates):
-    model = build()
-    stored = store_weights_int8(model, {cell})
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_recurrent_weights_get_one_scale_per_row_and_outputs_stay_close(cell):
+    model = recurrent_model(cell)
+    stored = store_weights_int8(model, {cell.lower()})
     onnx.checker.check_model(stored, full_check=True)
     initializers = {t.name: numpy_helper.to_array(t) for t in stored.graph.initializer}
     assert initializers["W_int8"].dtype == initializers["R_int8"].dtype == np.int8 and "B" in initializers
-    assert initializers["W_int8_scale"].shape == initializers["R_int8_scale"].shape == (1, gates * 32, 1)
+    assert initializers["W_int8_scale"].shape == initializers["R_int8_scale"].shape == (1, GATES[cell] * 32, 1)
     x = RNG.standard_normal((10, 4, 16)).astype(np.float32)
     run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (model, stored)]
     np.testing.assert_allclose(run[1].run(None, {"x": x})[0], run[0].run(None, {"x": x})[0], atol=0.02)
@@ -211,5 +195,5 @@ def test_dynamic_int8_stores_gru_weights_in_int8(tmp_path: Path):
         dataset=Dataset(inputs=x, labels=None, source="x"),
         target="x86-avx2",
     )
-    outcome = run_quantize(gru_model(), QuantizeConfig(type="quantize", mode="dynamic"), context)
+    outcome = run_quantize(recurrent_model("GRU"), QuantizeConfig(type="quantize", mode="dynamic"), context)
     assert outcome.details["weights_stored_int8"] == 2 and outcome.details["weights_int8_share"] > 0.9

@@ -21,7 +21,7 @@ from optc.passes import blockwise
 from optc.passes.blockwise import hqq, matmulnbits_tensors, rtn
 from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.registry import PassContext
-from tests.conftest import SAMPLES, lstm_model, make_model, read_again_in_an_if_branch, report_of
+from tests.conftest import SAMPLES, make_model, read_again_in_an_if_branch, recurrent_model, report_of
 
 RNG = np.random.default_rng(0)
 WIDTH = 64
@@ -296,7 +296,7 @@ def test_awq_scales_only_the_inputs_of_4_bit_layers(tmp_path):
 
 def lstm_head() -> onnx.ModelProto:
     """An LSTM wake-word head: x → LSTM → a small MatMul classifier; the LSTM holds nearly all the weights."""
-    model = lstm_model()
+    model = recurrent_model()
     model.graph.node.append(helper.make_node("MatMul", ["y", "head"], ["score"], name="classifier"))
     model.graph.initializer.append(numpy_helper.from_array(np.ones((32, 2), np.float32), "head"))
     del model.graph.output[:]

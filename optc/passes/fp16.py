@@ -174,6 +174,7 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
     for name in fallback.kept:
         kept[name] = f"output error above tolerance {config.tolerance:g} without it"
     converted, removed = tidy_casts(fallback.model)
+    converted = raw_fp16_weights(converted)
     excluded = {name for name, reason in kept.items() if reason == "exclude"}  # fp32 as the user asked, weights too
     result, stored = store_kept_weights_fp16(converted, context.workdir / "fp16_weights.data", excluded)
     facts = fallback.facts
@@ -249,6 +250,21 @@ def store_kept_weights_fp16(
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out, sorted(chosen)
+
+
+def raw_fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its float16 initializers held as raw bytes. The converter writes a weight it read from
+    ``float_data`` (as skl2onnx stores them) into ``int32_data``, one varint of up to 3 bytes per value: five tabular
+    MLPs came out of fp16 at 0.61-0.65 of their fp32 size instead of 0.5."""
+    packed = [i for i, t in enumerate(model.graph.initializer) if t.data_type == TensorProto.FLOAT16 and t.int32_data]
+    if not packed:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for index in packed:
+        tensor = out.graph.initializer[index]
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+    return out
 
 
 @contextlib.contextmanager

@@ -171,9 +171,9 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
                 "tensors": len(calibration.ranges),
             },
             "rewrites": prepared.notes,
-            "recurrent_cells_float_with_int8_weights": sorted(cells - set(kept)),
             "kept_in_float": [
-                {"node": name, "op_type": ops.get(name, "?"), **facts} for name, facts in sorted(kept.items())
+                {"node": name, "op_type": ops.get(name, "?"), **facts}
+                for name, facts in sorted({**_cells_with_int8_weights(prepared, cells - set(kept)), **kept}.items())
             ],
             **details,
         },
@@ -413,6 +413,14 @@ def _recurrent_cells(prepared: Prepared) -> set[str]:
     and four Thai segmenters came out at 0.80-0.86 of their size."""
     excluded = {name for name, reason in prepared.kept_in_float.items() if reason == "exclude"}
     return stored_weight_nodes(prepared.model, RECURRENT_OP_TYPES) - excluded
+
+
+def _cells_with_int8_weights(prepared: Prepared, cells: set[str]) -> dict[str, dict]:
+    """Report rows of the recurrent cells that compute in float from int8 weights."""
+    return {
+        name: {"reason": f"{prepared.kept_in_float.get(name, 'recurrent cell')}; weights stored in int8"}
+        for name in cells
+    }
 
 
 def _ranked_candidate(quantized: onnx.ModelProto) -> Callable[[onnx.NodeProto], bool]:
