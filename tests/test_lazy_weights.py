@@ -19,6 +19,7 @@ from optc.measure.values import cut_feeds
 from optc.modelio import adopt_model, load_model, write_model
 from optc.passes import calibration
 from optc.passes.calibration import MinMaxCollector, calibrate, tensors_to_calibrate
+from optc.passes.fp16 import store_kept_weights_fp16
 from optc.passes.prune.config import PruneConfig
 from optc.passes.prune.layers import selected_layers
 from optc.passes.prune.magnitude import prune_magnitude
@@ -190,3 +191,19 @@ def test_magnitude_pruning_keeps_weights_on_disk_and_prunes_them_as_in_memory(ex
         np.testing.assert_array_equal(tensor_values(disk), numpy_helper.to_array(memory))
     # The gzip figure reads weights on disk rather than measuring their references.
     assert gzip_size(from_disk) == gzip_size(from_memory) < gzip_size(inline)
+
+
+def test_fp32_weights_stored_in_fp16_from_disk_stay_on_disk_and_match_those_from_memory(external_mlp, tmp_path):
+    """fp16 stores the weights of nodes left in fp32 as fp16 copies: a weight still on disk gets its copy on disk
+    (the scratch file), with the values the same weight held in memory gets."""
+    lazy = load_model(external_mlp).model
+    inline = onnx.load_model(str(external_mlp))
+    from_disk, names = store_kept_weights_fp16(lazy, tmp_path / "scratch.data", set())
+    from_memory, same_names = store_kept_weights_fp16(inline, tmp_path / "unused.data", set())
+    assert names == same_names and names  # the MatMul weights (the 1 kB bias is under the size limit)
+    disk = {t.name: t for t in from_disk.graph.initializer}
+    memory = {t.name: t for t in from_memory.graph.initializer}
+    for name in names:
+        on_disk, in_memory = disk[f"{name}_fp16"], memory[f"{name}_fp16"]
+        assert is_lazy(on_disk) and not is_lazy(in_memory)
+        np.testing.assert_array_equal(tensor_values(on_disk), numpy_helper.to_array(in_memory))

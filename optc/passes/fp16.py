@@ -222,7 +222,7 @@ def store_kept_weights_fp16(
         for index, name in enumerate(node.input)
         if not (node.op_type == "Gather" and index == 1)  # Gather's indices are no weight
     )
-    chosen: dict[str, np.ndarray] = {}
+    chosen: dict[str, onnx.TensorProto] = {}  # fp32 weight name -> its fp16 copy, on disk where it was
     for tensor in graph.initializer:
         name = tensor.name
         if tensor.data_type != TensorProto.FLOAT or readers[name] != weight_reads[name] or not weight_reads[name]:
@@ -231,21 +231,20 @@ def store_kept_weights_fp16(
             continue
         values = tensor_values(tensor)
         if np.isfinite(values).all() and np.abs(values).max() <= FP16_MAX:
-            chosen[name] = float16.convert_np_to_float16(values, FP16_MIN_POSITIVE, FP16_MAX)
+            halves = float16.convert_np_to_float16(values, FP16_MIN_POSITIVE, FP16_MAX)
+            stored = f"{name}_fp16"
+            chosen[name] = spill(halves, stored, store) if is_lazy(tensor) else numpy_helper.from_array(halves, stored)
     if not chosen:
         return model, []
     out = onnx.ModelProto()
     out.CopyFrom(model)
     kept = [t for t in out.graph.initializer if t.name not in chosen]
     del out.graph.initializer[:]
-    out.graph.initializer.extend(kept)
-    casts = []
-    lazy = {t.name for t in model.graph.initializer if is_lazy(t)}
-    for name, values in chosen.items():
-        stored_name = f"{name}_fp16"
-        tensor = spill(values, stored_name, store) if name in lazy else numpy_helper.from_array(values, stored_name)
-        out.graph.initializer.append(tensor)
-        casts.append(onnx.helper.make_node("Cast", [stored_name], [name], name=f"{name}_to_fp32", to=TensorProto.FLOAT))
+    out.graph.initializer.extend([*kept, *chosen.values()])
+    casts = [
+        onnx.helper.make_node("Cast", [half.name], [name], name=f"{name}_to_fp32", to=TensorProto.FLOAT)
+        for name, half in chosen.items()
+    ]
     nodes = casts + list(out.graph.node)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
