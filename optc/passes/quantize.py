@@ -61,8 +61,9 @@ DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "GRU", "RNN",
 # weights (all-MiniLM-L6: 38 candidates of 90 MB), while candidates × model bytes stay within this (a proxy
 # for those runs' time); beyond it, in one pass.
 OUTPUT_RANKING_BYTES = 8 * 2**30
+STORED_CELLS = ("GRU", "RNN")  # no int8 kernel: their weights are stored in int8 for float compute
 # The rest of DYNAMIC_OP_TYPES goes through ONNX Runtime's quantize_dynamic.
-QUANTIZED_BY_OPTC = ("MatMul", "Gather", "GRU", "RNN")
+QUANTIZED_BY_OPTC = ("MatMul", "Gather", *STORED_CELLS)
 # One of each per quantized MatMul, Conv, fused Attention (embedding Gathers are counted by their int8 tables).
 QUANTIZED_BY_DYNAMIC = ("MatMulInteger", "ConvInteger", "QAttention", "DynamicQuantizeLSTM")
 
@@ -365,7 +366,7 @@ def _stored_weights(model: onnx.ModelProto, config: QuantizeConfig, op_types: li
     float or op_types asks for ConvInteger, and the GRU/RNN cells op_types names (ONNX Runtime has no int8 kernel
     for them; the corpus's GRU encoders kept 90 % of their size)."""
     convs = set() if config.conv_weights == "float" or "Conv" in op_types else stored_weight_nodes(model, CONV_OP_TYPES)
-    cells = tuple(op for op in ("GRU", "RNN") if op in op_types)
+    cells = tuple(op for op in STORED_CELLS if op in op_types)
     return convs | stored_weight_nodes(model, cells)
 
 

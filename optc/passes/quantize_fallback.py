@@ -156,16 +156,12 @@ def int8_share(
 ) -> tuple[float, dict[str, int]]:
     """The share of ``model``'s float weight values (those read by ``readers`` op types, where given) that ``result``
     no longer stores in float, and the float values it leaves, by the op type reading them."""
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    sizes = _float32_sizes(model)
     if readers is not None:
         read = {name for node in model.graph.node if node.op_type in readers for name in node.input}
         sizes = {name: size for name, size in sizes.items() if name in read}
     kept = {t.name for t in result.graph.initializer}
-    left_by_op: dict[str, int] = {}
-    for node in result.graph.node:
-        for name in dict.fromkeys(node.input):
-            if name in sizes and name in kept:
-                left_by_op[node.op_type] = left_by_op.get(node.op_type, 0) + sizes[name]
+    left_by_op = _values_by_reader(result.graph, {name: size for name, size in sizes.items() if name in kept})
     total = sum(sizes.values())
     return (sum(size for name, size in sizes.items() if name not in kept) / total if total else 1.0), left_by_op
 
@@ -191,13 +187,21 @@ def refuse_no_smaller(
 
 def float_weights_by_reader(model: onnx.ModelProto) -> dict[str, int]:
     """How many float32 weight values ``model`` holds, by the op type reading them."""
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-    left: dict[str, int] = {}
-    for node in model.graph.node:
+    return _values_by_reader(model.graph, _float32_sizes(model))
+
+
+def _float32_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    return {t.name: int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+
+
+def _values_by_reader(graph: onnx.GraphProto, sizes: dict[str, int]) -> dict[str, int]:
+    """The values of the tensors in ``sizes`` (name -> value count), summed by the op type of each node reading them."""
+    by_op: dict[str, int] = {}
+    for node in graph.node:
         for name in dict.fromkeys(node.input):
             if name in sizes:
-                left[node.op_type] = left.get(node.op_type, 0) + sizes[name]
-    return left
+                by_op[node.op_type] = by_op.get(node.op_type, 0) + sizes[name]
+    return by_op
 
 
 def largest_readers(left_by_op: dict[str, int]) -> str:
