@@ -21,7 +21,9 @@ feed stacked on a new leading axis (rank == model rank + 1). Symbolic non-batch 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
+import io
 import json
 import math
 import struct
@@ -86,10 +88,18 @@ MODEL_FAMILIES: dict[str, str] = {
     "trueocr-orient": "ink-page",
     "trueocr-rec": "ink-line",
     "trueocr-order": "line-boxes",
+    "silero-vad": "vad-stream",
+    "silero-vad-16k-op15": "vad-stream",
+    "silero-vad-half": "vad-stream",
+    "magika-v3-3": "file-bytes",
+    "ppocrv4-det": "ppocr-det-page",
+    "ppocrv4-rec": "ppocr-rec-line",
+    "ppocr-cls-mobile": "ppocr-cls-line",
+    "ddddocr-ocr": "captcha-text-line",
 }
 
 # Families whose first axis is not a batch (characters of one text, atoms of a molecule batch): one sample = one feed.
-_FEED_PER_SAMPLE = {"thai-deepcut-windows", "thai-oskut-refiner", "molecule-graph"}
+_FEED_PER_SAMPLE = {"thai-deepcut-windows", "thai-oskut-refiner", "molecule-graph", "vad-stream"}
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -451,6 +461,27 @@ def make_captcha_siamese(ctx: Context) -> list[dict]:
     return samples
 
 
+DDDDOCR_HEIGHT, DDDDOCR_WIDTH = 64, 192  # ddddocr resizes to height 64; a 4-6 character captcha comes out ~190 wide
+
+
+def make_captcha_text_line(ctx: Context) -> list[dict]:
+    """Text captchas as ddddocr feeds its recognizer: gray, height 64, /255 — glyphs over a busy background with
+    a few strike-through curves."""
+    spec = ctx.only()
+    h, w = DDDDOCR_HEIGHT, DDDDOCR_WIDTH
+    samples = []
+    for _ in range(ctx.count):
+        gray = photo(h, w, ctx.rng).mean(-1) * ctx.rng.uniform(0.3, 0.6) + 0.35  # a light, busy background
+        cell = int(h * ctx.rng.uniform(0.55, 0.8))
+        draw_text_line(gray, int(ctx.rng.integers(4, 20)), w - 8, (h - cell) // 2, cell, ctx.rng, ink=0.8)
+        xs = np.arange(w)
+        for _ in range(ctx.rng.integers(1, 4)):
+            ys = h / 2 + h / 4 * np.sin(xs / ctx.rng.uniform(15, 60) + ctx.rng.uniform(0, 6.3))
+            gray[np.clip(ys.astype(int), 0, h - 1), xs] = ctx.rng.uniform(0, 0.4)
+        samples.append({spec.name: np.clip(gray, 0, 1)[None, None].astype(np.float32)})
+    return samples
+
+
 def face_crop(size: int, rng: np.random.Generator) -> np.ndarray:
     image = photo(size, size, rng)
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -487,6 +518,7 @@ def make_doc_layout_page(ctx: Context) -> list[dict]:
 
 PPOCR_DET_SIZE = (640, 480)
 PPOCR_REC_WIDTH = 320
+PPOCR_LINE_HEIGHT = 48  # PP-OCRv3/v4 recognizer and classifier input height, where the graph leaves it open
 
 
 def make_ppocr_det_page(ctx: Context) -> list[dict]:
@@ -507,19 +539,36 @@ def text_strip(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     return strip
 
 
+def ppocr_line(height: int, width: int, text_w: int, rng: np.random.Generator) -> np.ndarray:
+    """A text line as PaddleOCR feeds its recognizer and classifier: BGR in [-1, 1], zero-padded on the right."""
+    gray = text_strip(height, text_w, rng)
+    if rng.random() < 0.15:  # light text on a dark banner
+        gray = 1 - gray
+    line = (tinted(gray, rng)[..., ::-1] - 0.5) / 0.5
+    batch = np.zeros((1, 3, height, width), np.float32)  # Paddle pads with zeros after normalizing
+    batch[0, :, :, :text_w] = line.transpose(2, 0, 1)
+    return batch
+
+
 def make_ppocr_rec_line(ctx: Context) -> list[dict]:
     spec = ctx.only()
-    h = spec.shape[2]
+    h = spec.shape[2] if isinstance(spec.shape[2], int) else PPOCR_LINE_HEIGHT
+    return [
+        {spec.name: ppocr_line(h, PPOCR_REC_WIDTH, int(ctx.rng.integers(h * 2, PPOCR_REC_WIDTH)), ctx.rng)}
+        for _ in range(ctx.count)
+    ]
+
+
+PPOCR_CLS_WIDTH = 192  # rapidocr's cls_image_shape [3, 48, 192]
+
+
+def make_ppocr_cls_line(ctx: Context) -> list[dict]:
+    """Text lines for the orientation classifier, a third of them upside down (what it is there to catch)."""
+    spec = ctx.only()
     samples = []
     for _ in range(ctx.count):
-        text_w = int(ctx.rng.integers(h * 2, PPOCR_REC_WIDTH))
-        gray = text_strip(h, text_w, ctx.rng)
-        if ctx.rng.random() < 0.15:  # light text on a dark banner
-            gray = 1 - gray
-        line = (tinted(gray, ctx.rng)[..., ::-1] - 0.5) / 0.5  # BGR, scaled to [-1, 1]
-        batch = np.zeros((1, 3, h, PPOCR_REC_WIDTH), np.float32)  # Paddle pads with zeros after normalizing
-        batch[0, :, :, :text_w] = line.transpose(2, 0, 1)
-        samples.append({spec.name: batch})
+        line = ppocr_line(PPOCR_LINE_HEIGHT, PPOCR_CLS_WIDTH, int(ctx.rng.integers(64, PPOCR_CLS_WIDTH)), ctx.rng)
+        samples.append({spec.name: line[..., ::-1, ::-1].copy() if ctx.rng.random() < 1 / 3 else line})
     return samples
 
 
@@ -689,6 +738,32 @@ def speech_like(n: int, rng: np.random.Generator) -> np.ndarray:
 def make_oww_audio(ctx: Context) -> list[dict]:
     spec = ctx.only()
     return [{spec.name: speech_like(OWW_STREAM_SAMPLES, ctx.rng)[None]} for _ in range(ctx.count)]
+
+
+SILERO_CHUNK, SILERO_CONTEXT = 512, 64  # 16 kHz: 32 ms chunks, each fed with the last 64 samples before it
+
+
+def make_vad_stream(ctx: Context) -> list[dict]:
+    """Silero VAD's streaming call at 16 kHz: a chunk of float audio in [-1, 1] behind its 64 samples of context,
+    and the recurrent state the model itself left after the chunks before it (run here from a zero state, as
+    silero_vad's OnnxWrapper does), so calibration sees states of speech and of pauses."""
+    runner = session(str(ctx.model_path))
+    names = {s.name for s in ctx.specs}
+    samples = []
+    for _ in range(ctx.count):
+        chunks = int(ctx.rng.integers(2, 16))
+        audio = speech_like(chunks * SILERO_CHUNK, ctx.rng) / 32768
+        audio = np.concatenate([np.zeros(SILERO_CONTEXT, np.float32), audio]).astype(np.float32)
+        state = np.zeros((2, 1, 128), np.float32)
+        for i in range(chunks):
+            feed = {"input": audio[None, i * SILERO_CHUNK : (i + 1) * SILERO_CHUNK + SILERO_CONTEXT], "state": state}
+            if "sr" in names:
+                feed["sr"] = np.array(SAMPLE_RATE, np.int64)
+            if i == chunks - 1:
+                samples.append(feed)
+            else:
+                state = runner.run(["stateN"], feed)[0]
+    return samples
 
 
 def melspectrogram(corpus: Path, audio: np.ndarray) -> np.ndarray:
@@ -1175,6 +1250,219 @@ def make_molecule_graph(ctx: Context) -> list[dict]:
 # --------------------------------------------------------------------------------------------------- tabular
 
 
+# Files for a content-type classifier: made here, of the kinds such a tool meets most (source code, markup, data,
+# prose, archives, images, executables), each as its format lays it out, so the first and last kilobyte look real.
+_WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "with",
+    "was",
+    "on",
+    "be",
+    "by",
+    "this",
+    "are",
+    "from",
+    "at",
+    "or",
+    "an",
+    "have",
+    "not",
+    "which",
+    "but",
+    "all",
+    "were",
+    "when",
+    "we",
+    "there",
+    "can",
+    "more",
+    "one",
+    "has",
+    "if",
+    "will",
+    "their",
+    "would",
+    "about",
+    "out",
+    "so",
+    "what",
+    "up",
+    "into",
+    "time",
+    "some",
+    "them",
+    "other",
+    "these",
+    "than",
+    "then",
+    "its",
+    "only",
+    "over",
+    "also",
+    "after",
+    "new",
+    "first",
+    "used",
+    "data",
+    "file",
+    "model",
+    "value",
+    "system",
+    "result",
+    "between",
+    "each",
+]
+
+
+def _prose(rng: np.random.Generator, words: int) -> str:
+    sentences, out = [], []
+    for w in rng.choice(_WORDS, words):
+        out.append(w)
+        if rng.random() < 0.08:
+            sentences.append(" ".join(out).capitalize() + ".")
+            out = []
+    return " ".join(sentences + [" ".join(out)])
+
+
+def _identifier(rng: np.random.Generator) -> str:
+    return "_".join(rng.choice(_WORDS, int(rng.integers(1, 4))))
+
+
+def _python_source(rng: np.random.Generator) -> bytes:
+    lines = ['"""' + _prose(rng, 20) + '"""', "", "import os", "import sys", ""]
+    for _ in range(rng.integers(3, 30)):
+        name, args = _identifier(rng), ", ".join(_identifier(rng) for _ in range(rng.integers(0, 4)))
+        lines += [f"def {name}({args}):", f"    # {_prose(rng, 8)}"]
+        for _ in range(rng.integers(1, 6)):
+            lines.append(f"    {_identifier(rng)} = {_identifier(rng)}({int(rng.integers(100))}) + {rng.random():.3f}")
+        lines += [f"    return {_identifier(rng)}", "", ""]
+    return "\n".join(lines).encode()
+
+
+def _c_source(rng: np.random.Generator) -> bytes:
+    lines = ["#include <stdio.h>", "#include <stdlib.h>", ""]
+    for _ in range(rng.integers(3, 25)):
+        lines += [f"static int {_identifier(rng)}(int n, const char *s)", "{", f"    /* {_prose(rng, 6)} */"]
+        for _ in range(rng.integers(1, 6)):
+            lines.append(f"    if (n > {int(rng.integers(100))}) {{ n -= {_identifier(rng)}(n, s); }}")
+        lines += ["    return n;", "}", ""]
+    return "\n".join(lines).encode()
+
+
+def _json_document(rng: np.random.Generator) -> bytes:
+    rows = [
+        {_identifier(rng): (rng.random() if rng.random() < 0.5 else _prose(rng, 4)) for _ in range(rng.integers(2, 6))}
+        for _ in range(rng.integers(2, 60))
+    ]
+    return json.dumps({"items": rows, "count": len(rows)}, indent=int(rng.integers(0, 3)) or None).encode()
+
+
+def _csv_table(rng: np.random.Generator) -> bytes:
+    columns = [_identifier(rng) for _ in range(rng.integers(3, 9))]
+    rows = [",".join(columns)]
+    for _ in range(rng.integers(5, 300)):
+        rows.append(
+            ",".join(f"{rng.normal(0, 100):.2f}" if rng.random() < 0.7 else str(rng.choice(_WORDS)) for _ in columns)
+        )
+    return "\n".join(rows).encode()
+
+
+def _html_page(rng: np.random.Generator) -> bytes:
+    body = "".join(f'<p class="{rng.choice(_WORDS)}">{_prose(rng, 30)}</p>\n' for _ in range(rng.integers(2, 30)))
+    title = _prose(rng, 4)
+    return f"<!DOCTYPE html>\n<html>\n<head><title>{title}</title></head>\n<body>\n{body}</body>\n</html>\n".encode()
+
+
+def _text_document(rng: np.random.Generator) -> bytes:
+    return "\n\n".join(_prose(rng, int(rng.integers(30, 200))) for _ in range(rng.integers(1, 20))).encode()
+
+
+def _png_image(rng: np.random.Generator) -> bytes:
+    h, w = int(rng.integers(16, 96)), int(rng.integers(16, 96))
+    pixels = (photo(h, w, rng) * 255).astype(np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _zip_archive(rng: np.random.Generator) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i in range(rng.integers(1, 5)):
+            archive.writestr(f"{_identifier(rng)}_{i}.txt", _text_document(rng))
+    return buffer.getvalue()
+
+
+def _gzip_stream(rng: np.random.Generator) -> bytes:
+    return gzip.compress(_csv_table(rng), mtime=0)
+
+
+def _elf_binary(rng: np.random.Generator) -> bytes:
+    header = (
+        b"\x7fELF\x02\x01\x01"
+        + bytes(9)
+        + struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0x1040, 64, 0, 0, 64, 56, 13, 64, 31, 30)
+    )
+    opcodes = np.array(
+        [0x48, 0x89, 0xE5, 0x8B, 0x45, 0xFC, 0xC3, 0x55, 0x0F, 0x1F, 0x44, 0x00, 0xE8, 0x31, 0xC0], np.uint8
+    )
+    code = (
+        rng.choice(opcodes, int(rng.integers(2000, 12000))).tobytes()
+        + rng.integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    )
+    strings = b"\x00".join(_identifier(rng).encode() for _ in range(rng.integers(20, 100)))
+    return header + bytes(64 - len(header) % 64) + code + strings + b"\x00.symtab\x00.strtab\x00.text\x00"
+
+
+def _pdf_document(rng: np.random.Generator) -> bytes:
+    stream = zlib.compress(f"BT /F1 12 Tf 72 712 Td ({_prose(rng, 40)}) Tj ET".encode())
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /Contents 4 0 R >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream",
+    ]
+    body = b"".join(b"%d 0 obj\n" % (i + 1) + o + b"\nendobj\n" for i, o in enumerate(objects))
+    return b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n" + body + b"trailer\n<< /Root 1 0 R >>\nstartxref\n0\n%%EOF\n"
+
+
+_FILE_KINDS = (
+    _python_source, _c_source, _json_document, _csv_table, _html_page, _text_document,
+    _png_image, _zip_archive, _gzip_stream, _elf_binary, _pdf_document,
+)  # fmt: skip
+MAGIKA_BLOCK, MAGIKA_SIDE, MAGIKA_PAD = 4096, 1024, 256  # its config: block_size, beg_size = end_size, padding_token
+
+
+def magika_features(content: bytes) -> np.ndarray:
+    """Magika's model input for a file: the first and last 1024 bytes of its (at most) 4096-byte ends, whitespace
+    stripped, padded with token 256 (magika.Magika._extract_features_from_seekable)."""
+    size = min(MAGIKA_BLOCK, len(content))
+    beg = list(content[:size].lstrip()[:MAGIKA_SIDE])
+    end = list(content[len(content) - size :].rstrip()[-MAGIKA_SIDE:])
+    beg += [MAGIKA_PAD] * (MAGIKA_SIDE - len(beg))
+    end = [MAGIKA_PAD] * (MAGIKA_SIDE - len(end)) + end
+    return np.array(beg + end, np.int32)
+
+
+def make_file_bytes(ctx: Context) -> list[dict]:
+    spec = ctx.only()
+    kinds = ctx.rng.integers(0, len(_FILE_KINDS), ctx.count)
+    return [{spec.name: magika_features(_FILE_KINDS[k](ctx.rng))[None]} for k in kinds]
+
+
 def _scaler_params(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray] | None:
     for node in model.graph.node:
         if node.op_type == "Scaler":
@@ -1354,6 +1642,10 @@ _MAKERS: dict[str, Callable[[Context], list[dict]]] = {
     "ink-page": make_ink_page,
     "ink-line": make_ink_line,
     "line-boxes": make_line_boxes,
+    "vad-stream": make_vad_stream,
+    "file-bytes": make_file_bytes,
+    "ppocr-cls-line": make_ppocr_cls_line,
+    "captcha-text-line": make_captcha_text_line,
 }
 
 
@@ -1385,7 +1677,7 @@ def feeds(arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> list[dict[st
     """One feed per sample, as optc feeds them at batch size 1."""
     count = len(next(iter(arrays.values())))
     if is_per_sample(arrays, specs):
-        return [{k: v[i] for k, v in arrays.items()} for i in range(count)]
+        return [{k: np.asarray(v[i]) for k, v in arrays.items()} for i in range(count)]
     return [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(count)]
 
 
@@ -1406,7 +1698,85 @@ EXTRA_MODELS: dict[str, dict] = {
         "kind": "built from the wheel's safetensors (the package has no ONNX)",
         "layers": 6,
         "heads": 12,
-    }
+    },
+    # Real models this project found where the pinned corpus is thin: the ONNX files ship inside the wheels as they
+    # are (sha256 is that of the member, so also of the model).
+    **{
+        name: {
+            "package": "silero-vad",
+            "version": "6.2.3",
+            "wheel": "silero_vad-6.2.3-py3-none-any.whl",
+            "path_in_wheel": f"silero_vad/data/{member}",
+            "sha256": sha,
+            "kind": kind,
+        }
+        for name, member, sha, kind in (
+            (
+                "silero-vad",
+                "silero_vad.onnx",
+                "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+                "voice activity, 8 and 16 kHz graphs in If branches (built with spox)",
+            ),
+            (
+                "silero-vad-16k-op15",
+                "silero_vad_16k_op15.onnx",
+                "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
+                "voice activity, 16 kHz, opset 15 (PyTorch export, If nodes)",
+            ),
+            (
+                "silero-vad-half",
+                "silero_vad_half.onnx",
+                "1e0b195ad4806595ef4466f419d16fca7e4afcfc6669b8c0b5f76ea87547c769",
+                "voice activity, weights already in fp16",
+            ),
+        )
+    },
+    "magika-v3-3": {
+        "package": "magika",
+        "version": "1.0.3",
+        "wheel": "magika-1.0.3-py3-none-manylinux_2_28_x86_64.whl",
+        "path_in_wheel": "magika/models/standard_v3_3/model.onnx",
+        "sha256": "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
+        "kind": "file-type classifier over file bytes (Keras, tf2onnx 1.16)",
+    },
+    **{
+        name: {
+            "package": "rapidocr-onnxruntime",
+            "version": "1.4.4",
+            "wheel": "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
+            "path_in_wheel": f"rapidocr_onnxruntime/models/{member}",
+            "sha256": sha,
+            "kind": kind,
+        }
+        for name, member, sha, kind in (
+            (
+                "ppocrv4-det",
+                "ch_PP-OCRv4_det_infer.onnx",
+                "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+                "PP-OCRv4 text detector (paddle2onnx, opset 12)",
+            ),
+            (
+                "ppocrv4-rec",
+                "ch_PP-OCRv4_rec_infer.onnx",
+                "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+                "PP-OCRv4 text recognizer, SVTR neck (paddle2onnx, opset 12)",
+            ),
+            (
+                "ppocr-cls-mobile",
+                "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+                "PP-OCR text-line orientation classifier (paddle2onnx, opset 11, BatchNormalization)",
+            ),
+        )
+    },
+    "ddddocr-ocr": {
+        "package": "ddddocr",
+        "version": "1.6.1",
+        "wheel": "ddddocr-1.6.1-py3-none-any.whl",
+        "path_in_wheel": "ddddocr/common.onnx",
+        "sha256": "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
+        "kind": "captcha text recognizer, CNN + LSTM + CTC head (PyTorch 1.9 export, opset 12)",
+    },
 }
 
 
@@ -1602,11 +1972,12 @@ def _wheel(entry: dict, wheels: Path) -> Path:
 
 
 def fetch_extra(corpus_dir: Path, wheels: Path = WHEELS) -> list[Path]:
-    """Download (once) and build every EXTRA_MODELS entry into corpus_dir, checking both sha256s. Idempotent."""
+    """Download (once) and extract or build every EXTRA_MODELS entry into corpus_dir, checking sha256s. Idempotent."""
     written = []
     for name, entry in EXTRA_MODELS.items():
         target = Path(corpus_dir) / f"{name}.onnx"
-        if target.exists() and sha256_of(target) == entry["onnx_sha256"]:
+        expected = entry.get("onnx_sha256", entry["sha256"])
+        if target.exists() and sha256_of(target) == expected:
             written.append(target)
             continue
         with zipfile.ZipFile(_wheel(entry, wheels)) as wheel:
@@ -1615,13 +1986,16 @@ def fetch_extra(corpus_dir: Path, wheels: Path = WHEELS) -> list[Path]:
             raise RuntimeError(
                 f"{name}: sha256 of {entry['path_in_wheel']} is {sha256_of(data)}, not {entry['sha256']}"
             )
-        model = build_bert_onnx(read_safetensors(data), entry["layers"], entry["heads"])
-        onnx.checker.check_model(model)
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_suffix(".onnx.part")
-        onnx.save(model, str(part))
-        if sha256_of(part) != entry["onnx_sha256"]:
-            raise RuntimeError(f"{name}: the built model's sha256 is {sha256_of(part)}, not {entry['onnx_sha256']}")
+        if "layers" in entry:
+            model = build_bert_onnx(read_safetensors(data), entry["layers"], entry["heads"])
+            onnx.checker.check_model(model)
+            onnx.save(model, str(part))
+        else:
+            part.write_bytes(data)
+        if sha256_of(part) != expected:
+            raise RuntimeError(f"{name}: the model's sha256 is {sha256_of(part)}, not {expected}")
         part.replace(target)
         written.append(target)
     return written
