@@ -14,6 +14,7 @@ from optc.model_facts import op_histogram
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec
 from optc.passes.quantize import QuantizeConfig, run_quantize
+from optc.passes.quantize_prepare import gemm_bias_columns
 from optc.passes.registry import PassContext
 from optc.target import detect_cpu
 from tests.conftest import make_model, mlp_model
@@ -315,3 +316,47 @@ def test_static_int8_that_would_leave_the_model_mostly_float_and_larger_is_refus
     config = static(exclude=ExcludeSpec(nodes=["lstm"]))
     with pytest.raises(NotApplicable, match=r"no smaller than its input .*float32 weights left are read by LSTM 100%"):
         run_quantize(model, config, context(tmp_path, calib_file(tmp_path, x=x), {"x": x}))
+
+
+def test_static_int8_takes_gemm_biases_written_as_rows(tmp_path: Path):
+    """magika (tf2onnx) failed with "The truth value of an array ... is ambiguous" (exit 3): its MatMul + Add of a
+    [1, N] bias, fused by ONNX Runtime's pre-processing into a Gemm whose C is that row, which the QDQ quantizer
+    reads one value per column."""
+    model = mlp_model(hidden=256)
+    for tensor in model.graph.initializer:
+        if tensor.name in ("b1", "b2"):
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor)[None], tensor.name))
+    outcome = run_quantize(model, static(), context(tmp_path, calib_file(tmp_path)))
+    assert outcome.details["ops_quantized"] >= 2
+    assert relative_error(run(model, {"x": X}), run(outcome.model, {"x": X})) < 0.05
+
+
+def test_gemm_bias_columns_broadcasts_rows_and_scalars_to_one_value_per_column():
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((5, 3)).astype(np.float32)  # transB: 5 output columns
+    nodes = [
+        helper.make_node("Gemm", ["x", "W", "row"], ["a"], name="g_row", transB=1),
+        helper.make_node("Gemm", ["x", "W", "one"], ["b"], name="g_scalar", transB=1),
+        helper.make_node("Gemm", ["x", "W", "grid"], ["c"], name="g_grid", transB=1),  # C varies by row: kept
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 5]) for n in "abc"],
+        [
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(rng.standard_normal((1, 5)).astype(np.float32), "row"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "one"),
+            numpy_helper.from_array(rng.standard_normal((2, 5)).astype(np.float32), "grid"),
+        ],
+    )
+    rewritten = gemm_bias_columns(model)
+    shapes = {t.name: list(t.dims) for t in rewritten.graph.initializer}
+    assert [shapes[n.input[2]] for n in rewritten.graph.node] == [[5], [5], [2, 5]]
+    feed = {"x": rng.standard_normal((2, 3)).astype(np.float32)}
+    for before, after in zip(
+        ort.InferenceSession(model.SerializeToString()).run(None, feed),
+        ort.InferenceSession(rewritten.SerializeToString()).run(None, feed),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(before, after)

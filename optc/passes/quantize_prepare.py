@@ -3,7 +3,8 @@
 Exporters other than a recent PyTorch (Paddle, tf2onnx, spox, old torch.onnx) store weights as ``Constant`` nodes,
 list initializers as graph inputs (IR < 4), leave nodes unnamed or target opsets before 13. The quantizer then treats
 weights as activations (nothing shrinks), cannot exclude nodes by name, or writes per-channel ``DequantizeLinear``
-nodes with an ``axis`` the old opset lacks. Each function here is a pure model → model rewrite.
+nodes with an ``axis`` the old opset lacks, or fails outright on a ``Gemm`` whose C is not one value per column.
+Each function here is a pure model → model rewrite.
 """
 
 from __future__ import annotations
@@ -117,6 +118,37 @@ def subgraph_nodes(model: onnx.ModelProto, op_types: set[str] | None) -> int:
         return total
 
     return count(model.graph, False)
+
+
+def gemm_bias_columns(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every Gemm with a constant C broadcast along its rows (shape [1, N], [1] or a scalar) a 1-D C of N values.
+
+    ONNX Runtime's QDQ quantizer reads a Gemm's C one value per output column and stops with "The truth value of an
+    array ... is ambiguous" on a [1, N] row — the form its own pre-processing gives a MatMul + Add of a tf2onnx
+    export. The result is the same: broadcasting a row over the rows is what Gemm does with a 1-D C.
+    """
+    initializers = {t.name: t for t in model.graph.initializer}
+    columns_of: dict[int, np.ndarray] = {}
+    for position, node in enumerate(model.graph.node):
+        if node.op_type != "Gemm" or len(node.input) < 3 or node.input[2] not in initializers:
+            continue
+        weight, bias = initializers.get(node.input[1]), initializers[node.input[2]]
+        if weight is None or len(weight.dims) != 2:
+            continue
+        transposed = any(a.name == "transB" and a.i for a in node.attribute)
+        columns = weight.dims[0] if transposed else weight.dims[1]
+        dims = list(bias.dims)
+        if dims != [columns] and np.prod(dims, dtype=np.int64) in (1, columns) and all(d == 1 for d in dims[:-1]):
+            columns_of[position] = np.broadcast_to(tensor_values(bias).reshape(-1), (columns,)).copy()
+    if not columns_of:
+        return model
+    model = _copy(model)  # the quantizer drops the [1, N] originals once nothing reads them
+    for position, values in columns_of.items():
+        gemm = model.graph.node[position]
+        name = f"{gemm.input[2]}_columns_{position}"
+        model.graph.initializer.append(numpy_helper.from_array(values, name))
+        gemm.input[2] = name
+    return model
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:

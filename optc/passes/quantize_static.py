@@ -47,6 +47,7 @@ from optc.passes.quantize_prepare import (
     PER_CHANNEL_OPSET,
     constants_to_initializers,
     drop_initializer_inputs,
+    gemm_bias_columns,
     name_unnamed_nodes,
     normalize_opsets,
     subgraph_nodes,
@@ -291,7 +292,7 @@ def prepare(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext
             notes.append(f"ONNX Runtime pre-processing failed ({failure}); quantized without it")
     else:
         model = onnx.shape_inference.infer_shapes(model)
-    model = name_unnamed_nodes(model)
+    model = name_unnamed_nodes(gemm_bias_columns(model))
     spec = _surviving(config.exclude, model.graph)
     kept = {name: "exclude" for name in excluded_nodes(model.graph, spec, context.label)}
     if config.keep_float_sensitive:
