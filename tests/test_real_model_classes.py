@@ -438,3 +438,38 @@ def test_builtin_static_int8_that_leaves_the_model_no_smaller_fails_its_size_gat
     result, out = compress_with_data(runner, tmp_path, model, recipe, width=8)
     assert result.exit_code == 1, result.output
     assert "max_size_ratio" in result.stderr and not out.exists()
+
+
+def with_weights_in_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as paddle2onnx writes it: every initializer a Constant node."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in out.graph.initializer]
+    nodes = constants + list(out.graph.node)
+    del out.graph.initializer[:]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight_only", "magnitude"])
+def test_weights_held_in_constant_nodes_are_weights_to_every_pass_that_reads_weights(tmp_path, mode):
+    """PP-OCRv4's detector, recognizer and classifier (paddle2onnx) keep every weight in a Constant node: int4 refused
+    them as having "no MatMul or Conv node with constant weights" and prune-magnitude-50 as having nothing to prune."""
+    from optc.passes.prune.config import PruneConfig
+    from optc.passes.prune.run import run_prune
+
+    model = with_weights_in_constant_nodes(mlp_model(hidden=256))
+    x = RNG.standard_normal((16, 16)).astype(np.float32)
+    ctx = context(tmp_path, {"x": x})
+    if mode == "magnitude":
+        config = PruneConfig(type="prune", method="magnitude", sparsity=0.5, dense_first_last=False)
+        result = run_prune(model, config, ctx).model
+        zero_share = [np.mean(numpy_helper.to_array(t) == 0) for t in result.graph.initializer if len(t.dims) == 2]
+        assert len(zero_share) == 2 and min(zero_share) > 0.3
+    else:
+        config = QuantizeConfig(type="quantize", mode=mode)
+        result = run_quantize(model, config, ctx).model
+        low_precision = [t for t in result.graph.initializer if t.data_type in (TensorProto.INT8, TensorProto.UINT8)]
+        assert sum(int(np.prod(t.dims)) for t in low_precision) >= 16 * 256 // 2
+    assert result.ByteSize() < model.ByteSize() or mode == "magnitude"

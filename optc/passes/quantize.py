@@ -42,7 +42,13 @@ from optc.passes.quantize_fallback import (
 from optc.passes.quantize_gather import embedding_gathers, int8_gathers, quantize_gathers
 from optc.passes.quantize_keep_float import float_sensitive_nodes
 from optc.passes.quantize_matmul_dynamic import quantize_matmuls, smoothing_facts
-from optc.passes.quantize_prepare import drop_initializer_inputs, gemm_to_matmul, name_unnamed_nodes, normalize_opsets
+from optc.passes.quantize_prepare import (
+    constants_to_initializers,
+    drop_initializer_inputs,
+    gemm_to_matmul,
+    name_unnamed_nodes,
+    normalize_opsets,
+)
 from optc.passes.quantize_smooth import smoothing
 from optc.passes.quantize_static import refuse_without_onnx_ops, run_static
 from optc.passes.quantize_stored_weights import (
@@ -242,7 +248,8 @@ def run_quantize(model: onnx.ModelProto, config: QuantizeConfig, context: PassCo
 
 def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
     excluded = excluded_nodes(model.graph, config.exclude, context.label)
-    model, _ = drop_initializer_inputs(model)  # weights listed as inputs (IR < 4) would not count as constant
+    # weights in Constant nodes (paddle2onnx, tf2onnx) or listed as inputs (IR < 4) would not count as constant
+    model, _ = drop_initializer_inputs(constants_to_initializers(model)[0])
     op_types = [op for op in config.dynamic_op_types() if op not in config.exclude.op_types]
     if "Gemm" in op_types:
         # ONNX Runtime's quantizer splits every Gemm into MatMul + Add under new names, which defeats exclusion by

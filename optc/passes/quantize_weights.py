@@ -37,7 +37,13 @@ from optc.passes.fallback import probe_of
 from optc.passes.quantize_awq import awq_scales
 from optc.passes.quantize_fallback import all_kept_in_float, meet_fidelity_targets, refuse_no_smaller
 from optc.passes.quantize_keep_float import blow_up_readers
-from optc.passes.quantize_prepare import drop_initializer_inputs, gemm_to_matmul, name_unnamed_nodes, normalize_opsets
+from optc.passes.quantize_prepare import (
+    constants_to_initializers,
+    drop_initializer_inputs,
+    gemm_to_matmul,
+    name_unnamed_nodes,
+    normalize_opsets,
+)
 from optc.passes.quantize_stored_weights import (
     CONV_OP_TYPES,
     RECURRENT_OP_TYPES,
@@ -120,7 +126,8 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
     # Gemm has no weight-only kernel; as MatMul + Add (under the Gemm's name) its weight can be quantized.
     # Weights listed as graph inputs (IR < 4) are not constants to the quantizer: a face detector was refused for having
     # no Conv with constant weights.
-    model = name_unnamed_nodes(normalize_opsets(gemm_to_matmul(drop_initializer_inputs(model)[0])))
+    model = drop_initializer_inputs(constants_to_initializers(model)[0])[0]  # weights as constants, as in run_dynamic
+    model = name_unnamed_nodes(normalize_opsets(gemm_to_matmul(model)))
     accuracy_level = settings.accuracy_level
     if accuracy_level is None and settings.format == "matmulnbits":
         accuracy_level = ACCURACY_LEVEL.get(context.target, DEFAULT_ACCURACY_LEVEL)

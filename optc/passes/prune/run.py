@@ -46,6 +46,7 @@ Pruner = Callable[[float], tuple[onnx.ModelProto, dict]]
 def run_prune(model: onnx.ModelProto, config: PruneConfig, context: PassContext) -> PassOutcome:
     if config.method == "outputs":
         return _prune_outputs(model, config, context)
+    model, _ = constants_to_initializers(model)  # paddle2onnx and tf2onnx keep weights in Constant nodes
     make_pruner = _magnitude_pruner if config.method == "magnitude" else _channel_pruner
     pruner, warnings = make_pruner(model, config, context)
     if config.sparsity == "auto":
