@@ -119,7 +119,11 @@ def run_fuse(model: onnx.ModelProto, config: FuseConfig, context: PassContext) -
         raise PassError(
             context.label,
             "the fused model's output(s) moved beyond the tolerance: "
-            + "; ".join(f"{c.output} (max |diff| {c.max_abs_diff:.3g} > allowed {c.allowed:.3g})" for c in moved),
+            + "; ".join(
+                f"{c.output} (max |diff| {c.max_abs_diff:.3g} > allowed {c.allowed:.3g}"
+                + (f"; ONNX Runtime's own optimizations move it {c.noise:.3g})" if c.noise is not None else ")")
+                for c in moved
+            ),
             hint=f"fusions that applied: {', '.join(fired) or 'none'}; leave one out with skip: [NAME] to find it",
         )
     new_ops = _non_standard_ops(model) - _non_standard_ops(original)

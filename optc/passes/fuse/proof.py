@@ -4,10 +4,17 @@ Tolerance is relative to each output's scale: an output passes when ``max |fused
 max |original|`` over all compared samples (the scale is floored at 1e-6 so an all-zero output must stay zero).
 Folding reorders float arithmetic, so exact equality is not expected for float outputs; integer and boolean outputs
 must match exactly.
+
+Some outputs amplify reordering far beyond that tolerance: a deep detector's sigmoid that sits near 0 on its inputs
+carries the logits' absolute rounding as relative error (PP-OCRv4's moved 1.5e-7 at a scale of 1e-4 — and so did the
+unfused model between ONNX Runtime's own optimization levels). When an output fails the tolerance, the original is
+run once more with ONNX Runtime's graph optimizations off: what its own rewrites move the output by is this model's
+rounding noise, and the fused model may differ by up to ``NOISE_MULTIPLE`` times that.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -24,6 +31,7 @@ from optc.verify import session_source
 PROOF_BATCH = 8
 PROOF_BATCHES = 4  # up to 32 samples: enough to catch a wrong weight, cheap enough to run on every fuse
 SCALE_FLOOR = 1e-6
+NOISE_MULTIPLE = 4.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class OutputCheck:
     max_abs_diff: float
     scale: float
     allowed: float
+    noise: float | None = None  # max |original - original without ONNX Runtime's optimizations|, when measured
 
     @property
     def moved(self) -> bool:
@@ -43,6 +52,7 @@ class OutputCheck:
             "max_abs_diff": self.max_abs_diff,
             "allowed": self.allowed,
             "scale": self.scale,
+            "noise": self.noise,
             "ok": not self.moved,
         }
 
@@ -56,24 +66,8 @@ def compare_outputs(
     # One model's session at a time: on a multi-gigabyte model two open sessions are gigabytes more at the peak.
     reference_runs, names = _outputs_on(original, "original", feeds, workdir, None)
     candidate_runs, _ = _outputs_on(fused, "fused", feeds, workdir, names)
-    worst = dict.fromkeys(names, 0.0)
-    scale = dict.fromkeys(names, 0.0)
-    exact = set()
-    samples = 0
-    for feed, reference, candidate in zip(feeds, reference_runs, candidate_runs, strict=True):
-        samples += len(next(iter(feed.values()))) if not dataset.per_sample else 1
-        for name, ref, got in zip(names, reference, candidate, strict=True):
-            if ref.dtype.kind not in "fc":
-                exact.add(name)
-            ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-            if ref64.shape != got64.shape:
-                worst[name] = float("inf")
-                continue
-            both_nan = np.isnan(ref64) & np.isnan(got64)
-            diff = np.where(both_nan, 0.0, np.abs(ref64 - got64))
-            worst[name] = max(worst[name], float(diff.max()) if diff.size else 0.0)
-            finite = ref64[np.isfinite(ref64)]
-            scale[name] = max(scale[name], float(np.abs(finite).max()) if finite.size else 0.0)
+    worst, scale = _max_differences(names, reference_runs, candidate_runs)
+    exact = {name for name, value in zip(names, reference_runs[0], strict=True) if value.dtype.kind not in "fc"}
     checks = [
         OutputCheck(
             output=name,
@@ -83,14 +77,46 @@ def compare_outputs(
         )
         for name in names
     ]
+    if any(c.moved and c.output not in exact for c in checks):
+        unoptimized, _ = _outputs_on(original, "unoptimized", feeds, workdir, names, optimize=False)
+        noise, _ = _max_differences(names, reference_runs, unoptimized)
+        checks = [
+            c
+            if c.output in exact
+            else dataclasses.replace(c, noise=noise[c.output], allowed=max(c.allowed, NOISE_MULTIPLE * noise[c.output]))
+            for c in checks
+        ]
+    samples = len(feeds) if dataset.per_sample else sum(len(next(iter(f.values()))) for f in feeds)
     return checks, samples
 
 
-def _outputs_on(model: onnx.ModelProto, label: str, feeds: list[dict], workdir: Path, names: list[str] | None):
+def _max_differences(names: list[str], reference_runs, candidate_runs) -> tuple[dict, dict]:
+    """Per output: the largest |candidate - reference| (NaN where only one side is NaN; inf on a shape change)
+    and the largest finite |reference|."""
+    worst = dict.fromkeys(names, 0.0)
+    scale = dict.fromkeys(names, 0.0)
+    for reference, candidate in zip(reference_runs, candidate_runs, strict=True):
+        for name, ref, got in zip(names, reference, candidate, strict=True):
+            ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+            if ref64.shape != got64.shape:
+                worst[name] = float("inf")
+                continue
+            both_nan = np.isnan(ref64) & np.isnan(got64)
+            diff = np.where(both_nan, 0.0, np.abs(ref64 - got64))
+            worst[name] = max(worst[name], float(diff.max()) if diff.size else 0.0)
+            finite = ref64[np.isfinite(ref64)]
+            scale[name] = max(scale[name], float(np.abs(finite).max()) if finite.size else 0.0)
+    return worst, scale
+
+
+def _outputs_on(
+    model: onnx.ModelProto, label: str, feeds: list[dict], workdir: Path, names: list[str] | None, optimize: bool = True
+):
+    options = check_options()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(
-        session_source(model, workdir, f"proof_{label}"),
-        sess_options=check_options(),
-        providers=["CPUExecutionProvider"],
+        session_source(model, workdir, f"proof_{label}"), sess_options=options, providers=["CPUExecutionProvider"]
     )
     names = names or [o.name for o in session.get_outputs()]
     return [run_as_arrays(session, names, feed) for feed in feeds], names
