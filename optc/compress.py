@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import onnx
 
 import optc
@@ -124,12 +125,11 @@ def compress(request: CompressRequest, progress: Progress) -> CompressResult:
             target=target,
         )
         try:
-            reference = run_reference(request.model_path, context.sample_inputs[0])
+            source = "optc's synthetic inputs" if dataset.synthetic else dataset.source
+            reference = run_reference(request.model_path, context.sample_inputs[0], source)
         except OptcError as exc:
-            if dataset.assumed:  # the guessed sizes may be what the model cannot take
-                sized = ", ".join(f"{name}={size}" for name, size in dataset.assumed.items())
-                hint = f"synthetic inputs used {sized}; set them with --input-shape"
-                raise OptcError(exc.message, hint=hint) from exc
+            if dataset.synthetic:  # the guessed sizes or values may be what the model cannot take
+                raise OptcError(exc.message, hint=_synthetic_feed_hint(context.sample_inputs[0])) from exc
             raise
         dataset.check_labels_fit(reference)
         optimized, records = run_passes(model, list(recipe.passes), context, progress, finite_outputs(reference))
@@ -262,6 +262,19 @@ def _evaluation_data(request, specs, model, warnings: list[str], progress: Progr
         progress.warn(message)
         warnings.append(message)
     return dataset
+
+
+def _synthetic_feed_hint(feed: dict[str, np.ndarray]) -> str:
+    """What optc fed a model that would not run on it, and how to give it what it takes instead."""
+
+    def described(name: str, value: np.ndarray) -> str:
+        return f"{name} {value.dtype}{list(value.shape)}" + (f" = {value.item()}" if value.size == 1 else "")
+
+    shown = ", ".join(described(name, value) for name, value in feed.items())
+    return (
+        f"it ran on synthetic inputs ({shown}), whose sizes and values may not be ones this model takes: give real "
+        "inputs with --data, or the sizes of its symbolic dims with --input-shape NAME=DIMS"
+    )
 
 
 def _measure_on(

@@ -75,15 +75,18 @@ def _finite(value: np.ndarray) -> bool:
     return value.dtype.kind != "f" or bool(np.all(np.isfinite(value)))
 
 
-def run_reference(model_path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The input model's outputs on ``feed``, by name; refuses a model ONNX Runtime cannot run."""
+def run_reference(model_path: Path, feed: dict[str, np.ndarray], feed_source: str) -> dict[str, np.ndarray]:
+    """The input model's outputs on ``feed`` (from ``feed_source``), by name; refuses a model ONNX Runtime cannot
+    run on it."""
     try:
         session = ort.InferenceSession(
             str(model_path), sess_options=check_options(), providers=["CPUExecutionProvider"]
         )
         outputs = run_as_arrays(session, None, feed)
     except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime refuses, the input is at fault
-        raise OptcError(f"{model_path}: ONNX Runtime cannot run this model: {exception_reason(exc)}") from exc
+        raise OptcError(
+            f"{model_path}: ONNX Runtime cannot run this model on {feed_source}: {exception_reason(exc)}"
+        ) from exc
     return {o.name: value for o, value in zip(session.get_outputs(), outputs, strict=True)}
 
 

@@ -107,8 +107,32 @@ def test_model_onnxruntime_refuses_is_bad_input_not_a_crash(runner, tmp_path: Pa
         app, ["compress", str(path), "-r", str(fast_recipe(DYNAMIC_PASS)), "-o", str(tmp_path / "out" / "m.onnx")]
     )
     assert result.exit_code == 2, result.output
-    assert "ONNX Runtime cannot run this model" in result.stderr
+    assert "ONNX Runtime cannot run this model on optc's synthetic inputs" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_fails_on_synthetic_inputs_is_told_what_they_were_and_how_to_give_its_own(
+    runner, tmp_path: Path, fast_recipe
+):
+    """Silero VAD (an STFT with reflect padding, a scalar sample rate): optc's synthetic input of 32 samples was too
+    short for its padding and "ONNX Runtime cannot run this model" blamed the model; the hint now names the inputs
+    optc made and the options that give the model its own."""
+    pads = numpy_helper.from_array(np.array([0, 40, 0, 40], np.int64), "pads")
+    model = make_model(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect", name="pad")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ""])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, ""])],
+        [pads],
+    )
+    path = tmp_path / "stft_like.onnx"
+    onnx.save_model(model, str(path))
+    args = ["compress", str(path), "-r", str(fast_recipe(DYNAMIC_PASS)), "-o", str(tmp_path / "out" / "m.onnx")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "cannot run this model on optc's synthetic inputs" in result.stderr
+    assert "x float32[1, 32]" in result.stderr and "--input-shape" in result.stderr and "--data" in result.stderr
+    sized = runner.invoke(app, [*args, "--input-shape", "x=1x64"])
+    assert "cannot run this model" not in sized.stderr  # it runs; the pass then finds nothing to quantize
 
 
 @pytest.mark.parametrize(
