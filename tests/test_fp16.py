@@ -130,6 +130,35 @@ def test_tidy_casts_removes_round_trips_duplicates_and_dangling_casts():
     assert next(n for n in tidy.graph.node if n.name == "sum").input[0] == "x"
 
 
+def test_tidy_casts_keeps_a_round_trip_only_an_if_branch_reads_and_stops():
+    """Silero VAD's fp16 ran into the corpus runner's 400 s limit: the fp32 copy of an fp16 tensor that only an If
+    branch reads is a round trip tidy_casts renames away, but renaming reaches no reader, so it found the same rename
+    on every round and never stopped."""
+    import signal
+
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    out_r, out_n = helper.make_tensor_value_info("r", f32, [2]), helper.make_tensor_value_info("n", f32, [2])
+    branch = helper.make_graph([helper.make_node("Relu", ["x32"], ["r"], name="relu")], "then", [], [out_r])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["n"], name="neg")], "else", [], [out_n])
+    model = make_model(
+        [
+            helper.make_node("Cast", ["x"], ["x16"], to=f16, name="down"),
+            helper.make_node("Cast", ["x16"], ["x32"], to=f32, name="up"),  # read by the branch alone
+            helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other, name="if"),
+        ],
+        [helper.make_tensor_value_info("x", f32, [2]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", f32, [2])],
+    )
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("tidy_casts did not stop"))
+    signal.alarm(20)
+    try:
+        tidy, removed = tidy_casts(model)
+    finally:
+        signal.alarm(0)
+    onnx.checker.check_model(tidy)
+    assert [n.name for n in tidy.graph.node] == ["down", "up", "if"] and removed == 0
+
+
 def test_cast_of_float_ids_to_integers_stays_fp32(tmp_path: Path):
     """Character ids given as a float input and Cast to int for an embedding lookup, as three Thai segmenters
     (tf2onnx) take them: fp16 rounds ids above 2048 (4097 -> 4096), so the lookup reads other rows, and no fp32

@@ -412,6 +412,9 @@ def tidy_casts(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     before = sum(1 for n in graph.node if n.op_type == "Cast")
     elem_types = _elem_types(out)
     protected = {o.name for o in graph.output}
+    # What subgraphs read from outside is fixed here (only top-level inputs are renamed; a Cast only a subgraph reads
+    # stays), keyed by outputs since the node messages are copied on every round.
+    outer_reads = {tuple(n.output): node_reads(n) - set(n.input) for n in graph.node if subgraphs(n)}
     changed = True
     while changed:
         changed = False
@@ -434,12 +437,13 @@ def tidy_casts(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 renames[node.output[0]] = seen[(node.input[0], to)]
             else:
                 seen[(node.input[0], to)] = node.output[0]
-        if renames:
-            changed = True
-            for node in graph.node:
-                for i, name in enumerate(node.input):
-                    node.input[i] = renames.get(name, name)
-        consumed = {name for n in graph.node for name in node_reads(n)} | protected
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in renames:
+                    node.input[i] = renames[name]
+                    changed = True
+        consumed = {name for n in graph.node for name in n.input} | protected
+        consumed |= set().union(*(outer_reads.get(tuple(n.output), set()) for n in graph.node))
         live = [n for n in graph.node if n.op_type != "Cast" or n.output[0] in consumed]
         if len(live) != len(graph.node):
             changed = True
@@ -455,9 +459,10 @@ def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The graph's nodes with every producer before its consumers (the converter appends input Casts last)."""
     available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
     pending = list(graph.node)
+    reads = {id(n): node_reads(n) for n in pending}
     ordered: list[onnx.NodeProto] = []
     while pending:
-        ready = [n for n in pending if node_reads(n) <= available]
+        ready = [n for n in pending if reads[id(n)] <= available]
         if not ready:  # inputs from outer scopes or cycles: keep the remaining order as it was
             ordered.extend(pending)
             break
