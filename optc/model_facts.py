@@ -103,6 +103,57 @@ def _outer_reads(graph: onnx.GraphProto) -> set[str]:
     return wanted - defined
 
 
+def topological_order(graph: onnx.GraphProto, outer: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
+    """The graph's nodes with every producer before its readers, reads inside its subgraphs included (names in
+    ``outer`` come from enclosing scopes); a cycle keeps the rest in the order it had."""
+    available = set(outer) | {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    reads = {id(n): node_reads(n) for n in pending}
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if reads[id(n)] <= available]
+        if not ready:
+            ordered.extend(pending)
+            break
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    return ordered
+
+
+def in_topological_order(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every graph's nodes in topological order, subgraph bodies included. ONNX Runtime's quantizer
+    sorts its output by node inputs alone, so an If can land before what its branches read (Silero VAD)."""
+
+    def sort(graph: onnx.GraphProto, outer: frozenset[str]) -> None:
+        ordered = topological_order(graph, outer)
+        del graph.node[:]
+        graph.node.extend(ordered)
+        scope = outer | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+        scope |= {name for node in graph.node for name in node.output}
+        for node in graph.node:
+            for body in subgraphs(node):
+                sort(body, frozenset(scope))
+
+    if not _misordered(model.graph, frozenset()):
+        return model  # no copy: a large model's weights would be held twice
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    sort(out.graph, frozenset())
+    return out
+
+
+def _misordered(graph: onnx.GraphProto, outer: frozenset[str]) -> bool:
+    available = set(outer) | {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    for node in graph.node:
+        if not node_reads(node) <= available:
+            return True
+        available.update(node.output)
+    return any(_misordered(body, frozenset(available)) for node in graph.node for body in subgraphs(node))
+
+
 def reader_counts(graph: onnx.GraphProto) -> Counter[str]:
     """How many times each name is read in ``graph``: node inputs, reads from inside If/Loop bodies, graph outputs.
     A rewrite may drop an initializer only once nothing counts it any more."""

@@ -3,6 +3,7 @@ crashes contained, nothing degraded handed over with exit 0, and nothing written
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -473,3 +475,32 @@ def test_weights_held_in_constant_nodes_are_weights_to_every_pass_that_reads_wei
         low_precision = [t for t in result.graph.initializer if t.data_type in (TensorProto.INT8, TensorProto.UINT8)]
         assert sum(int(np.prod(t.dims)) for t in low_precision) >= 16 * 256 // 2
     assert result.ByteSize() < model.ByteSize() or mode == "magnitude"
+
+
+def test_static_int8_of_a_model_whose_if_branches_read_a_quantized_layer_stays_in_order(tmp_path):
+    """Silero VAD (half): ONNX Runtime's quantizer orders its output by node inputs alone, so an If whose condition
+    is a graph input went ahead of the layer its branches read, and int8 ended "not a valid ONNX model" (exit 3)."""
+    rng = np.random.default_rng(0)
+    out = helper.make_tensor_value_info
+    then = helper.make_graph([helper.make_node("Relu", ["a"], ["t"], name="relu_b")], "then", [], [out("t", 1, None)])
+    other = helper.make_graph([helper.make_node("Neg", ["a"], ["e"], name="neg")], "else", [], [out("e", 1, None)])
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"),
+            helper.make_node("Relu", ["m"], ["a"], name="relu"),
+            helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other, name="if"),
+        ],
+        [out("x", TensorProto.FLOAT, [1, 16]), out("flag", TensorProto.BOOL, [])],
+        [out("y", TensorProto.FLOAT, [1, 16])],
+        [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "W")],
+    )
+    x = rng.standard_normal((64, 1, 16)).astype(np.float32)
+    flags = rng.random(64) < 0.5
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, x=x, flag=flags)
+    ctx = dataclasses.replace(context(tmp_path, {"x": x, "flag": flags}), calibration_data=calibration)
+    result = run_quantize(model, QuantizeConfig(type="quantize", mode="static"), ctx).model
+    onnx.checker.check_model(result)
+    assert any(t.data_type == TensorProto.INT8 for t in result.graph.initializer)
+    session = ort.InferenceSession(result.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": x[0], "flag": np.array(True)})[0].shape == (1, 16)

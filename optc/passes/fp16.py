@@ -46,7 +46,7 @@ from pydantic import Field
 from optc.data import input_specs
 from optc.isolation import RISKY_OP_TYPES, NativeCrash, run_isolated
 from optc.measure.providers import check_options
-from optc.model_facts import FLOAT_TYPES, all_nodes, node_reads, subgraphs
+from optc.model_facts import FLOAT_TYPES, all_nodes, node_reads, subgraphs, topological_order
 from optc.modelio import adopt_model, too_large_to_serialize
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import keep_in_float_until, output_agreement, probe_of, rank_by_damage, run_outputs
@@ -449,29 +449,10 @@ def tidy_casts(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             changed = True
             del graph.node[:]
             graph.node.extend(live)
-    ordered = topological_order(graph)
+    ordered = topological_order(graph)  # the converter appends input Casts last
     del graph.node[:]
     graph.node.extend(ordered)
     return out, before - sum(1 for n in graph.node if n.op_type == "Cast")
-
-
-def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The graph's nodes with every producer before its consumers (the converter appends input Casts last)."""
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    reads = {id(n): node_reads(n) for n in pending}
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        ready = [n for n in pending if reads[id(n)] <= available]
-        if not ready:  # inputs from outer scopes or cycles: keep the remaining order as it was
-            ordered.extend(pending)
-            break
-        for node in ready:
-            available.update(node.output)
-        ordered.extend(ready)
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-    return ordered
 
 
 def _cast_to(node: onnx.NodeProto) -> int:

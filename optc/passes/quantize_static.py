@@ -27,7 +27,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, 
 from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, synthetic_dataset
 from optc.errors import NotApplicable, OptcError, PassError
 from optc.messages import exception_reason
-from optc.model_facts import QUANTIZED_OP_TYPES, default_opset
+from optc.model_facts import QUANTIZED_OP_TYPES, default_opset, in_topological_order
 from optc.modelio import adopt_model
 from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
@@ -375,7 +375,7 @@ def calibrated_quantizer(prepared: Prepared, config: QuantizeConfig, context: Pa
                     "WeightSymmetric": config.weight_symmetric,
                 },
             )
-        return adopt_model(target)
+        return in_topological_order(adopt_model(target))
 
     return quantize, calibration
 
