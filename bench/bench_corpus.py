@@ -249,7 +249,7 @@ def _sample_feeds(arrays: dict[str, np.ndarray], per_sample: bool, input_types: 
     """One feed per sample, as optc feeds them: a row as-is, or a batch of one."""
     count = len(next(iter(arrays.values())))
     if per_sample:
-        feeds = [{k: v[i] for k, v in arrays.items()} for i in range(count)]
+        feeds = [{k: np.asarray(v[i]) for k, v in arrays.items()} for i in range(count)]  # a scalar stays an array
     else:
         feeds = [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(count)]
     # fp16 models converted without keep_io_types take float16 inputs.
