@@ -73,6 +73,20 @@ def test_a_model_with_nothing_to_quantize_is_refused_as_bad_input(tmp_path: Path
     assert not isinstance(info.value, PassError)
 
 
+def test_a_model_whose_layers_all_sit_in_if_branches_is_told_so(tmp_path: Path):
+    """Silero VAD as spox writes it: one If on the sample rate, the whole network inside each branch."""
+    inner = mlp_model()
+    branch = helper.make_graph(list(inner.graph.node), "network", [], list(inner.graph.output), inner.graph.initializer)
+    model = make_model(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch, name="by_rate")],
+        [*inner.graph.input, helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        list(inner.graph.output),
+    )
+    with pytest.raises(OptcError, match=r"outside If/Loop/Scan subgraphs \(4 sit inside them") as info:
+        run_quantize(model, config(), context(tmp_path))
+    assert "reaches into If/Loop/Scan bodies" in info.value.hint
+
+
 def test_excluding_every_candidate_is_a_pass_failure(tmp_path: Path):
     with pytest.raises(PassError, match="stayed in float"):
         run_quantize(mlp_model(), config(exclude=ExcludeSpec(nodes=["mm1", "fc"])), context(tmp_path))

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optc.errors import OptcError
 from optc.model_facts import reader_counts
+from optc.passes.quantize_prepare import subgraph_nodes
 from optc.tensors import tensor_values
 
 CONV_OP_TYPES = ("Conv", "ConvTranspose")
@@ -122,9 +123,15 @@ def nothing_to_quantize(model: onnx.ModelProto, label: str, what: str, mode: str
     """The refusal of a model holding neither ``what`` (a mode's own candidates) nor, where ``conv_weights`` is
     int8, a Conv weight to store."""
     kinds = what if conv_weights == "float" else f"{what} or Conv"
+    readers = {*what.split("/"), *([] if conv_weights == "float" else CONV_OP_TYPES)}
+    readers |= {"Gemm"} if "MatMul" in readers else set()  # a Gemm is quantized as its MatMul
+    nested = subgraph_nodes(model, readers)
+    where = f" outside If/Loop/Scan subgraphs ({nested} sit inside them, which it does not reach)" if nested else ""
     return OptcError(
-        f"{label}: the model has no {kinds} node with constant weights, so {mode} has nothing to quantize",
-        hint="set conv_weights: int8 to store its Conv weights in int8, or use the int8 recipe (static int8, with "
+        f"{label}: the model has no {kinds} node with constant weights{where}, so {mode} has nothing to quantize",
+        hint="no optc quantization reaches into If/Loop/Scan bodies (static int8 neither)"
+        if nested
+        else "set conv_weights: int8 to store its Conv weights in int8, or use the int8 recipe (static int8, with "
         "--calibration-data)"
         if stored_weight_nodes(model, CONV_OP_TYPES) and conv_weights == "float"
         else "int8 shrinks the weights of MatMul, Gemm, Gather and Conv nodes; `optc inspect` shows what this "
