@@ -400,6 +400,56 @@ def test_constants_inside_an_if_branch_become_its_initializers():
         assert_same_outputs(model, fused, {"x": rand(2, 3), "flag": np.array(flag)})
 
 
+def test_the_rewrites_reach_into_if_branches():
+    """Silero VAD keeps 230 of its 325 nodes in If branches (PyTorch's LSTM state handling): fuse left them as
+    exported, 153 nodes where onnxslim leaves 73. The branch's shape arithmetic on an outer tensor of known shape
+    folds, and its Identity goes; what it reads from outside stays an input, never a constant."""
+    width = helper.make_tensor("one", TensorProto.INT64, [1], [1])
+    branch = helper.make_graph(
+        [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Gather", ["shape", "one"], ["width"], axis=0),
+            helper.make_node("Cast", ["width"], ["width_f"], to=TensorProto.FLOAT),
+            helper.make_node("Identity", ["x"], ["x_again"]),
+            helper.make_node("Mul", ["x_again", "width_f"], ["scaled"]),
+        ],
+        "then",
+        [],
+        [tensor("scaled", [2, 3])],
+        [width],
+    )
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["negated"])], "else", [], [tensor("negated", [2, 3])])
+    model = make_model(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other)],
+        [tensor("x", [2, 3]), tensor("flag", [], TensorProto.BOOL)],
+        [tensor("y", [2, 3])],
+    )
+    fused, counts = simplify(model)
+    assert counts["simplify_subgraphs"] >= 2
+    body = next(a.g for a in fused.graph.node[0].attribute if a.name == "then_branch")
+    assert [n.op_type for n in body.node] == ["Mul"] and list(body.node[0].input)[0] == "x"
+    for flag in (True, False):
+        assert_same_outputs(model, fused, {"x": rand(2, 3), "flag": np.array(flag)})
+
+
+def test_an_if_whose_condition_folds_to_a_constant_becomes_the_branch_it_takes():
+    """PyTorch exports an LSTM with optional state as an If on whether the state has a known size, constant once the
+    shapes are known; onnxslim inlines it, and so does fuse now."""
+    branch = helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "then", [], [tensor("r", [2, 3])])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["n"])], "else", [], [tensor("n", [2, 3])])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Size", ["shape"], ["rank"]),
+        helper.make_node("Equal", ["rank", "two"], ["is_matrix"]),
+        helper.make_node("If", ["is_matrix"], ["y"], then_branch=branch, else_branch=other),
+    ]
+    two = helper.make_tensor("two", TensorProto.INT64, [], [2])
+    model = make_model(nodes, [tensor("x", [2, 3])], [tensor("y", [2, 3])], [two])
+    fused, counts = simplify(model)
+    assert counts["inline_constant_if"] == 1 and ops(fused) == {"Relu": 1}
+    assert_same_outputs(model, fused, {"x": rand(2, 3)})
+
+
 def test_merge_duplicates_computes_repeated_nodes_once_and_keeps_outputs():
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="relu_a"),
@@ -419,6 +469,8 @@ def test_every_rewrite_is_registered_in_run_order():
         "constant_weight_inputs",
         "fold_constants",
         "subgraph_constants",
+        "simplify_subgraphs",
+        "inline_constant_if",
         "fold_shape_dims",
         "merge_constants",
         "merge_duplicates",

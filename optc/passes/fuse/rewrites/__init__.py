@@ -4,6 +4,7 @@ from optc.passes.fuse.rewrites import (  # noqa: I001, F401  (each registers on 
     constant_weight_inputs,
     fold_constants,
     subgraph_constants,
+    subgraph_bodies,
     fold_shape_dims,
     merge_constants,
     merge_duplicates,
