@@ -6,7 +6,7 @@ from optc.data import Dataset, input_specs
 from optc.errors import OptcError
 from optc.gates import evaluate_gates
 from optc.measure import providers
-from optc.measure.accuracy import AccuracyResult, evaluate, output_fidelity
+from optc.measure.accuracy import AccuracyResult, evaluate, output_cosine, output_fidelity
 from optc.measure.latency import LatencyStats, measure_interleaved
 from optc.recipe import Gates
 from optc.report.schema import ProviderMeasurement
@@ -107,6 +107,18 @@ def test_integer_outputs_count_by_the_share_of_equal_values():
     assert output_fidelity("ids", reference, reference).cosine == 1.0
     mask = np.array([[True, False, True]] * 8)
     assert output_fidelity("mask", mask, ~mask).cosine == 0.0  # pooled (3 per sample): every value differs
+
+
+@pytest.mark.parametrize("shape", [(32, 64), (4, 1, 48, 40), (8, 3), (5,), ()])
+def test_the_fidelity_searches_cosine_is_the_reports_cosine(shape):
+    """Searches score every attempt with output_cosine alone (a text detector's map made the full fidelity a quarter
+    of int8's wall time): it must be the very cosine the report and its gate measure, integer outputs included."""
+    rng = np.random.default_rng(1)
+    reference = rng.standard_normal(shape).astype(np.float32)
+    candidate = (reference + 0.3 * rng.standard_normal(shape)).astype(np.float32)
+    assert output_cosine(reference, candidate) == output_fidelity("y", reference, candidate).cosine
+    ids, read = np.asarray(rng.integers(0, 4, shape)), np.asarray(rng.integers(0, 4, shape))
+    assert output_cosine(ids, read) == output_fidelity("ids", ids, read).cosine
 
 
 def test_the_cosine_gate_also_sees_all_samples_together():

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 
 from optc.data import Dataset, input_specs
 from optc.errors import NotApplicable
-from optc.measure.accuracy import output_fidelity
+from optc.measure.accuracy import output_cosine
 from optc.measure.providers import check_options
 from optc.measure.tensor_error import compare_tensors
 from optc.measure.values import run_as_arrays
@@ -364,7 +364,7 @@ def output_agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.n
     broken = next((name for name, error in errors.items() if not np.isfinite(error)), None)
     if broken is not None:
         return {"min_cosine": 0.0, "max_relative_error": float("inf"), "worst_output": broken}
-    cosines = {name: output_fidelity(name, ref, candidate[name]).cosine for name, ref in reference.items()}
+    cosines = {name: output_cosine(ref, candidate[name]) for name, ref in reference.items()}
     worst = min(cosines, key=cosines.get, default=None)
     return {
         "min_cosine": round(cosines[worst], 6) if worst else 1.0,
