@@ -124,8 +124,9 @@ def topological_order(graph: onnx.GraphProto, outer: frozenset[str] = frozenset(
 
 
 def in_topological_order(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with every graph's nodes in topological order, subgraph bodies included. ONNX Runtime's quantizer
-    sorts its output by node inputs alone, so an If can land before what its branches read (Silero VAD)."""
+    """``model`` with every graph's nodes in topological order, subgraph bodies included. ONNX Runtime's quantizers
+    (static and dynamic) sort their output by node inputs alone, so an If can land before what its branches read
+    (Silero VAD)."""
 
     def sort(graph: onnx.GraphProto, outer: frozenset[str]) -> None:
         ordered = topological_order(graph, outer)

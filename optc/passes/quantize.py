@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 
 from optc.data import input_specs, stream_batches
 from optc.errors import OptcError
-from optc.model_facts import QUANTIZED_OP_TYPES, is_quantized, op_histogram
+from optc.model_facts import QUANTIZED_OP_TYPES, in_topological_order, is_quantized, op_histogram
 from optc.modelio import adopt_model, tensor_bytes
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
@@ -422,7 +422,7 @@ def _dynamic_quantizer(
                 nodes_to_exclude=sorted(kept),
                 use_external_data_format=large,
             )
-        return adopt_model(target)
+        return in_topological_order(adopt_model(target))  # as after static int8: If branches' reads count
 
     return quantize
 
