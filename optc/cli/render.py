@@ -181,6 +181,12 @@ def milliseconds(value: float) -> str:
     return f"{value:.1f}" if value >= 100 else f"{value:.3f}"
 
 
+def noise_bound(bound: float) -> str:
+    """At most five characters: a run on a busy machine met bounds of 10 and more, which pushed the table past 80
+    columns."""
+    return f"{bound:.3f}" if bound < 1 else f"{bound:.2f}" if bound < 10 else f"{bound:.0f}"
+
+
 def bench_view(report: BenchReport) -> Group:
     """One table per case, narrow enough for an 80-column log; models are numbered, with their paths below."""
     labels = {index: f"#{index}" for index in range(len(report.models))}
@@ -198,7 +204,7 @@ def bench_view(report: BenchReport) -> Group:
             ratio = ""
             if r.ratio_to_first:
                 q = r.ratio_to_first
-                ratio = f"{q.value:.3f}±{q.noise_bound:.3f}" + ("" if q.significant else " ~")
+                ratio = f"{q.value:.3f}±{noise_bound(q.noise_bound)}" + ("" if q.significant else " ~")
             table.add_row(
                 labels[r.model],
                 milliseconds(s.p50_ms),
