@@ -450,6 +450,33 @@ def test_an_if_whose_condition_folds_to_a_constant_becomes_the_branch_it_takes()
     assert_same_outputs(model, fused, {"x": rand(2, 3)})
 
 
+def test_a_paddle_flatten_gets_a_constant_target_when_inference_knows_no_shapes():
+    """PP-OCR's line classifier (paddle2onnx) flattens [N, 200, 1, 1] with Reshape(x, Concat(Cast(Slice(Cast(
+    Shape(x)), 0, 1)), [-1])) under an input whose batch is written dim_value -1, so shape inference gives the Reshape
+    no shape: fuse left the chain (185 nodes where onnxslim leaves 179). The chain itself says [0, -1]."""
+    i64, i32 = TensorProto.INT64, TensorProto.INT32
+    consts = {"zero": [0], "one": [1], "rest": [-1]}
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Cast", ["shape"], ["shape32"], to=i32),
+        helper.make_node("Slice", ["shape32", "zero", "one", "zero", "one"], ["batch32"]),
+        helper.make_node("Cast", ["batch32"], ["batch"], to=i64),
+        helper.make_node("Concat", ["batch", "rest"], ["target"], axis=-1),
+        helper.make_node("Reshape", ["x", "target"], ["flat"]),
+        helper.make_node("Relu", ["flat"], ["y"]),
+    ]
+    unknown_batch = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 8, 1, 1])
+    model = make_model(
+        nodes,
+        [unknown_batch],
+        [tensor("y", [None, 8])],
+        [helper.make_tensor(k, i64, [1], v) for k, v in consts.items()],
+    )
+    fused, counts = simplify(model)
+    assert counts["constant_reshape_targets"] == 1 and ops(fused) == {"Reshape": 1, "Relu": 1}
+    assert_same_outputs(model, fused, {"x": rand(3, 8, 1, 1)})
+
+
 def test_merge_duplicates_computes_repeated_nodes_once_and_keeps_outputs():
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="relu_a"),
