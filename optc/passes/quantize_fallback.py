@@ -82,7 +82,9 @@ def meet_fidelity_targets(
     def acceptable(model: onnx.ModelProto) -> tuple[bool, dict]:
         facts = output_agreement(reference, run_outputs(model, probe, workdir))
         ok = config.min_cosine is None or facts["min_cosine"] >= config.min_cosine
-        if drop_of is not None:
+        # A cosine miss fails the attempt already: the run over the whole evaluation set is spared (on PP-OCRv4's
+        # detector it was half of int8-accurate's 410 s).
+        if drop_of is not None and ok:
             facts["accuracy_drop"] = round(drop_of(model), 4)
             ok = ok and facts["accuracy_drop"] <= config.accuracy_budget
         return ok, facts
