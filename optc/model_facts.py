@@ -86,6 +86,15 @@ def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
             yield from all_nodes(body)
 
 
+def graph_scopes(graph: onnx.GraphProto, nested: bool = False) -> Iterator[tuple[onnx.GraphProto, bool]]:
+    """``graph`` and, depth first, every body inside it, each with whether it is a body. A rewrite that rebuilds
+    a graph's node list copies the bodies with it: walk this in reverse, innermost first."""
+    yield graph, nested
+    for node in graph.node:
+        for body in subgraphs(node):
+            yield from graph_scopes(body, True)
+
+
 def node_reads(node: onnx.NodeProto) -> set[str]:
     """Names ``node`` reads from its graph: its inputs, and whatever its subgraphs (at any depth) read from outside
     themselves — what orders it after their producers."""

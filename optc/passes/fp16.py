@@ -46,10 +46,11 @@ from pydantic import Field
 from optc.data import input_specs
 from optc.isolation import RISKY_OP_TYPES, NativeCrash, run_isolated
 from optc.measure.providers import check_options
-from optc.model_facts import FLOAT_TYPES, all_nodes, node_reads, subgraphs, topological_order
+from optc.model_facts import FLOAT_TYPES, all_nodes, graph_scopes, node_reads, subgraphs, topological_order
 from optc.modelio import adopt_model, too_large_to_serialize
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import keep_in_float_until, output_agreement, probe_of, rank_by_damage, run_outputs
+from optc.passes.fuse.rewrites.subgraph_bodies import fold_body_constants
 from optc.passes.ort_tools import inside, quiet_root_logger
 from optc.passes.quantize import refuse_quantized
 from optc.passes.quantize_fallback import refuse_no_smaller
@@ -107,7 +108,8 @@ class Fp16Config(PassConfig):
 def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -> PassOutcome:
     refuse_quantized(model, context.label)
     excluded_nodes(model.graph, config.exclude, context.label)  # check the names against the user's graph
-    model, _ = drop_initializer_inputs(model)
+    # weights a body builds from Constant nodes become its initializers, which can be stored in fp16
+    model = fold_body_constants(drop_initializer_inputs(model)[0])
     # Folding runs ONNX Runtime's other basic fusions too (MatMul+Add → Gemm under a new name), so it only runs where
     # there is a BatchNormalization to fold, and node names in exclude keep meaning what the user wrote.
     has_batchnorm = any(node.op_type == "BatchNormalization" for node in model.graph.node)
@@ -212,7 +214,16 @@ def store_kept_weights_fp16(
     ``MIN_STORED_ELEMENTS``, non-finite or beyond fp16's range, read anywhere else (at any depth of subgraphs) or by
     a node in ``excluded`` stay as they are. A pure rewrite, but for the bytes of weights on disk appended to
     ``store``."""
-    graph = model.graph
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    chosen = [
+        name for graph, _ in reversed(list(graph_scopes(out.graph))) for name in _store_fp16_in(graph, store, excluded)
+    ]
+    return (out, sorted(chosen)) if chosen else (model, [])
+
+
+def _store_fp16_in(graph: onnx.GraphProto, store: Path, excluded: set[str]) -> list[str]:
+    """``store_kept_weights_fp16`` on ``graph``'s own initializers, in place; the names of the weights stored."""
     # Reads inside If/Loop bodies count too: an openWakeWord head's verifier weights, half its bytes, sit in a branch.
     readers = Counter(name for node in all_nodes(graph) for name in node.input) + Counter(o.name for o in graph.output)
     weight_reads = Counter(
@@ -235,20 +246,18 @@ def store_kept_weights_fp16(
             stored = f"{name}_fp16"
             chosen[name] = spill(halves, stored, store) if is_lazy(tensor) else numpy_helper.from_array(halves, stored)
     if not chosen:
-        return model, []
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    kept = [t for t in out.graph.initializer if t.name not in chosen]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend([*kept, *chosen.values()])
+        return []
+    kept = [t for t in graph.initializer if t.name not in chosen]
+    del graph.initializer[:]
+    graph.initializer.extend([*kept, *chosen.values()])
     casts = [
         onnx.helper.make_node("Cast", [half.name], [name], name=f"{name}_to_fp32", to=TensorProto.FLOAT)
         for name, half in chosen.items()
     ]
-    nodes = casts + list(out.graph.node)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out, sorted(chosen)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return list(chosen)
 
 
 def raw_fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -29,6 +29,7 @@ from optc.modelio import adopt_model, tensor_bytes
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import PROBE_SAMPLES, Convert, evaluation_probe
+from optc.passes.fuse.rewrites.subgraph_bodies import fold_body_constants
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import (
@@ -55,6 +56,7 @@ from optc.passes.quantize_stored_weights import (
     CONV_OP_TYPES,
     RECURRENT_OP_TYPES,
     int8_stored_weights,
+    nested_weight_nodes,
     nothing_to_quantize,
     store_weights_int8,
     stored_weight_nodes,
@@ -249,7 +251,7 @@ def run_quantize(model: onnx.ModelProto, config: QuantizeConfig, context: PassCo
 def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext) -> PassOutcome:
     excluded = excluded_nodes(model.graph, config.exclude, context.label)
     # weights in Constant nodes (paddle2onnx, tf2onnx) or listed as inputs (IR < 4) would not count as constant
-    model, _ = drop_initializer_inputs(constants_to_initializers(model)[0])
+    model, _ = drop_initializer_inputs(fold_body_constants(constants_to_initializers(model)[0]))
     op_types = [op for op in config.dynamic_op_types() if op not in config.exclude.op_types]
     if "Gemm" in op_types:
         # ONNX Runtime's quantizer splits every Gemm into MatMul + Add under new names, which defeats exclusion by
@@ -371,10 +373,12 @@ def _weighted_nodes(model: onnx.ModelProto, op_types: list[str]) -> set[str]:
 def _stored_weights(model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str]) -> set[str]:
     """The nodes whose weights dynamic int8 stores in int8 for float compute: the Convs, unless ``conv_weights`` is
     float or op_types asks for ConvInteger, and the GRU/RNN cells op_types names (ONNX Runtime has no int8 kernel
-    for them; the corpus's GRU encoders kept 90 % of their size)."""
-    convs = set() if config.conv_weights == "float" or "Conv" in op_types else stored_weight_nodes(model, CONV_OP_TYPES)
-    cells = tuple(op for op in STORED_CELLS if op in op_types)
-    return convs | stored_weight_nodes(model, cells)
+    for them; the corpus's GRU encoders kept 90 % of their size); inside If/Loop/Scan bodies, which ONNX Runtime's
+    quantizer does not reach, its LSTMs and ConvIntegers too."""
+    convs = () if config.conv_weights == "float" and "Conv" not in op_types else CONV_OP_TYPES
+    cells = tuple(op for op in RECURRENT_OP_TYPES if op in op_types)
+    everywhere = (*(() if "Conv" in op_types else convs), *(op for op in cells if op in STORED_CELLS))
+    return stored_weight_nodes(model, everywhere) | nested_weight_nodes(model, (*convs, *cells))
 
 
 def _dynamic_quantizer(

@@ -27,11 +27,12 @@ from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, 
 from optc.data import SYNTHETIC_SAMPLES, Dataset, input_specs, stream_batches, synthetic_dataset
 from optc.errors import NotApplicable, OptcError, PassError
 from optc.messages import exception_reason
-from optc.model_facts import QUANTIZED_OP_TYPES, default_opset, in_topological_order
+from optc.model_facts import QUANTIZED_OP_TYPES, all_nodes, default_opset, in_topological_order
 from optc.modelio import adopt_model
 from optc.passes.calibration import calibrate, collector_for, tensors_to_calibrate, write_calibration_cache
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import evaluation_probe, probe_of, rank_by_damage
+from optc.passes.fuse.rewrites.subgraph_bodies import fold_body_constants
 from optc.passes.ort_tools import inside, quiet_root_logger, save_for_tool
 from optc.passes.quantize_defaults import with_target_defaults
 from optc.passes.quantize_fallback import (
@@ -54,8 +55,11 @@ from optc.passes.quantize_prepare import (
     upgrade_opset,
 )
 from optc.passes.quantize_stored_weights import (
+    CONV_OP_TYPES,
     RECURRENT_OP_TYPES,
+    STORED_WEIGHT_OP_TYPES,
     int8_stored_weights,
+    nested_weight_nodes,
     store_weights_int8,
     stored_weight_nodes,
 )
@@ -127,7 +131,9 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
         """QDQ around everything not ``excluded``; the recurrent cells compute in float either way, with their
         weights in int8 unless ``excluded`` names them."""
         quantized = quantize_qdq(excluded | cells)
-        return store_weights_int8(quantized, cells - excluded) if cells - excluded else quantized
+        # ONNX Runtime's optimizer may fold a body's weights only now, reading constants of an enclosing scope
+        stored = (cells | nested_weight_nodes(quantized, STORED_WEIGHT_OP_TYPES)) - excluded
+        return store_weights_int8(quantized, stored) if stored else quantized
 
     kept = {name: {"reason": reason} for name, reason in prepared.kept_in_float.items() if name not in cells}
     unranged = set(calibration.unranged)
@@ -152,7 +158,7 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
     if not quantized and not int8_stored_weights(result):
         raise NotApplicable(context.label, _nothing_quantized(model, config, kept))
     _refuse_larger(model, result, prepared.model, context.label)
-    ops = {n.name: n.op_type for n in prepared.model.graph.node}
+    ops = {n.name: n.op_type for n in all_nodes(prepared.model.graph)}
     share, left_by_op = int8_share(prepared.model, result, COMPUTE_OPS)
     return PassOutcome(
         model=result,
@@ -267,6 +273,7 @@ def prepare(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext
     notes = []
     model = normalize_opsets(model)
     model, moved = constants_to_initializers(model)
+    model = fold_body_constants(model)
     if moved:
         notes.append(f"{moved} Constant node(s) turned into initializers")
     model, dropped = drop_initializer_inputs(model)
@@ -408,18 +415,24 @@ def quantized_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def _recurrent_cells(prepared: Prepared) -> set[str]:
-    """The LSTM/GRU/RNN cells whose weights static int8 stores in int8 for float compute (all but those the user
-    excluded): their compute stays float, since quantized states would be rounded at every step (the rule that keeps
-    them float), but their weights need not. An LSTM wake-word head, all LSTM, was refused as no smaller than fp32,
-    and four Thai segmenters came out at 0.80-0.86 of their size."""
+    """The nodes whose weights static int8 stores in int8 for float compute (all but those the user excluded):
+    LSTM/GRU/RNN cells, whose compute stays float since quantized states would be rounded at every step (the rule
+    that keeps them float) but whose weights need not (an LSTM wake-word head, all LSTM, was refused as no smaller
+    than fp32, and four Thai segmenters came out at 0.80-0.86 of their size); and the Convs inside If/Loop/Scan
+    bodies, which ONNX Runtime's quantizer does not reach (Silero VAD holds its whole network in two branches)."""
     excluded = {name for name, reason in prepared.kept_in_float.items() if reason == "exclude"}
-    return stored_weight_nodes(prepared.model, RECURRENT_OP_TYPES) - excluded
+    nested = nested_weight_nodes(prepared.model, CONV_OP_TYPES)
+    return (stored_weight_nodes(prepared.model, RECURRENT_OP_TYPES) | nested) - excluded
 
 
 def _cells_with_int8_weights(prepared: Prepared, cells: set[str]) -> dict[str, dict]:
-    """Report rows of the recurrent cells that compute in float from int8 weights."""
+    """Report rows of the nodes that compute in float from int8 weights."""
+    nested = nested_weight_nodes(prepared.model, CONV_OP_TYPES)
     return {
-        name: {"reason": f"{prepared.kept_in_float.get(name, 'recurrent cell')}; weights stored in int8"}
+        name: {
+            "reason": f"{prepared.kept_in_float.get(name, 'inside a body' if name in nested else 'recurrent cell')}"
+            "; weights stored in int8"
+        }
         for name in cells
     }
 

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from optc.errors import OptcError
-from optc.model_facts import reader_counts
+from optc.model_facts import all_nodes, graph_scopes, reader_counts
 from optc.passes.quantize_prepare import subgraph_nodes
 from optc.tensors import tensor_values
 
@@ -29,19 +29,30 @@ RECURRENT_OP_TYPES = ("LSTM", "GRU", "RNN")
 # Which inputs are weights, and how many leading axes index the slices that get a scale each: a Conv's kernel
 # [out, in, kh, kw] per output channel; a recurrent cell's W [directions, gates x hidden, input] and R per row.
 WEIGHT_INPUTS = {"Conv": ((1,), 1), "ConvTranspose": ((1,), 1), **{op: ((1, 2), 2) for op in RECURRENT_OP_TYPES}}
+STORED_WEIGHT_OP_TYPES = tuple(WEIGHT_INPUTS)
 LEVELS = 127  # symmetric int8: the scale maps each slice's largest magnitude to 127
 
 
 def stored_weight_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> set[str]:
-    """Names of the ``op_types`` nodes whose weights are float32 initializers (not graph inputs, which a caller may
-    override) of rank 3 or more."""
-    graph = model.graph
+    """Names of the ``op_types`` nodes, in the main graph or inside If/Loop/Scan bodies, whose weights are float32
+    initializers of rank 3 or more of the graph holding the node (not graph inputs, which a caller may override)."""
+    return {name for graph, _ in graph_scopes(model.graph) for name in _weighted_in(graph, op_types)}
+
+
+def nested_weight_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> set[str]:
+    """The ``stored_weight_nodes`` inside bodies: no quantizer reaches them with an integer kernel (ONNX Runtime's
+    static and dynamic quantizers leave bodies alone), so their weights can only be stored in int8."""
+    return {name for graph, nested in graph_scopes(model.graph) if nested for name in _weighted_in(graph, op_types)}
+
+
+def _weighted_in(graph: onnx.GraphProto, op_types: tuple[str, ...]) -> set[str]:
     inputs = {i.name for i in graph.input}
     weights = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) >= 3}
     return {
         n.name
         for n in graph.node
-        if n.op_type in op_types
+        if n.name
+        and n.op_type in op_types
         and all(len(n.input) > i and n.input[i] in weights and n.input[i] not in inputs for i in _weights_of(n))
     }
 
@@ -62,14 +73,23 @@ def int8_codes(values: np.ndarray, leading: int = 1) -> tuple[np.ndarray, np.nda
 
 
 def store_weights_int8(model: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
-    """``model`` with the weights of the nodes in ``nodes`` (Conv, ConvTranspose, LSTM, GRU, RNN) stored as int8
-    behind ``Cast → Mul`` (which reproduce the weight's name, so the node itself is untouched); a pure rewrite. A
-    weight that anything else also reads, or that holds a non-finite value, stays float."""
+    """``model`` with the weights of the nodes in ``nodes`` (Conv, ConvTranspose, LSTM, GRU, RNN; in the main graph
+    or a body) stored as int8 behind ``Cast → Mul`` (which reproduce the weight's name, so the node itself is
+    untouched); a pure rewrite. A weight that anything else also reads, or that holds a non-finite value, stays
+    float."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    graph = out.graph
-    storable = stored_weight_nodes(model, tuple(WEIGHT_INPUTS)) & nodes
+    for graph, _ in reversed(list(graph_scopes(out.graph))):
+        _store_in(graph, nodes)
+    return out
+
+
+def _store_in(graph: onnx.GraphProto, nodes: set[str]) -> None:
+    """Store the weights of ``graph``'s own nodes in ``nodes`` in int8, in place (``graph`` is a fresh copy)."""
+    storable = _weighted_in(graph, STORED_WEIGHT_OP_TYPES) & nodes
     candidates = {n.name: n for n in graph.node if n.name in storable}
+    if not candidates:
+        return
     readers = reader_counts(graph)
     reads = Counter(n.input[i] for n in candidates.values() for i in _weights_of(n))
     leading = {n.input[i]: WEIGHT_INPUTS[n.op_type][1] for n in candidates.values() for i in _weights_of(n)}
@@ -111,12 +131,11 @@ def store_weights_int8(model: onnx.ModelProto, nodes: set[str]) -> onnx.ModelPro
         graph.initializer.extend(
             [numpy_helper.from_array(codes, f"{name}_int8"), numpy_helper.from_array(scales, f"{name}_int8_scale")]
         )
-    return out
 
 
 def int8_stored_weights(model: onnx.ModelProto) -> int:
     """How many weights of ``model`` are stored in int8, read from the nodes ``store_weights_int8`` names."""
-    return sum(n.op_type == "Mul" and n.name == f"{n.output[0]}_dequantize" for n in model.graph.node)
+    return sum(n.op_type == "Mul" and n.name == f"{n.output[0]}_dequantize" for n in all_nodes(model.graph))
 
 
 def nothing_to_quantize(model: onnx.ModelProto, label: str, what: str, mode: str, conv_weights: str) -> OptcError:
@@ -126,10 +145,11 @@ def nothing_to_quantize(model: onnx.ModelProto, label: str, what: str, mode: str
     readers = {*what.split("/"), *([] if conv_weights == "float" else CONV_OP_TYPES)}
     readers |= {"Gemm"} if "MatMul" in readers else set()  # a Gemm is quantized as its MatMul
     nested = subgraph_nodes(model, readers)
-    where = f" outside If/Loop/Scan subgraphs ({nested} sit inside them, which it does not reach)" if nested else ""
+    where = f" outside If/Loop/Scan subgraphs ({nested} sit inside them)" if nested else ""
     return OptcError(
         f"{label}: the model has no {kinds} node with constant weights{where}, so {mode} has nothing to quantize",
-        hint="no optc quantization reaches into If/Loop/Scan bodies (static int8 neither)"
+        hint="inside If/Loop/Scan bodies optc only stores the weights of Conv and LSTM/GRU/RNN nodes in int8; it "
+        "quantizes nothing else there (static int8 neither)"
         if nested
         else "set conv_weights: int8 to store its Conv weights in int8, or use the int8 recipe (static int8, with "
         "--calibration-data)"

@@ -34,6 +34,7 @@ from optc.passes.calibration import CalibrationConfig
 from optc.passes.channel_scaling import divided_input
 from optc.passes.exclude import excluded_nodes
 from optc.passes.fallback import probe_of
+from optc.passes.fuse.rewrites.subgraph_bodies import fold_body_constants
 from optc.passes.quantize_awq import awq_scales
 from optc.passes.quantize_fallback import all_kept_in_float, meet_fidelity_targets, refuse_no_smaller
 from optc.passes.quantize_keep_float import blow_up_readers
@@ -125,8 +126,8 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
     excluded = excluded_nodes(model.graph, config.exclude, context.label)
     # Gemm has no weight-only kernel; as MatMul + Add (under the Gemm's name) its weight can be quantized.
     # Weights listed as graph inputs (IR < 4) are not constants to the quantizer: a face detector was refused for having
-    # no Conv with constant weights.
-    model = drop_initializer_inputs(constants_to_initializers(model)[0])[0]  # weights as constants, as in run_dynamic
+    # no Conv with constant weights. Weights as constants, as in run_dynamic:
+    model = drop_initializer_inputs(fold_body_constants(constants_to_initializers(model)[0]))[0]
     model = name_unnamed_nodes(normalize_opsets(gemm_to_matmul(model)))
     accuracy_level = settings.accuracy_level
     if accuracy_level is None and settings.format == "matmulnbits":

@@ -25,7 +25,12 @@ from optc.passes.prune.reconstruct import HESSIAN_BYTES, Hessians, hessian_bytes
 from optc.passes.prune.search import CandidateMeter, bisect_sparsity, gzip_size
 from optc.passes.prune.split_layers import split_conv_parts
 from optc.passes.quantize_keep_float import blow_up_readers
-from optc.passes.quantize_prepare import constants_to_initializers, drop_initializer_inputs, name_unnamed_nodes
+from optc.passes.quantize_prepare import (
+    constants_to_initializers,
+    drop_initializer_inputs,
+    name_unnamed_nodes,
+    subgraph_nodes,
+)
 from optc.passes.registry import PassContext, PassOutcome, register
 from optc.tensors import tensor_values
 
@@ -73,10 +78,21 @@ def _magnitude_layers(
         raise NotApplicable(
             context.label,
             f"no {'/'.join(config.op_types)} node with a constant float weight is left to prune"
-            + (f" (kept dense as first/last layer: {', '.join(dense)})" if dense else ""),
+            + (f" (kept dense as first/last layer: {', '.join(dense)})" if dense else "")
+            + _out_of_reach(model, config),
             hint="check op_types, nodes and exclude" + (", or set dense_first_last: false" if dense else ""),
         )
     return layers, dense
+
+
+def _out_of_reach(model: onnx.ModelProto, config: PruneConfig) -> str:
+    """What a refusal adds where the layers sit in If/Loop/Scan bodies (Silero VAD keeps its network in two)."""
+    nested = subgraph_nodes(model, set(config.op_types))
+    return (
+        f"; {nested} {'/'.join(config.op_types)} node(s) sit inside If/Loop/Scan bodies, which pruning does not reach"
+        if nested
+        else ""
+    )
 
 
 @dataclass
@@ -165,7 +181,9 @@ def _channel_pruner(model: onnx.ModelProto, config: PruneConfig, context: PassCo
         reasons = "; ".join(dict.fromkeys(r for members in groups.values() for r in plan.reasons(members)))
         raise NotApplicable(
             context.label,
-            "no channel group can be pruned" + (f": {reasons[:400]}" if reasons else " (no prunable layer found)"),
+            "no channel group can be pruned"
+            + (f": {reasons[:400]}" if reasons else " (no prunable layer found)")
+            + _out_of_reach(model, config),
             hint="channel pruning needs Conv/Gemm/MatMul layers with constant weights whose outputs feed ops optc "
             "can shrink",
         )

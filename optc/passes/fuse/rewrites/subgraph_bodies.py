@@ -10,16 +10,45 @@ nodes and initializers replace the old ones; its own inputs and outputs keep the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnx
 from onnx import helper
 
 from optc.model_facts import node_reads, subgraphs
-from optc.passes.fuse.driver import rewrite, simplify
+from optc.passes.fuse.driver import rewrite, rewrites, simplify
 from optc.passes.fuse.graph import GraphIndex, copy_model, is_standard
+
+FOLDING_REWRITES = ("fold_constants", "drop_unused")  # drop_unused: what a folded chain read goes too
 
 
 @rewrite("simplify_subgraphs", "the same rewrites run inside If/Loop/Scan bodies")
 def simplify_subgraphs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    return _in_bodies(model, _simplified)
+
+
+def fold_body_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the constant expressions inside its bodies folded into their own initializers, and nothing
+    else changed: what the quantizers need to see a body's weights as weights (Silero VAD builds each LSTM's weights
+    in a branch from Constant nodes through Slice, Concat and Unsqueeze)."""
+    return _in_bodies(model, _folded)[0]
+
+
+def _simplified(standalone: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    simplified, counts = simplify(standalone)  # its own simplify_subgraphs reaches the bodies nested in it
+    return simplified, sum(counts.values())
+
+
+def _folded(standalone: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    folded, counts = simplify(standalone, skip=[name for name in rewrites() if name not in FOLDING_REWRITES])
+    nested, applied = _in_bodies(folded, _folded)
+    return nested, sum(counts.values()) + applied
+
+
+def _in_bodies(
+    model: onnx.ModelProto, run: Callable[[onnx.ModelProto], tuple[onnx.ModelProto, int]]
+) -> tuple[onnx.ModelProto, int]:
+    """``model`` with ``run`` applied to each body of its main graph's nodes, as a model of its own."""
     if not any(subgraphs(node) for node in model.graph.node):
         return model, 0
     model = copy_model(model)
@@ -27,11 +56,16 @@ def simplify_subgraphs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     applied = 0
     for node in model.graph.node:
         for body in subgraphs(node):
-            applied += _simplify_body(body, model, types)
+            applied += _rewrite_body(body, model, types, run)
     return model, applied
 
 
-def _simplify_body(body: onnx.GraphProto, model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> int:
+def _rewrite_body(
+    body: onnx.GraphProto,
+    model: onnx.ModelProto,
+    types: dict[str, onnx.TypeProto],
+    run: Callable[[onnx.ModelProto], tuple[onnx.ModelProto, int]],
+) -> int:
     defined = {i.name for i in body.input} | {t.name for t in body.initializer}
     defined |= {name for node in body.node for name in node.output}
     outer = sorted(set().union(*(node_reads(n) for n in body.node)) | {o.name for o in body.output})
@@ -44,8 +78,7 @@ def _simplify_body(body: onnx.GraphProto, model: onnx.ModelProto, types: dict[st
             value.type.CopyFrom(types[name])
         graph.input.append(value)
     standalone = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
-    simplified, counts = simplify(standalone)
-    applied = sum(counts.values())
+    simplified, applied = run(standalone)
     if applied:
         del body.node[:]
         body.node.extend(simplified.graph.node)
