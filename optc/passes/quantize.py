@@ -373,8 +373,8 @@ def _weighted_nodes(model: onnx.ModelProto, op_types: list[str]) -> set[str]:
 def _stored_weights(model: onnx.ModelProto, config: QuantizeConfig, op_types: list[str]) -> set[str]:
     """The nodes whose weights dynamic int8 stores in int8 for float compute: the Convs, unless ``conv_weights`` is
     float or op_types asks for ConvInteger, and the GRU/RNN cells op_types names (ONNX Runtime has no int8 kernel
-    for them; the corpus's GRU encoders kept 90 % of their size); inside If/Loop/Scan bodies, which ONNX Runtime's
-    quantizer does not reach, its LSTMs and ConvIntegers too."""
+    for them; the corpus's GRU encoders kept 90 % of their size); and inside If/Loop/Scan bodies, which ONNX
+    Runtime's quantizer does not reach, the LSTMs too, and the Convs even where op_types asks for ConvInteger."""
     convs = () if config.conv_weights == "float" and "Conv" not in op_types else CONV_OP_TYPES
     cells = tuple(op for op in RECURRENT_OP_TYPES if op in op_types)
     everywhere = (*(() if "Conv" in op_types else convs), *(op for op in cells if op in STORED_CELLS))

@@ -6,6 +6,9 @@ handling, and Silero VAD keeps 230 of its 325 nodes in branches. Without this, f
 (Silero VAD: 153 nodes where onnxslim leaves 73). Each body is simplified as a model of its own by the same driver
 — what it reads from enclosing scopes enters as graph inputs, so nothing outside it is treated as constant — and its
 nodes and initializers replace the old ones; its own inputs and outputs keep their names.
+
+``fold_body_constants`` is the folding part alone, for the quantizers and fp16, which must not rewrite more than
+they report but need a body's weights to be its initializers.
 """
 
 from __future__ import annotations
