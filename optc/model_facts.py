@@ -112,6 +112,75 @@ def _outer_reads(graph: onnx.GraphProto) -> set[str]:
     return wanted - defined
 
 
+def final_uses(
+    graph: onnx.GraphProto, name: str, carried: frozenset[str] = frozenset(), cache: dict | None = None
+) -> list[tuple[onnx.NodeProto, int] | None]:
+    """Where the value of ``name`` ends up being read, as (node, input index), following it into bodies that read
+    it from outside, through Identity, and through a Loop's state slot that its body passes on unchanged (tf2onnx and
+    paddle2onnx hand a loop's weights in that way), the Loop's final value of the slot included. None stands for a
+    graph output (``carried`` names the body outputs that only pass a state slot on). Pass one ``cache`` dict to
+    calls on the same graph to index each (sub)graph once."""
+    if not name:
+        return []
+    cache = {} if cache is None else cache
+    reads, captures = _read_index(graph, cache)
+    uses: list[tuple[onnx.NodeProto, int] | None] = [
+        None for o in graph.output if o.name == name and o.name not in carried
+    ]
+    for node, index in reads.get(name, []):
+        slot = _passed_through_slot(node, index)
+        if node.op_type == "Identity":
+            uses += final_uses(graph, node.output[0], carried, cache)
+        elif slot is None:
+            uses.append((node, index))
+        else:
+            body, inner, outer_output = slot
+            uses += final_uses(body, inner, frozenset({inner, body.output[index - 1].name}), cache)
+            uses += final_uses(graph, outer_output, carried, cache)
+    for body in captures.get(name, []):
+        uses += final_uses(body, name, frozenset(), cache)
+    return uses
+
+
+def _read_index(graph: onnx.GraphProto, cache: dict) -> tuple[dict, dict]:
+    """(name → [(node, input index)], name → [bodies reading it from outside]) of ``graph``, built once per cache."""
+    held = cache.get(id(graph))
+    if held is not None and held[0] is graph:  # the graph is held too, so its id cannot be reused meanwhile
+        return held[1]
+    reads: dict[str, list] = {}
+    captures: dict[str, list] = {}
+    for node in graph.node:
+        for index, read in enumerate(node.input):
+            reads.setdefault(read, []).append((node, index))
+        for body in subgraphs(node):
+            for read in _outer_reads(body):
+                captures.setdefault(read, []).append(body)
+    cache[id(graph)] = (graph, (reads, captures))
+    return reads, captures
+
+
+def _passed_through_slot(node: onnx.NodeProto, index: int) -> tuple[onnx.GraphProto, str, str] | None:
+    """(body, the body's name for it, the Loop's output of its final value) where input ``index`` of a Loop is a state
+    slot the body passes on unchanged (directly or through one Identity); None otherwise."""
+    if node.op_type != "Loop" or index < 2:
+        return None
+    body = subgraphs(node)[0]
+    if len(body.input) <= index or len(body.output) < index:
+        return None
+    inner, passed = body.input[index].name, body.output[index - 1].name
+    through_identity = any(
+        n.op_type == "Identity" and list(n.input) == [inner] and n.output[0] == passed for n in body.node
+    )
+    if passed != inner and not through_identity:
+        return None
+    return body, inner, node.output[index - 2] if len(node.output) > index - 2 else ""
+
+
+def _defined(graph: onnx.GraphProto) -> set[str]:
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    return defined | {out for node in graph.node for out in node.output}
+
+
 def topological_order(graph: onnx.GraphProto, outer: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
     """The graph's nodes with every producer before its readers, reads inside its subgraphs included (names in
     ``outer`` come from enclosing scopes); a cycle keeps the rest in the order it had."""

@@ -187,3 +187,113 @@ def test_pruning_says_the_layers_sit_in_bodies_it_does_not_reach(tmp_path: Path,
     config = PruneConfig(type="prune", method=method, sparsity=0.5)
     with pytest.raises(OptcError, match=r"2 Conv/Gemm/MatMul node\(s\) sit inside If/Loop/Scan bodies"):
         run_prune(model_in_branches(), config, context(tmp_path, f"passes[0] prune ({method})"))
+
+
+def recurrence_in_a_loop(passthrough_by_identity: bool) -> onnx.ModelProto:
+    """h ← tanh(h·W + b), four steps in a Loop that gets W and b as state slots and passes them on unchanged, as
+    tf2onnx unrolls a Keras LSTM (chars2vec) and paddle2onnx hands SLANet's decoder its weights."""
+    width = 48
+    weights = {"W": RNG.standard_normal((width, width)) * 0.2, "b": RNG.standard_normal(width) * 0.1}
+    passed = "W_in"
+    body_nodes = [
+        helper.make_node("MatMul", ["h_in", "W_in"], ["hw"], name="step_matmul"),
+        helper.make_node("Add", ["hw", "b_in"], ["hwb"], name="step_add"),
+        helper.make_node("Tanh", ["hwb"], ["h_out"], name="step_tanh"),
+        helper.make_node("Identity", ["cond_in"], ["cond_out"], name="step_cond"),
+    ]
+    if passthrough_by_identity:
+        body_nodes.append(helper.make_node("Identity", ["W_in"], ["W_out"], name="pass_w"))
+        passed = "W_out"
+    body = helper.make_graph(
+        body_nodes,
+        "step",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("W_in", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("b_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info(n, t, None)
+            for n, t in (
+                ("cond_out", TensorProto.BOOL),
+                ("h_out", TensorProto.FLOAT),
+                (passed, TensorProto.FLOAT),
+                ("b_in", TensorProto.FLOAT),
+            )
+        ],
+    )
+    return make_model(
+        [
+            const("steps", np.array(4, np.int64)),
+            const("always", np.array(True)),
+            helper.make_node(
+                "Loop", ["steps", "always", "x", "W", "b"], ["y", "W_final", "b_final"], body=body, name="loop"
+            ),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+
+
+def loop_context(tmp_path: Path, label: str) -> tuple[PassContext, Path]:
+    x = RNG.standard_normal((16, 48)).astype(np.float32)
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, x=x)
+    return PassContext(
+        label=label,
+        workdir=tmp_path,
+        seed=0,
+        dataset=Dataset(inputs={"x": x}, labels=None, source="test"),
+        calibration_data=calibration,
+        sample_inputs=[{"x": x[:4]}],
+        target="x86-avx2",
+    ), calibration
+
+
+@pytest.mark.parametrize("by_identity", [False, True], ids=["direct", "identity"])
+@pytest.mark.parametrize(
+    "settings",
+    [{"mode": "dynamic"}, {"mode": "weight_only", "weights": {"bits": 4}}, {"mode": "static", "preprocess": False}],
+    ids=["dynamic", "weight_only", "static"],
+)
+def test_a_weight_a_loop_passes_on_unchanged_is_stored_in_int8_where_it_lives(tmp_path, settings, by_identity):
+    model = recurrence_in_a_loop(by_identity)
+    ctx, _ = loop_context(tmp_path, f"passes[0] quantize ({settings['mode']})")
+    outcome = run_quantize(model, QuantizeConfig(type="quantize", **settings), ctx)
+    main = {n.name: n for n in outcome.model.graph.node}
+    assert main["W_dequantize"].op_type == "Mul" and int8_stored_weights(outcome.model) == 1  # b stays float
+    assert {t.name: t.data_type for t in outcome.model.graph.initializer}["W_int8"] == TensorProto.INT8
+    x = RNG.standard_normal((4, 48)).astype(np.float32)
+    expected, got = (
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for m in (model, outcome.model)
+    )
+    assert np.linalg.norm(expected - got) / np.linalg.norm(expected) < 0.05  # four steps of int8 weights
+
+
+def test_fp16_stores_a_weight_a_loop_passes_on_in_fp16(tmp_path):
+    model = recurrence_in_a_loop(False)
+    ctx, _ = loop_context(tmp_path, "passes[0] fp16")
+    outcome = run_fp16(model, Fp16Config(type="fp16"), ctx)
+    assert outcome.details["fp32_weights_stored_fp16"] == ["W"]
+
+
+def test_dynamic_int8_of_an_opset_9_model_is_raised_to_opset_11(tmp_path):
+    """DynamicQuantizeLinear came with opset 11: a tf2onnx ResNet-50 at opset 9 came out as an invalid model."""
+    weight = RNG.standard_normal((16, 8)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
+        [numpy_helper.from_array(weight, "W")],
+        opset=9,
+    )
+    x = RNG.standard_normal((8, 16)).astype(np.float32)
+    ctx = PassContext(label="q", workdir=tmp_path, seed=0, dataset=Dataset(inputs={"x": x}, labels=None, source="t"))
+    outcome = run_quantize(model, QuantizeConfig(type="quantize", mode="dynamic"), ctx)
+    onnx.checker.check_model(outcome.model, full_check=True)
+    assert {o.domain: o.version for o in outcome.model.opset_import}[""] >= 11
+    assert "DynamicQuantizeLinear" in {n.op_type for n in outcome.model.graph.node}

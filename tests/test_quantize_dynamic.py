@@ -73,8 +73,8 @@ def test_a_model_with_nothing_to_quantize_is_refused_as_bad_input(tmp_path: Path
     assert not isinstance(info.value, PassError)
 
 
-def test_a_model_whose_layers_all_sit_in_if_branches_is_told_so(tmp_path: Path):
-    """Silero VAD as spox writes it: one If on the sample rate, the whole network inside each branch."""
+def test_matmul_weights_inside_if_branches_are_stored_in_int8(tmp_path: Path):
+    """An MLP in both branches of an If: no integer kernel reaches a body, so the weights are stored in int8."""
     inner = mlp_model()
     branch = helper.make_graph(list(inner.graph.node), "network", [], list(inner.graph.output), inner.graph.initializer)
     model = make_model(
@@ -82,9 +82,35 @@ def test_a_model_whose_layers_all_sit_in_if_branches_is_told_so(tmp_path: Path):
         [*inner.graph.input, helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
         list(inner.graph.output),
     )
-    with pytest.raises(OptcError, match=r"outside If/Loop/Scan subgraphs \(4 sit inside them") as info:
+    ctx = context(tmp_path)
+    ctx.dataset.inputs["flag"] = np.ones(8, bool)
+    outcome = run_quantize(model, config(), ctx)
+    assert outcome.details["weights_stored_int8"] == 2  # mm1 in each branch; a Gemm in a body stays float
+    feed = {"x": np.random.default_rng(2).standard_normal((4, 16)).astype(np.float32), "flag": np.array(True)}
+    expected, got = run(model, feed), run(outcome.model, feed)
+    assert np.abs(expected - got).max() < 0.02 * np.abs(expected).max()
+
+
+def test_a_model_whose_layers_sit_in_if_branches_without_constant_weights_is_told_so(tmp_path: Path):
+    """The branches' MatMuls read their weight from a graph input: nothing constant to store, in a body or not."""
+    branch = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y_branch"], name="mm")],
+        "network",
+        [],
+        [helper.make_tensor_value_info("y_branch", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = make_model(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch, name="by_rate")],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [16, 4]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    with pytest.raises(OptcError, match=r"outside If/Loop/Scan subgraphs \(2 sit inside them") as info:
         run_quantize(model, config(), context(tmp_path))
-    assert "inside If/Loop/Scan bodies optc only stores the weights of Conv and LSTM/GRU/RNN" in info.value.hint
+    assert "inside If/Loop/Scan bodies optc only stores the weights" in info.value.hint
 
 
 def test_excluding_every_candidate_is_a_pass_failure(tmp_path: Path):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -46,7 +45,7 @@ from pydantic import Field
 from optc.data import input_specs
 from optc.isolation import RISKY_OP_TYPES, NativeCrash, run_isolated
 from optc.measure.providers import check_options
-from optc.model_facts import FLOAT_TYPES, all_nodes, graph_scopes, node_reads, subgraphs, topological_order
+from optc.model_facts import FLOAT_TYPES, all_nodes, final_uses, graph_scopes, node_reads, subgraphs, topological_order
 from optc.modelio import adopt_model, too_large_to_serialize
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
 from optc.passes.fallback import keep_in_float_until, output_agreement, probe_of, rank_by_damage, run_outputs
@@ -224,19 +223,25 @@ def store_kept_weights_fp16(
 
 def _store_fp16_in(graph: onnx.GraphProto, store: Path, excluded: set[str]) -> list[str]:
     """``store_kept_weights_fp16`` on ``graph``'s own initializers, in place; the names of the weights stored."""
-    # Reads inside If/Loop bodies count too: an openWakeWord head's verifier weights, half its bytes, sit in a branch.
-    readers = Counter(name for node in all_nodes(graph) for name in node.input) + Counter(o.name for o in graph.output)
-    weight_reads = Counter(
-        name
-        for node in all_nodes(graph)
-        if node.op_type in WEIGHT_READERS and node.name not in excluded
-        for index, name in enumerate(node.input)
-        if not (node.op_type == "Gather" and index == 1)  # Gather's indices are no weight
-    )
+
+    # Reads inside If/Loop bodies count too: an openWakeWord head's verifier weights, half its bytes, sit in a branch;
+    # tf2onnx hands an unrolled LSTM its weights through a Loop's state slots.
+    cache: dict = {}
+
+    def weight_only_read(name: str) -> bool:
+        uses = final_uses(graph, name, cache=cache)
+        return bool(uses) and all(
+            use is not None
+            and use[0].op_type in WEIGHT_READERS
+            and use[0].name not in excluded
+            and not (use[0].op_type == "Gather" and use[1] == 1)  # Gather's indices are no weight
+            for use in uses
+        )
+
     chosen: dict[str, onnx.TensorProto] = {}  # fp32 weight name -> its fp16 copy, on disk where it was
     for tensor in graph.initializer:
         name = tensor.name
-        if tensor.data_type != TensorProto.FLOAT or readers[name] != weight_reads[name] or not weight_reads[name]:
+        if tensor.data_type != TensorProto.FLOAT or not weight_only_read(name):
             continue
         if int(np.prod(tensor.dims)) < MIN_STORED_ELEMENTS:
             continue

@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 
 from optc.data import input_specs, stream_batches
 from optc.errors import OptcError
-from optc.model_facts import QUANTIZED_OP_TYPES, in_topological_order, is_quantized, op_histogram
+from optc.model_facts import QUANTIZED_OP_TYPES, default_opset, in_topological_order, is_quantized, op_histogram
 from optc.modelio import adopt_model, tensor_bytes
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
@@ -49,6 +49,7 @@ from optc.passes.quantize_prepare import (
     gemm_to_matmul,
     name_unnamed_nodes,
     normalize_opsets,
+    upgrade_opset,
 )
 from optc.passes.quantize_smooth import smoothing
 from optc.passes.quantize_static import refuse_without_onnx_ops, run_static
@@ -69,6 +70,7 @@ DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Attention", "LSTM", "GRU", "RNN",
 # weights (all-MiniLM-L6: 38 candidates of 90 MB), while candidates × model bytes stay within this (a proxy
 # for those runs' time); beyond it, in one pass.
 OUTPUT_RANKING_BYTES = 8 * 2**30
+DYNAMIC_QUANTIZE_OPSET = 11  # DynamicQuantizeLinear, which every dynamically quantized MatMul starts with
 STORED_CELLS = ("GRU", "RNN")  # no int8 kernel: their weights are stored in int8 for float compute
 # The rest of DYNAMIC_OP_TYPES goes through ONNX Runtime's quantize_dynamic.
 QUANTIZED_BY_OPTC = ("MatMul", "Gather", *STORED_CELLS)
@@ -258,7 +260,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         # name; splitting them here first keeps each Gemm's name on its MatMul.
         model = gemm_to_matmul(model)
         op_types = [op for op in op_types if op != "Gemm"] + (["MatMul"] if "MatMul" not in op_types else [])
-    model = name_unnamed_nodes(normalize_opsets(model))
+    model = _with_dynamic_quantization_ops(name_unnamed_nodes(normalize_opsets(model)), context.label)
     stored = _stored_weights(model, config, op_types)
     weighted = _weighted_nodes(model, op_types) | stored
     if not weighted:
@@ -346,6 +348,22 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
     )
 
 
+def _with_dynamic_quantization_ops(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """``model`` at opset 11 or later, where DynamicQuantizeLinear exists: a tf2onnx ResNet-50 at opset 9 came out
+    of dynamic int8 as an invalid model (exit 3)."""
+    opset = default_opset(model)
+    if opset >= DYNAMIC_QUANTIZE_OPSET:
+        return model
+    upgraded = upgrade_opset(model, DYNAMIC_QUANTIZE_OPSET)
+    if upgraded is None:
+        raise OptcError(
+            f"{label}: the model's opset {opset} cannot be converted to {DYNAMIC_QUANTIZE_OPSET}, the first with "
+            "DynamicQuantizeLinear, which dynamic int8 needs",
+            hint="the int8 recipe (static int8, with --calibration-data) or int4 (weight-only) need no such op",
+        )
+    return upgraded
+
+
 def _little_quantized(label: str, share: float, left_by_op: dict[str, int], conv_weights: str) -> str:
     readers = largest_readers(left_by_op)
     amount = f"{share:.1%}" if share >= 0.001 else "under 0.1%"
@@ -374,11 +392,13 @@ def _stored_weights(model: onnx.ModelProto, config: QuantizeConfig, op_types: li
     """The nodes whose weights dynamic int8 stores in int8 for float compute: the Convs, unless ``conv_weights`` is
     float or op_types asks for ConvInteger, and the GRU/RNN cells op_types names (ONNX Runtime has no int8 kernel
     for them; the corpus's GRU encoders kept 90 % of their size); and inside If/Loop/Scan bodies, which ONNX
-    Runtime's quantizer does not reach, the LSTMs too, and the Convs even where op_types asks for ConvInteger."""
+    Runtime's quantizer does not reach, the LSTMs and MatMuls too, and the Convs even where op_types asks for
+    ConvInteger."""
     convs = () if config.conv_weights == "float" and "Conv" not in op_types else CONV_OP_TYPES
     cells = tuple(op for op in RECURRENT_OP_TYPES if op in op_types)
     everywhere = (*(() if "Conv" in op_types else convs), *(op for op in cells if op in STORED_CELLS))
-    return stored_weight_nodes(model, everywhere) | nested_weight_nodes(model, (*convs, *cells))
+    matmuls = ("MatMul",) if "MatMul" in op_types else ()
+    return stored_weight_nodes(model, everywhere) | nested_weight_nodes(model, (*convs, *cells, *matmuls))
 
 
 def _dynamic_quantizer(

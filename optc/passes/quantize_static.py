@@ -419,15 +419,16 @@ def _recurrent_cells(prepared: Prepared) -> set[str]:
     LSTM/GRU/RNN cells, whose compute stays float since quantized states would be rounded at every step (the rule
     that keeps them float) but whose weights need not (an LSTM wake-word head, all LSTM, was refused as no smaller
     than fp32, and four Thai segmenters came out at 0.80-0.86 of their size); and the Convs inside If/Loop/Scan
-    bodies, which ONNX Runtime's quantizer does not reach (Silero VAD holds its whole network in two branches)."""
+    bodies (and MatMuls there), which ONNX Runtime's quantizer does not reach (Silero VAD holds its whole network in
+    two branches; tf2onnx unrolls a Keras LSTM into a Loop)."""
     excluded = {name for name, reason in prepared.kept_in_float.items() if reason == "exclude"}
-    nested = nested_weight_nodes(prepared.model, CONV_OP_TYPES)
+    nested = nested_weight_nodes(prepared.model, (*CONV_OP_TYPES, "MatMul"))
     return (stored_weight_nodes(prepared.model, RECURRENT_OP_TYPES) | nested) - excluded
 
 
 def _cells_with_int8_weights(prepared: Prepared, cells: set[str]) -> dict[str, dict]:
     """Report rows of the nodes that compute in float from int8 weights."""
-    nested = nested_weight_nodes(prepared.model, CONV_OP_TYPES)
+    nested = nested_weight_nodes(prepared.model, (*CONV_OP_TYPES, "MatMul"))
     return {
         name: {
             "reason": f"{prepared.kept_in_float.get(name, 'inside a body' if name in nested else 'recurrent cell')}"

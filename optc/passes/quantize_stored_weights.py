@@ -13,48 +13,61 @@ LSTM models under weight-only quantization, kept their recurrent weights (most o
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from optc.errors import OptcError
-from optc.model_facts import all_nodes, graph_scopes, reader_counts
+from optc.model_facts import all_nodes, final_uses, graph_scopes
 from optc.passes.quantize_prepare import subgraph_nodes
 from optc.tensors import tensor_values
 
 CONV_OP_TYPES = ("Conv", "ConvTranspose")
 RECURRENT_OP_TYPES = ("LSTM", "GRU", "RNN")
-# Which inputs are weights, and how many leading axes index the slices that get a scale each: a Conv's kernel
-# [out, in, kh, kw] per output channel; a recurrent cell's W [directions, gates x hidden, input] and R per row.
-WEIGHT_INPUTS = {"Conv": ((1,), 1), "ConvTranspose": ((1,), 1), **{op: ((1, 2), 2) for op in RECURRENT_OP_TYPES}}
+# Which inputs are weights, how many dims they have at least, and the axes of the slices that get a scale each: a
+# Conv's kernel [out, in, kh, kw] per output channel; a recurrent cell's W [directions, gates x hidden, input] and R
+# per row; a MatMul's [K, N] per column (-1), which is stored only inside bodies, where no integer kernel reaches.
+WEIGHT_INPUTS = {
+    "Conv": ((1,), 3, 1),
+    "ConvTranspose": ((1,), 3, 1),
+    **{op: ((1, 2), 3, 2) for op in RECURRENT_OP_TYPES},
+    "MatMul": ((1,), 2, -1),
+}
 STORED_WEIGHT_OP_TYPES = tuple(WEIGHT_INPUTS)
 LEVELS = 127  # symmetric int8: the scale maps each slice's largest magnitude to 127
 
 
 def stored_weight_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> set[str]:
     """Names of the ``op_types`` nodes, in the main graph or inside If/Loop/Scan bodies, whose weights are float32
-    initializers of rank 3 or more of the graph holding the node (not graph inputs, which a caller may override)."""
-    return {name for graph, _ in graph_scopes(model.graph) for name in _weighted_in(graph, op_types)}
+    initializers nothing else reads (of the node's graph or of one enclosing it, a Loop's state slot included; not
+    graph inputs, which a caller may override)."""
+    return {node.name for uses in _storable(model.graph, op_types).values() for node, _ in uses}
 
 
 def nested_weight_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> set[str]:
     """The ``stored_weight_nodes`` inside bodies: no quantizer reaches them with an integer kernel (ONNX Runtime's
     static and dynamic quantizers leave bodies alone), so their weights can only be stored in int8."""
-    return {name for graph, nested in graph_scopes(model.graph) if nested for name in _weighted_in(graph, op_types)}
+    return stored_weight_nodes(model, op_types) - {node.name for node in model.graph.node}
 
 
-def _weighted_in(graph: onnx.GraphProto, op_types: tuple[str, ...]) -> set[str]:
-    inputs = {i.name for i in graph.input}
-    weights = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) >= 3}
-    return {
-        n.name
-        for n in graph.node
-        if n.name
-        and n.op_type in op_types
-        and all(len(n.input) > i and n.input[i] in weights and n.input[i] not in inputs for i in _weights_of(n))
-    }
+def _storable(graph: onnx.GraphProto, op_types: tuple[str, ...]) -> dict[tuple[int, str], list]:
+    """(scope, initializer) → its uses, for every float initializer in ``graph`` or its bodies that only
+    ``op_types`` nodes read, as the weights of one layout (scope: the index in ``graph_scopes``)."""
+    found, cache = {}, {}
+    for scope, (owner, _) in enumerate(graph_scopes(graph)):
+        inputs = {i.name for i in owner.input}
+        for tensor in owner.initializer:
+            if tensor.data_type != TensorProto.FLOAT or tensor.name in inputs:
+                continue
+            uses = final_uses(owner, tensor.name, cache=cache)
+            layouts = {WEIGHT_INPUTS[u[0].op_type][1:] if u and u[0].op_type in op_types else None for u in uses}
+            if not uses or len(layouts) != 1 or None in layouts:
+                continue
+            rank, _ = next(iter(layouts))
+            weight_uses = all(u[1] in WEIGHT_INPUTS[u[0].op_type][0] and u[0].name for u in uses)
+            if weight_uses and len(tensor.dims) >= rank and (rank == 3 or len(tensor.dims) == 2):
+                found[(scope, tensor.name)] = uses
+    return found
 
 
 def _weights_of(node: onnx.NodeProto) -> tuple[int, ...]:
@@ -63,7 +76,10 @@ def _weights_of(node: onnx.NodeProto) -> tuple[int, ...]:
 
 def int8_codes(values: np.ndarray, leading: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 codes of ``values`` and the scales, one per slice of the first ``leading`` axes shaped to
-    broadcast against them (an all-zero slice gets scale 1)."""
+    broadcast against them (an all-zero slice gets scale 1); ``leading`` -1: one per column of a matrix."""
+    if leading == -1:
+        codes, scales = int8_codes(values.T, 1)
+        return codes.T, scales.T
     slices = values.shape[:leading]
     largest = np.abs(values.reshape(int(np.prod(slices)), -1)).max(axis=1)
     scales = np.where(largest > 0, largest / LEVELS, 1).astype(np.float32)
@@ -73,57 +89,49 @@ def int8_codes(values: np.ndarray, leading: int = 1) -> tuple[np.ndarray, np.nda
 
 
 def store_weights_int8(model: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
-    """``model`` with the weights of the nodes in ``nodes`` (Conv, ConvTranspose, LSTM, GRU, RNN; in the main graph
-    or a body) stored as int8 behind ``Cast → Mul`` (which reproduce the weight's name, so the node itself is
-    untouched); a pure rewrite. A weight that anything else also reads, or that holds a non-finite value, stays
-    float."""
+    """``model`` with the weights of the nodes in ``nodes`` (Conv, ConvTranspose, LSTM, GRU, RNN, and MatMul inside
+    bodies; in the main graph or a body) stored as int8 behind ``Cast → Mul`` in the graph that holds the weight
+    (which reproduce the weight's name, so the nodes themselves are untouched); a pure rewrite. A weight that
+    anything else also reads, or that holds a non-finite value, stays float."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for graph, _ in reversed(list(graph_scopes(out.graph))):
-        _store_in(graph, nodes)
+    chosen = {
+        key: uses
+        for key, uses in _storable(out.graph, STORED_WEIGHT_OP_TYPES).items()
+        if all(node.name in nodes for node, _ in uses)
+    }
+    scopes = list(graph_scopes(out.graph))
+    # innermost first: rebuilding a graph copies its nodes, bodies included
+    for scope in reversed(range(len(scopes))):
+        names = {name: uses[0][0].op_type for (index, name), uses in chosen.items() if index == scope}
+        if names:
+            _store_in(scopes[scope][0], names)
     return out
 
 
-def _store_in(graph: onnx.GraphProto, nodes: set[str]) -> None:
-    """Store the weights of ``graph``'s own nodes in ``nodes`` in int8, in place (``graph`` is a fresh copy)."""
-    storable = _weighted_in(graph, STORED_WEIGHT_OP_TYPES) & nodes
-    candidates = {n.name: n for n in graph.node if n.name in storable}
-    if not candidates:
-        return
-    readers = reader_counts(graph)
-    reads = Counter(n.input[i] for n in candidates.values() for i in _weights_of(n))
-    leading = {n.input[i]: WEIGHT_INPUTS[n.op_type][1] for n in candidates.values() for i in _weights_of(n)}
+def _store_in(graph: onnx.GraphProto, weights: dict[str, str]) -> None:
+    """Store the initializers ``weights`` names (each with the op type that reads it) in int8, in place."""
     initializers = {t.name: t for t in graph.initializer}
     stored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, count in reads.items():
-        values = tensor_values(initializers[name]) if name in initializers and readers[name] == count else None
-        if values is not None and np.isfinite(values).all():
-            stored[name] = int8_codes(values, leading[name])
-    rebuilt: list[onnx.NodeProto] = []
-    dequantized: set[str] = set()  # a weight several nodes read is dequantized once, before the first of them
-    for node in graph.node:
-        weights = [node.input[i] for i in _weights_of(node)] if node.name in candidates else []
-        for weight in weights:
-            if weight in stored and weight not in dequantized:
-                dequantized.add(weight)
-                rebuilt += [
-                    helper.make_node(
-                        "Cast",
-                        [f"{weight}_int8"],
-                        [f"{weight}_int8_as_float"],
-                        name=f"{weight}_to_float",
-                        to=TensorProto.FLOAT,
-                    ),
-                    helper.make_node(
-                        "Mul",
-                        [f"{weight}_int8_as_float", f"{weight}_int8_scale"],
-                        [weight],
-                        name=f"{weight}_dequantize",
-                    ),
-                ]
-        rebuilt.append(node)
+    for name, op_type in weights.items():
+        values = tensor_values(initializers[name])
+        if np.isfinite(values).all():
+            stored[name] = int8_codes(values, WEIGHT_INPUTS[op_type][2])
+    dequantize = [
+        node
+        for weight in stored
+        for node in (
+            helper.make_node(
+                "Cast", [f"{weight}_int8"], [f"{weight}_int8_as_float"], name=f"{weight}_to_float", to=TensorProto.FLOAT
+            ),
+            helper.make_node(
+                "Mul", [f"{weight}_int8_as_float", f"{weight}_int8_scale"], [weight], name=f"{weight}_dequantize"
+            ),
+        )
+    ]
+    nodes = dequantize + list(graph.node)
     del graph.node[:]
-    graph.node.extend(rebuilt)
+    graph.node.extend(nodes)
     kept = [t for t in graph.initializer if t.name not in stored]
     del graph.initializer[:]
     graph.initializer.extend(kept)

@@ -49,6 +49,7 @@ from optc.passes.quantize_stored_weights import (
     CONV_OP_TYPES,
     RECURRENT_OP_TYPES,
     int8_stored_weights,
+    nested_weight_nodes,
     nothing_to_quantize,
     store_weights_int8,
     stored_weight_nodes,
@@ -141,7 +142,9 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
     # and a CAPTCHA detector to 0.68, where 8 bits per channel kept both above 0.997
     convs = set() if config.conv_weights == "float" else stored_weight_nodes(model, CONV_OP_TYPES)
     # An LSTM wake-word head and two EEG detectors kept most of their weights float in their recurrent cells.
-    stored = (convs | stored_weight_nodes(model, RECURRENT_OP_TYPES)) - excluded
+    # MatMuls inside bodies (a tf2onnx LSTM unrolled into a Loop) have no MatMulNBits there: int8 for float compute
+    nested = nested_weight_nodes(model, ("MatMul",))
+    stored = (convs | stored_weight_nodes(model, RECURRENT_OP_TYPES) | nested) - excluded
     if not candidates and not stored:
         raise nothing_to_quantize(model, context.label, "MatMul", "weight-only quantization", config.conv_weights)
     eight_bit = _eight_bit_layers(model, candidates, settings.eight_bit, context.label)
