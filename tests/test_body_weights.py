@@ -88,8 +88,8 @@ def assert_close_in_both_branches(original: onnx.ModelProto, result: onnx.ModelP
         assert np.linalg.norm(expected - got) / np.linalg.norm(expected) < tolerance
 
 
-def context(tmp_path: Path, label: str, calibration: Path | None = None) -> PassContext:
-    x = np.concatenate([inputs(1.0), inputs(-1.0)])
+def context(tmp_path: Path, label: str, calibration: Path | None = None, x: np.ndarray | None = None) -> PassContext:
+    x = np.concatenate([inputs(1.0), inputs(-1.0)]) if x is None else x
     return PassContext(
         label=label,
         workdir=tmp_path,
@@ -238,19 +238,10 @@ def recurrence_in_a_loop(passthrough_by_identity: bool) -> onnx.ModelProto:
     )
 
 
-def loop_context(tmp_path: Path, label: str) -> tuple[PassContext, Path]:
+def loop_context(tmp_path: Path, label: str) -> PassContext:
     x = RNG.standard_normal((16, 48)).astype(np.float32)
-    calibration = tmp_path / "calib.npz"
-    np.savez(calibration, x=x)
-    return PassContext(
-        label=label,
-        workdir=tmp_path,
-        seed=0,
-        dataset=Dataset(inputs={"x": x}, labels=None, source="test"),
-        calibration_data=calibration,
-        sample_inputs=[{"x": x[:4]}],
-        target="x86-avx2",
-    ), calibration
+    np.savez(tmp_path / "calib.npz", x=x)
+    return context(tmp_path, label, tmp_path / "calib.npz", x)
 
 
 @pytest.mark.parametrize("by_identity", [False, True], ids=["direct", "identity"])
@@ -261,7 +252,7 @@ def loop_context(tmp_path: Path, label: str) -> tuple[PassContext, Path]:
 )
 def test_a_weight_a_loop_passes_on_unchanged_is_stored_in_int8_where_it_lives(tmp_path, settings, by_identity):
     model = recurrence_in_a_loop(by_identity)
-    ctx, _ = loop_context(tmp_path, f"passes[0] quantize ({settings['mode']})")
+    ctx = loop_context(tmp_path, f"passes[0] quantize ({settings['mode']})")
     outcome = run_quantize(model, QuantizeConfig(type="quantize", **settings), ctx)
     main = {n.name: n for n in outcome.model.graph.node}
     assert main["W_dequantize"].op_type == "Mul" and int8_stored_weights(outcome.model) == 1  # b stays float
@@ -276,7 +267,7 @@ def test_a_weight_a_loop_passes_on_unchanged_is_stored_in_int8_where_it_lives(tm
 
 def test_fp16_stores_a_weight_a_loop_passes_on_in_fp16(tmp_path):
     model = recurrence_in_a_loop(False)
-    ctx, _ = loop_context(tmp_path, "passes[0] fp16")
+    ctx = loop_context(tmp_path, "passes[0] fp16")
     outcome = run_fp16(model, Fp16Config(type="fp16"), ctx)
     assert outcome.details["fp32_weights_stored_fp16"] == ["W"]
 
