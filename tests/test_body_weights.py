@@ -288,3 +288,40 @@ def test_dynamic_int8_of_an_opset_9_model_is_raised_to_opset_11(tmp_path):
     onnx.checker.check_model(outcome.model, full_check=True)
     assert {o.domain: o.version for o in outcome.model.opset_import}[""] >= 11
     assert "DynamicQuantizeLinear" in {n.op_type for n in outcome.model.graph.node}
+
+
+@pytest.mark.parametrize(
+    ("settings", "quantized_op"),
+    [
+        ({"mode": "dynamic"}, "MatMulInteger"),
+        ({"mode": "weight_only", "weights": {"bits": 4}}, "MatMulNBits"),
+        ({"mode": "static", "preprocess": False}, "DequantizeLinear"),
+    ],
+    ids=["dynamic", "weight_only", "static"],
+)
+def test_body_weights_the_target_cannot_afford_go_back_to_float_together(tmp_path: Path, settings, quantized_op):
+    """The ranking cannot see inside bodies: when the full conversion misses the target, the bodies' stored weights
+    return to float as one group before the search ranks the rest; a head after the If stays quantized."""
+    model = model_in_branches()
+    for graph in (a.g for a in model.graph.node[3].attribute):
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output[0].endswith("conv_w"):
+                values = numpy_helper.to_array(node.attribute[0].t).copy()
+                values[:, :, 1] *= 300  # one tap per filter dwarfs the others: int8 per filter flattens the rest
+                node.attribute[0].t.CopyFrom(numpy_helper.from_array(values, node.output[0]))
+    head = RNG.standard_normal((HIDDEN, 64)).astype(np.float32)
+    model.graph.node.append(helper.make_node("MatMul", ["y", "head"], ["z"], name="head_matmul"))
+    model.graph.initializer.append(numpy_helper.from_array(head, "head"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, "n", 64]))
+    np.savez(tmp_path / "calib.npz", x=np.concatenate([inputs(1.0), inputs(-1.0)]))
+    label = f"passes[0] quantize ({settings['mode']})"
+    config = QuantizeConfig(type="quantize", min_cosine=0.999, **settings)
+    outcome = run_quantize(model, config, context(tmp_path, label, tmp_path / "calib.npz"))
+    assert int8_stored_weights(outcome.model) == 0
+    assert quantized_op in {n.op_type for n in outcome.model.graph.node}
+    assert outcome.details["fidelity_search"][0]["ok"] is False
+    rows = outcome.details.get("kept_in_float", []) + outcome.details.get("stored_kept_in_float", [])
+    assert {row["node"] for row in rows if "inside a body" in row["reason"]} == {
+        f"{side}_{layer}" for side in ("then", "else") for layer in ("conv", "lstm")
+    }

@@ -11,6 +11,7 @@ from optc.errors import PassError
 from optc.model_facts import op_histogram
 from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.quantize_prepare import constants_to_initializers
+from optc.passes.quantize_stored_weights import int8_stored_weights
 from optc.verify import verify_model
 from tests.conftest import make_model
 from tests.test_quantize_static import calib_file, context, static
@@ -93,9 +94,38 @@ def if_model() -> onnx.ModelProto:
     )
 
 
-def test_network_inside_an_if_subgraph_is_refused_plainly(tmp_path: Path):
-    with pytest.raises(PassError, match=r"quantized 0 ops.*2 candidate node\(s\) sit inside If/Loop/Scan subgraphs"):
-        run_quantize(if_model(), static(preprocess=False), context(tmp_path, calib_file(tmp_path)))
+def test_a_weight_if_branches_read_from_outside_is_stored_in_int8_once(tmp_path: Path):
+    """Both branches' MatMuls read the main graph's W: no QDQ reaches them, so W is stored in int8 where it lives."""
+    outcome = run_quantize(if_model(), static(preprocess=False), context(tmp_path, calib_file(tmp_path)))
+    assert int8_stored_weights(outcome.model) == 1
+    assert int8_weight_elements(outcome.model) == W.size
+
+
+def test_network_inside_an_if_subgraph_without_constant_weights_is_refused_plainly(tmp_path: Path):
+    """Each branch multiplies x by its own transpose: nothing constant to store, and no QDQ reaches a body."""
+
+    def branch(name: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            [
+                helper.make_node("Transpose", ["x"], [f"{name}_xt"], name=f"{name}_t"),
+                helper.make_node("MatMul", ["x", f"{name}_xt"], [f"{name}_y"], name=f"{name}_mm"),
+            ],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["batch", "batch"])],
+        )
+
+    model = make_model(
+        [
+            helper.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True)), name="cond"),
+            helper.make_node("If", ["cond"], ["y"], name="if", then_branch=branch("then"), else_branch=branch("else")),
+        ],
+        [X_INFO],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "batch"])],
+    )
+    # each branch: its Transpose and its MatMul
+    with pytest.raises(PassError, match=r"quantized 0 ops.*4 candidate node\(s\) sit inside If/Loop/Scan subgraphs"):
+        run_quantize(model, static(preprocess=False), context(tmp_path, calib_file(tmp_path)))
 
 
 def test_if_with_a_constant_condition_is_folded_and_quantized(tmp_path: Path):

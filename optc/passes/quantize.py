@@ -24,7 +24,14 @@ from pydantic import Field, model_validator
 
 from optc.data import input_specs, stream_batches
 from optc.errors import OptcError
-from optc.model_facts import QUANTIZED_OP_TYPES, default_opset, in_topological_order, is_quantized, op_histogram
+from optc.model_facts import (
+    QUANTIZED_OP_TYPES,
+    all_nodes,
+    default_opset,
+    in_topological_order,
+    is_quantized,
+    op_histogram,
+)
 from optc.modelio import adopt_model, tensor_bytes
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec, excluded_nodes
@@ -313,6 +320,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         costlier=CostlierConversion("smoothed", "channels in float", with_float_channels)
         if search is not None and search.has_dominant_channels
         else None,
+        unranked=stored - {node.name for node in model.graph.node},
     )
     before, after = op_histogram(model), op_histogram(result)
     quantized = (
@@ -320,7 +328,7 @@ def run_dynamic(model: onnx.ModelProto, config: QuantizeConfig, context: PassCon
         + int8_stored_weights(result)
         + sum(after.get(op, 0) - before.get(op, 0) for op in QUANTIZED_BY_DYNAMIC)
     )
-    ops = {n.name: n.op_type for n in model.graph.node}
+    ops = {n.name: n.op_type for n in all_nodes(model.graph)}
     if quantized == 0:
         raise all_kept_in_float(context.label, [ops[name] for name in weighted])
     share, left_by_op = int8_share(model, result)

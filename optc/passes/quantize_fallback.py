@@ -68,11 +68,14 @@ def meet_fidelity_targets(
     eval_batch: int,
     rank_at_outputs: bool = False,
     costlier: CostlierConversion | None = None,
+    unranked: set[str] = frozenset(),
 ) -> tuple[onnx.ModelProto, dict]:
     """The quantized model meeting ``config``'s targets, and the report's details of the search; ``kept`` (node →
     facts) gains the nodes kept in float for them. ``first`` is ``convert`` of what ``kept`` holds already;
     ``rank_at_outputs`` when ``convert`` is cheap enough to run once per candidate; ``costlier`` replaces
-    ``convert`` when ``first`` misses the targets, before any node is kept in float."""
+    ``convert`` when ``first`` misses the targets, before any node is kept in float; ``unranked`` (nodes inside
+    If/Loop/Scan bodies, whose tensors the ranking cannot observe) then go back to float together, before the
+    search ranks the rest."""
     if config.min_cosine is None and config.accuracy_budget is None:
         return first, {}
     workdir = context.workdir
@@ -96,18 +99,24 @@ def meet_fidelity_targets(
         return rank_by_damage(float_model, first, probe, workdir, lambda n: n.name not in kept and candidate(n))
 
     missed: list[dict] = []
-    verdict = None
+    verdict, conversion = None, {}
     if costlier is not None:
         verdict = acceptable(first)
         swapped = None if verdict[0] else costlier.make()
         if swapped is not None:
             missed.append({"conversion": costlier.first_name, "kept_in_float": 0, "ok": False, **verdict[1]})
             convert, first = swapped
-            verdict = None
+            verdict, conversion = None, {"conversion": costlier.name}
+    unranked = set(unranked) - set(kept)
+    if unranked:
+        verdict = verdict or acceptable(first)
+        if not verdict[0]:
+            missed.append({**conversion, "kept_in_float": 0, "ok": False, **verdict[1]})
+            reason = f"inside a body, where the search cannot rank nodes: kept in float with the {len(unranked)} there"
+            kept.update({name: {"reason": reason} for name in unranked})
+            first, verdict = convert(set(kept)), None
     fallback = keep_in_float_until(convert, first, rank, acceptable, set(kept), context.label, first_verdict=verdict)
-    tried = fallback.tried
-    if missed:
-        tried = missed + [{"conversion": costlier.name, **row} for row in fallback.tried]
+    tried = missed + [{**conversion, **row} for row in fallback.tried]
     targets = ", ".join(
         f"{name} {value:g}"
         for name, value in (("min_cosine", config.min_cosine), ("accuracy_budget", config.accuracy_budget))

@@ -153,6 +153,7 @@ def run_static(model: onnx.ModelProto, config: QuantizeConfig, context: PassCont
         config,
         context,
         STATIC_EVAL_BATCH,
+        unranked=cells - {node.name for node in prepared.model.graph.node},
     )
     quantized = quantized_op_counts(result)
     if not quantized and not int8_stored_weights(result):

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from optc.data import input_specs
 from optc.errors import OptcError, PassError
-from optc.model_facts import reader_counts
+from optc.model_facts import all_nodes, reader_counts
 from optc.passes.blockwise import Blockwise, by_column_chunks, hqq, matmulnbits_tensors, qdq_tensors, rtn
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.channel_scaling import divided_input
@@ -177,6 +177,7 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
         config,
         context,
         context.batch_size,
+        unranked=stored - {node.name for node in model.graph.node},
     )
     if details:  # MatMuls the targets asked for go to 8 bits, not to float (Convs, at 8 already, do)
         for row in details.get("sensitivity", []):
@@ -184,7 +185,7 @@ def run_weight_only(model: onnx.ModelProto, config: QuantizeConfig, context: Pas
                 row["kept_at_8_bits"] = row.pop("kept_in_float")
     stored_float = {name: kept.pop(name) for name in stored & set(kept)}
     if not candidates and len(stored_float) == len(stored):
-        raise all_kept_in_float(context.label, [n.op_type for n in model.graph.node if n.name in stored])
+        raise all_kept_in_float(context.label, [n.op_type for n in all_nodes(model.graph) if n.name in stored])
     refuse_no_smaller(
         model,
         result,
