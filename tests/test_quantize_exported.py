@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optc.errors import PassError
 from optc.model_facts import op_histogram
 from optc.passes.quantize import QuantizeConfig, run_quantize
-from optc.passes.quantize_prepare import constants_to_initializers
+from optc.passes.quantize_prepare import constants_to_initializers, unprefixed_initializer_names
 from optc.passes.quantize_stored_weights import int8_stored_weights
 from optc.verify import verify_model
 from tests.conftest import make_model
@@ -225,3 +225,28 @@ def test_a_norms_square_keeps_nothing_in_float_but_a_reciprocal_root_does(tmp_pa
         ctx.target = "x86-avx2"  # the same kernels on any x86 CPU
         kept = {row["node"]: row["reason"] for row in run_quantize(model, config, ctx).details["kept_in_float"]}
         assert "dense" not in kept and "Pow 'rsqrt'" in kept["gain"]
+
+
+def test_initializers_whose_names_begin_other_names_are_renamed_before_static_int8(tmp_path: Path):
+    """tf2onnx names a Conv's bias ``.../conv1d_25`` and its output ``.../conv1d_252``; ONNX Runtime's static
+    quantizer, which derives names by appending to them, then fed basic-pitch's [36] bias to a 4-D Transpose."""
+    bias = RNG.standard_normal(32).astype(np.float32)
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "m/dense_1"], ["m/dense_1_mm"], name="mm"),
+            helper.make_node("Add", ["m/dense_1_mm", "m/dense_"], ["m/dense_12"], name="add"),
+            helper.make_node("Neg", ["m/dense_12"], ["y"], name="neg"),
+        ],
+        [X_INFO],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
+        [numpy_helper.from_array(W, "m/dense_1"), numpy_helper.from_array(bias, "m/dense_")],
+    )
+    renamed, count = unprefixed_initializer_names(model)
+    assert count == 2  # "m/dense_1" begins "m/dense_1_mm", "m/dense_" begins the others; outputs keep their names
+    assert {t.name for t in renamed.graph.initializer} == {"m/dense_1__init0", "m/dense___init1"}
+    assert [list(n.input) for n in renamed.graph.node][:2] == [
+        ["x", "m/dense_1__init0"],
+        ["m/dense_1_mm", "m/dense___init1"],
+    ]
+    outcome = quantize_and_verify(model, tmp_path)
+    assert any("2 initializer(s) renamed" in note for note in outcome.details["rewrites"])

@@ -74,8 +74,8 @@ def meet_fidelity_targets(
     facts) gains the nodes kept in float for them. ``first`` is ``convert`` of what ``kept`` holds already;
     ``rank_at_outputs`` when ``convert`` is cheap enough to run once per candidate; ``costlier`` replaces
     ``convert`` when ``first`` misses the targets, before any node is kept in float; ``unranked`` (nodes inside
-    If/Loop/Scan bodies, whose tensors the ranking cannot observe) then go back to float together, before the
-    search ranks the rest."""
+    If/Loop/Scan bodies, whose tensors the ranking cannot observe) go back to float together where the search
+    cannot meet the targets without, and the search starts over."""
     if config.min_cosine is None and config.accuracy_budget is None:
         return first, {}
     workdir = context.workdir
@@ -108,14 +108,20 @@ def meet_fidelity_targets(
             convert, first = swapped
             verdict, conversion = None, {"conversion": costlier.name}
     unranked = set(unranked) - set(kept)
-    if unranked:
-        verdict = verdict or acceptable(first)
-        if not verdict[0]:
-            missed.append({**conversion, "kept_in_float": 0, "ok": False, **verdict[1]})
-            reason = f"inside a body, where the search cannot rank nodes: kept in float with the {len(unranked)} there"
-            kept.update({name: {"reason": reason} for name in unranked})
-            first, verdict = convert(set(kept)), None
-    fallback = keep_in_float_until(convert, first, rank, acceptable, set(kept), context.label, first_verdict=verdict)
+    try:
+        fallback = keep_in_float_until(
+            convert, first, rank, acceptable, set(kept), context.label, first_verdict=verdict
+        )
+    except NotApplicable:
+        if not unranked:
+            raise
+        # what the search could rank did not suffice: the weights inside bodies go back to float together, and the
+        # search starts over from there
+        reason = f"inside a body, where the search cannot rank nodes: kept in float with the {len(unranked)} there"
+        kept.update({name: {"reason": reason} for name in unranked})
+        first = convert(set(kept))
+        missed.append({**conversion, "kept_in_float": 0, "ok": False, "bodies_in_float": len(unranked)})
+        fallback = keep_in_float_until(convert, first, rank, acceptable, set(kept), context.label)
     tried = missed + [{**conversion, **row} for row in fallback.tried]
     targets = ", ".join(
         f"{name} {value:g}"

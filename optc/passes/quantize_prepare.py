@@ -9,11 +9,13 @@ Each function here is a pure model → model rewrite.
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
-from optc.model_facts import default_opset, subgraphs
+from optc.model_facts import all_nodes, default_opset, subgraphs
 from optc.tensors import tensor_values
 
 PER_CHANNEL_OPSET = 13  # DequantizeLinear gained `axis` (per-channel) in opset 13
@@ -47,6 +49,39 @@ def constants_to_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
     del graph.node[:]
     graph.node.extend(kept)
     return out, moved
+
+
+def unprefixed_initializer_names(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Initializers whose name begins another tensor's name renamed (``<name>__init<i>``), and how many.
+
+    ONNX Runtime's static quantizer derives new names by appending to old ones, and on tf2onnx's names, where a Conv's
+    bias ``.../conv1d_25`` and its output ``.../conv1d_252`` differ by a trailing digit, its quantized model fed a
+    [36] bias to a 4-D Transpose (basic-pitch; its own ``quantize_static`` too): "Invalid attribute perm". Only the
+    names of constants change; the nodes keep theirs."""
+    graph = model.graph
+    names = sorted({o for n in graph.node for o in n.output} | {t.name for t in graph.initializer})
+    taken = set(names)
+    renamed: dict[str, str] = {}
+    for index, tensor in enumerate(graph.initializer):
+        position = bisect.bisect_right(names, tensor.name)
+        if position < len(names) and names[position].startswith(tensor.name):
+            new = f"{tensor.name}__init{index}"
+            while new in taken:
+                new += "_"
+            renamed[tensor.name] = new
+            taken.add(new)
+    if not renamed:
+        return model, 0
+    out = _copy(model)
+    for tensor in out.graph.initializer:
+        tensor.name = renamed.get(tensor.name, tensor.name)
+    for node in all_nodes(out.graph):
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    for value in (*out.graph.input, *out.graph.value_info):
+        value.name = renamed.get(value.name, value.name)
+    return out, len(renamed)
 
 
 def normalize_opsets(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -52,6 +52,7 @@ from optc.passes.quantize_prepare import (
     name_unnamed_nodes,
     normalize_opsets,
     subgraph_nodes,
+    unprefixed_initializer_names,
     upgrade_opset,
 )
 from optc.passes.quantize_stored_weights import (
@@ -280,6 +281,9 @@ def prepare(model: onnx.ModelProto, config: QuantizeConfig, context: PassContext
     model, dropped = drop_initializer_inputs(model)
     if dropped:
         notes.append(f"{dropped} initializer(s) removed from the graph inputs")
+    model, renamed = unprefixed_initializer_names(model)
+    if renamed:
+        notes.append(f"{renamed} initializer(s) renamed: each name began another tensor's, which ONNX Runtime confuses")
     per_channel = config.per_channel
     opset = default_opset(model)
     upgraded = upgrade_opset(model)
