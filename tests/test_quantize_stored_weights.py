@@ -63,7 +63,7 @@ def test_conv_weights_become_int8_per_output_channel_and_outputs_stay_close(tmp_
     channel_error = np.abs(dequantized - kernel).reshape(8, -1).max(axis=1)
     assert (channel_error <= np.abs(kernel).reshape(8, -1).max(axis=1) / 254 * 1.001).all()
     ops = [n.op_type for n in stored.graph.node]
-    assert ops == ["Cast", "Mul", "Conv", "Conv", "Cast", "Mul", "ConvTranspose"]  # K dequantized once for both
+    assert ops == ["Cast", "Mul", "Cast", "Mul", "Conv", "Conv", "ConvTranspose"]  # at the front; K once for both
     assert int8_stored_weights(stored) == 2
     assert stored.ByteSize() < model.ByteSize() * 0.5  # 1 byte per weight instead of 4, plus the scales and nodes
     x = RNG.standard_normal((2, 8, 6, 6)).astype(np.float32)
