@@ -176,11 +176,6 @@ def _passed_through_slot(node: onnx.NodeProto, index: int) -> tuple[onnx.GraphPr
     return body, inner, node.output[index - 2] if len(node.output) > index - 2 else ""
 
 
-def _defined(graph: onnx.GraphProto) -> set[str]:
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    return defined | {out for node in graph.node for out in node.output}
-
-
 def topological_order(graph: onnx.GraphProto, outer: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
     """The graph's nodes with every producer before its readers, reads inside its subgraphs included (names in
     ``outer`` come from enclosing scopes); a cycle keeps the rest in the order it had."""

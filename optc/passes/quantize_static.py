@@ -433,7 +433,7 @@ def _recurrent_cells(prepared: Prepared) -> set[str]:
 
 def _cells_with_int8_weights(prepared: Prepared, cells: set[str]) -> dict[str, dict]:
     """Report rows of the nodes that compute in float from int8 weights."""
-    nested = nested_weight_nodes(prepared.model, (*CONV_OP_TYPES, "MatMul"))
+    nested = cells - {node.name for node in prepared.model.graph.node}
     return {
         name: {
             "reason": f"{prepared.kept_in_float.get(name, 'inside a body' if name in nested else 'recurrent cell')}"

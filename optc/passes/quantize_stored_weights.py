@@ -24,14 +24,14 @@ from optc.tensors import tensor_values
 
 CONV_OP_TYPES = ("Conv", "ConvTranspose")
 RECURRENT_OP_TYPES = ("LSTM", "GRU", "RNN")
-# Which inputs are weights, how many dims they have at least, and the axes of the slices that get a scale each: a
-# Conv's kernel [out, in, kh, kw] per output channel; a recurrent cell's W [directions, gates x hidden, input] and R
-# per row; a MatMul's [K, N] per column (-1), which is stored only inside bodies, where no integer kernel reaches.
+# Which inputs are weights, and the axes of the slices that get a scale each: a Conv's kernel [out, in, kh, kw] per
+# output channel; a recurrent cell's W [directions, gates x hidden, input] and R per row; a MatMul's matrix [K, N]
+# per column (-1), which is stored only inside bodies, where no integer kernel reaches.
 WEIGHT_INPUTS = {
-    "Conv": ((1,), 3, 1),
-    "ConvTranspose": ((1,), 3, 1),
-    **{op: ((1, 2), 3, 2) for op in RECURRENT_OP_TYPES},
-    "MatMul": ((1,), 2, -1),
+    "Conv": ((1,), 1),
+    "ConvTranspose": ((1,), 1),
+    **{op: ((1, 2), 2) for op in RECURRENT_OP_TYPES},
+    "MatMul": ((1,), -1),
 }
 STORED_WEIGHT_OP_TYPES = tuple(WEIGHT_INPUTS)
 LEVELS = 127  # symmetric int8: the scale maps each slice's largest magnitude to 127
@@ -60,18 +60,13 @@ def _storable(graph: onnx.GraphProto, op_types: tuple[str, ...]) -> dict[tuple[i
             if tensor.data_type != TensorProto.FLOAT or tensor.name in inputs:
                 continue
             uses = final_uses(owner, tensor.name, cache=cache)
-            layouts = {WEIGHT_INPUTS[u[0].op_type][1:] if u and u[0].op_type in op_types else None for u in uses}
+            layouts = {WEIGHT_INPUTS[u[0].op_type][1] if u and u[0].op_type in op_types else None for u in uses}
             if not uses or len(layouts) != 1 or None in layouts:
                 continue
-            rank, _ = next(iter(layouts))
-            weight_uses = all(u[1] in WEIGHT_INPUTS[u[0].op_type][0] and u[0].name for u in uses)
-            if weight_uses and len(tensor.dims) >= rank and (rank == 3 or len(tensor.dims) == 2):
+            rank_fits = len(tensor.dims) == 2 if layouts == {-1} else len(tensor.dims) >= 3
+            if rank_fits and all(u[1] in WEIGHT_INPUTS[u[0].op_type][0] and u[0].name for u in uses):
                 found[(scope, tensor.name)] = uses
     return found
-
-
-def _weights_of(node: onnx.NodeProto) -> tuple[int, ...]:
-    return WEIGHT_INPUTS[node.op_type][0] if node.op_type in WEIGHT_INPUTS else ()
 
 
 def int8_codes(values: np.ndarray, leading: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +111,7 @@ def _store_in(graph: onnx.GraphProto, weights: dict[str, str]) -> None:
     for name, op_type in weights.items():
         values = tensor_values(initializers[name])
         if np.isfinite(values).all():
-            stored[name] = int8_codes(values, WEIGHT_INPUTS[op_type][2])
+            stored[name] = int8_codes(values, WEIGHT_INPUTS[op_type][1])
     dequantize = [
         node
         for weight in stored
