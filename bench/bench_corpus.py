@@ -7,6 +7,8 @@ Heavy (hours on the full corpus), so not part of a plain ``make bench``:
     python bench/bench_corpus.py               # runs it and prints the section
     python bench/bench_corpus.py render        # re-renders the section from bench/.cache/corpus_results.json
     python bench/bench_corpus.py merge A.json B.json   # one results file from runners that split the recipes
+    python bench/bench_corpus.py reread SECTION.md     # the results file back from a rendered section (the
+                                                       # file lives in bench/.cache, which a new machine lacks)
 
 Environment: ``OPTC_CORPUS_MODELS`` and ``OPTC_CORPUS_RECIPES`` (comma-separated names) pick a subset;
 ``OPTC_CORPUS_DATA`` (``realistic``, ``none``) runs only those data modes;
@@ -764,7 +766,7 @@ def summary_table(results: dict) -> list[str]:
             total = sum(counts.values())
             applicable = [r for r in runs if r["model"] not in quantized]
             usable_applicable = sum(r["status"] == "usable" for r in applicable)
-            not_slower = sum(r["status"] == "usable" and (r.get("speedup") or 0) >= 1.0 for r in runs)
+            not_slower = sum(r["status"] == "usable" and round(r.get("speedup") or 0, 2) >= 1.0 for r in runs)
             if not total:
                 continue
             tool = next((t for t, m in ORT_TOOLS.items() if m == recipe), None)
@@ -774,7 +776,7 @@ def summary_table(results: dict) -> list[str]:
                 for r in results["ort"]
                 if r["matches"] == recipe and r["status"] == "usable" and r.get("speedup") is not None
             ]
-            slower = f" ({sum(s >= 1.0 for s in timed)} at ≥ 1.0× fp32)" if timed else ""
+            slower = f" ({sum(round(s, 2) >= 1.0 for s in timed)} at ≥ 1.0× fp32)" if timed else ""
             ort_cells = (
                 f"{tool} | {ort['usable']}{slower} | {ort['failed']} | {ort['bad']}"
                 if tool and mode == "realistic" and ort
@@ -812,14 +814,14 @@ def wall_time_lines(results: dict, slow: str = "int8-accurate", fast: str = "int
 def runs_table(results: dict) -> list[str]:
     lines = [
         "| model | recipe | data | status | reason | min cosine | int agreement | optc's own accuracy | speed-up "
-        "| size ratio |",
-        "|---|---|---|---|---|---:|---:|---|---:|---:|",
+        "| size ratio | wall s |",
+        "|---|---|---|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for r in sorted(results["runs"], key=lambda r: (r["model"], r["recipe"], r["data"])):
         lines.append(
             f"| {r['model']} | {r['recipe']} | {r['data']} | {r['status']} | {cell(r['reason'])} | "
             f"{number(r['min_cosine'], '.4f')} | {number(r['min_agreement'], '.1f')} | {r.get('optc_accuracy') or ''} "
-            f"| {number(r['speedup'], '.2f')} | {number(r['size_ratio'], '.3f')} |"
+            f"| {number(r['speedup'], '.2f')} | {number(r['size_ratio'], '.3f')} | {number(r.get('wall_s'), '.0f')} |"
         )
     return lines
 
@@ -913,10 +915,89 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------- re-reading
+
+
+def reread(section: str) -> dict:
+    """The results a rendered section shows, as ``render`` takes them: its tables' rows read back (reasons as cut
+    to fit a cell; wall times where the section has that column). Several sections' results merge as runners' do."""
+    rows: dict[str, list[list[str]]] = {}  # by the heading above the table, header and rule lines left out
+    heading, header = None, None
+    for line in section.splitlines():
+        if line.startswith("#"):
+            heading, header = line.lstrip("#").strip(), None
+        elif line.startswith("|") and heading is not None:
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            if header is None:
+                header = cells
+            elif not cells[0].startswith("---"):
+                rows.setdefault(heading, []).append(cells)
+
+    def value(text: str) -> float | None:
+        return float(text) if text else None
+
+    runs = [
+        {
+            "model": r[0],
+            "recipe": r[1],
+            "data": r[2],
+            "status": r[3],
+            "reason": r[4],
+            "min_cosine": value(r[5]),
+            "min_agreement": value(r[6]),
+            "optc_accuracy": r[7] or None,
+            "speedup": value(r[8]),
+            "size_ratio": value(r[9]),
+            "wall_s": value(r[10]) if len(r) > 10 else None,
+        }
+        for r in rows.get("Every run", [])
+    ]
+    fused = {r[0]: r[2].split(" (")[0] for r in rows.get("Node count: optc `fuse` vs onnxslim", [])}
+    for run in runs:
+        if run["recipe"] == "fuse" and run["data"] == "realistic" and fused.get(run["model"]):
+            run["nodes_after"] = int(fused[run["model"]])
+    ort_runs = [
+        {
+            "model": r[0],
+            "tool": r[1],
+            "matches": ORT_TOOLS[r[1]],
+            "status": r[2],
+            "reason": r[3],
+            "min_cosine": value(r[4]),
+            "min_agreement": value(r[5]),
+            "speedup": value(r[6]),
+            "size_ratio": value(r[7]),
+        }
+        for r in rows.get("ONNX Runtime's own tools (default arguments)", [])
+    ]
+    slim = [
+        {"model": r[0], "nodes": int(r[3]), "error": None}
+        if r[3].isdigit()
+        else {"model": r[0], "nodes": None, "error": r[3].removeprefix("failed: ")}
+        for r in rows.get("Node count: optc `fuse` vs onnxslim", [])
+    ]
+    models = {
+        r[0]: {"error": r[3].removeprefix("inputs failed: ")}
+        if r[3].startswith("inputs failed")
+        else {
+            "family": r[1],
+            "nodes": int(r[2]),
+            **dict(zip(("calibration_samples", "evaluation_samples"), map(int, r[3].split(" / ")), strict=True)),
+        }
+        for r in rows.get("Models", [])
+    }
+    return {"runs": runs, "ort": ort_runs, "slim": slim, "models": models}
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["worker"]:
         return worker_main(argv[1], argv[2])
     if argv[:1] == ["render"]:
+        print(render(load_results()))
+        return 0
+    if argv[:1] == ["reread"]:
+        results = reread(Path(argv[1]).read_text())
+        save_results({**results, "config": {"recipes": sorted({r["recipe"] for r in results["runs"]})}})
         print(render(load_results()))
         return 0
     if argv[:1] == ["merge"]:
