@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +97,14 @@ class Dataset:
                 f"{self.source}: '{LABELS_KEY}' holds {int(self.labels.max())} at index {index}, but the model's "
                 f"first output {name!r} has {classes} classes (0..{classes - 1})"
             )
+
+    def head(self, samples: int) -> Dataset:
+        """The first ``samples`` samples (all of them where there are fewer), labels included."""
+        return replace(
+            self,
+            inputs={name: array[:samples] for name, array in self.inputs.items()},
+            labels=None if self.labels is None else self.labels[:samples],
+        )
 
     def first_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of exactly ``batch_size`` samples (repeating samples if there are fewer), for timing."""

@@ -6,7 +6,14 @@ from optc.data import Dataset, input_specs
 from optc.errors import OptcError
 from optc.gates import evaluate_gates
 from optc.measure import providers
-from optc.measure.accuracy import AccuracyResult, evaluate, output_cosine, output_fidelity
+from optc.measure.accuracy import (
+    SEARCH_SAMPLES,
+    AccuracyResult,
+    Evaluator,
+    evaluate,
+    output_cosine,
+    output_fidelity,
+)
 from optc.measure.latency import LatencyStats, measure_interleaved
 from optc.recipe import Gates
 from optc.report.schema import ProviderMeasurement
@@ -190,3 +197,15 @@ def test_fidelity_compares_only_the_outputs_both_models_still_have():
 
     result = evaluate(session(model(["a", "b"])), session(model(["b"])), dataset(), input_specs(mlp_model()), "auto", 1)
     assert [o.name for o in result.outputs] == ["b"] and result.outputs[0].cosine == pytest.approx(1.0)
+
+
+def test_a_search_evaluates_a_head_of_data_that_takes_long_and_all_of_data_that_does_not():
+    labels = np.arange(40) % 10
+    evaluator = Evaluator(session(), dataset(labels), input_specs(mlp_model()), "auto", 1)
+    assert evaluator.for_search(seconds=3600) is evaluator
+    head = evaluator.for_search(seconds=0.0)  # every run counts as slow: the fewest samples a step may use
+    assert len(head.dataset) == SEARCH_SAMPLES < len(evaluator.dataset)
+    assert np.array_equal(head.dataset.labels, labels[:SEARCH_SAMPLES])
+    assert np.array_equal(head.dataset.inputs["x"], evaluator.dataset.inputs["x"][:SEARCH_SAMPLES])
+    result = head(session(mlp_model(seed=5)))
+    assert result.samples == SEARCH_SAMPLES and result.metric == "top1"

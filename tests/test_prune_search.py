@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from optc.cli.app import app
-from optc.passes.prune.search import CurvePoint, bisect_sparsity
+from optc.passes.prune.search import CurvePoint, bisect_sparsity, confirmed_on_whole
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -20,7 +20,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 def fake_measure(drop_per_unit: float):
     def measure(sparsity: float, _model: onnx.ModelProto) -> CurvePoint:
         drop = drop_per_unit * sparsity
-        return CurvePoint(sparsity, 100 - drop, drop, 1, 1, 1.0, "top1")
+        return CurvePoint(sparsity, 100 - drop, drop, 1, 1, 1.0, "top1", 10)
 
     return measure
 
@@ -143,3 +143,27 @@ def test_a_recipe_whose_optional_passes_are_all_skipped_is_refused_with_each_rea
     assert "passes[0] prune (channel): nothing could be pruned" in result.output
     assert "passes[2] quantize (dynamic): " in result.output.split("none of its optional passes")[1]
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_sparsity_found_on_a_head_of_the_data_is_kept_only_where_the_whole_data_fits_the_budget():
+    """A search on the first samples of slow evaluation data (Evaluator.for_search) is measured again on the whole:
+    here the whole costs twice what the head did, so the largest sparsity the head allowed misses the budget and the
+    next lower one that fitted on the head is taken, measured on the whole."""
+    model = graphs.chain()
+    on_head = bisect_sparsity(lambda s: model, fake_measure(5.0), 0.0, 0.9, steps=4, budget=3.0)
+    assert 0.5 < on_head.sparsity <= 0.6
+
+    def on_whole(sparsity: float, _model: onnx.ModelProto) -> CurvePoint:
+        drop = 10.0 * sparsity
+        return CurvePoint(sparsity, 100 - drop, drop, 1, 1, 1.0, "top1", 40)
+
+    confirmed = confirmed_on_whole(on_head, lambda s: model, on_whole, budget=3.0)
+    assert confirmed.sparsity is not None and confirmed.sparsity <= 0.3
+    measured = {p.sparsity: p.samples for p in confirmed.curve}
+    assert measured[confirmed.sparsity] == 40 and measured[on_head.sparsity] == 40  # tried, missed, shown
+    assert sorted(measured) == [p.sparsity for p in confirmed.curve] and len(confirmed.curve) == len(on_head.curve)
+
+    def nothing_fits(sparsity: float, _model: onnx.ModelProto) -> CurvePoint:
+        return CurvePoint(sparsity, 95.0, 5.0, 1, 1, 1.0, "top1", 40)
+
+    assert confirmed_on_whole(on_head, lambda s: model, nothing_fits, budget=3.0).sparsity is None

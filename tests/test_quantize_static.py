@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optc.data import Dataset
 from optc.errors import NotApplicable, OptcError, PassError
+from optc.measure import accuracy
 from optc.model_facts import op_histogram
 from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec
@@ -371,3 +372,34 @@ def test_an_attempt_that_misses_the_cosine_target_is_not_also_run_over_the_evalu
     rows = outcome.details["fidelity_search"]
     assert not rows[0]["ok"] and rows[-1]["ok"]
     assert all(("accuracy_drop" in row) == (row["min_cosine"] >= target) for row in rows)
+
+
+def test_a_search_on_a_head_of_slow_evaluation_data_is_confirmed_on_the_whole(tmp_path: Path, monkeypatch):
+    """Where the evaluation data takes long to run (DNSMOS: 27 s for 32 clips, every step of int8-accurate's
+    search), the steps measure the drop on its first samples and the model settled on is measured on the whole. Here
+    the first 8 samples stay in the calibration range and x's later ones reach three times it: the head passes with
+    nothing kept in float, the whole does not, and the search goes on from there on the whole data."""
+    monkeypatch.setattr(accuracy, "SEARCH_STEP_S", 0.0)  # every evaluation counts as slow: heads of 8 samples
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("MatMul", ["x", "Wx"], ["from_x"], name="mm_x"),
+        helper.make_node("MatMul", ["z", "Wz"], ["from_z"], name="mm_z"),
+    ]
+    io = (
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4, 16]) for n in ("x", "z")],
+        # not [batch, classes]: compared by cosine
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4, 8]) for n in ("from_x", "from_z")],
+    )
+    weights = [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), n) for n in ("Wx", "Wz")]
+    model = make_model(nodes, *io, weights)
+    calibration = {n: rng.standard_normal((64, 4, 16)).astype(np.float32) for n in ("x", "z")}
+    evaluation = {n: rng.standard_normal((64, 4, 16)).astype(np.float32) * 0.5 for n in ("x", "z")}
+    evaluation["x"][8:] *= 6 * np.abs(calibration["x"]).max() / np.abs(evaluation["x"][8:]).max()
+    ctx = context(tmp_path, calib_file(tmp_path, **calibration), evaluation, "x86-avx2")
+    outcome = run_quantize(model, static(accuracy_budget=0.5), ctx)
+    on_head, on_whole, *rest = outcome.details["fidelity_search"]
+    assert on_head["ok"] and on_head["accuracy_samples"] == 8 and on_head["kept_in_float"] == 0
+    assert not on_whole["ok"] and "accuracy_samples" not in on_whole and on_whole["accuracy_drop"] > 0.5
+    assert rest and rest[-1]["ok"] and rest[-1]["accuracy_drop"] <= 0.5 and "accuracy_samples" not in rest[-1]
+    kept = [row["node"] for row in outcome.details["kept_in_float"] if row["reason"].startswith("fidelity target")]
+    assert kept == ["mm_x"]

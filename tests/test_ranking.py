@@ -20,6 +20,7 @@ from optc.passes.fallback import (
     NodeDamage,
     keep_in_float_until,
     probe_of,
+    probe_reference,
     rank_by_damage,
     rank_by_output_damage,
     switchable_model,
@@ -201,3 +202,17 @@ def test_the_search_finds_a_misranked_node_in_a_few_conversions_per_round():
     assert set(fallback.kept) == needed and fallback.model == needed
     rounds = 1 + PROMOTION_ROUNDS
     assert len(fallback.tried) <= 1 + rounds * 2 * 10  # doubling then bisecting: twice log2(1000) per round
+
+
+def test_a_probe_that_takes_long_to_run_is_cut_to_the_fewest_feeds_a_search_may_use(tmp_path: Path):
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    feeds = [{"x": np.full((2, 4), i - 10, np.float32)} for i in range(20)]
+    every, outputs = probe_reference(model, feeds, tmp_path, seconds=3600)
+    assert len(every) == 20 and outputs["y"].shape == (40, 4)
+    cut, outputs = probe_reference(model, feeds, tmp_path, seconds=0.0)
+    assert cut == feeds[:PROBE_FEEDS] and outputs["y"].shape == (2 * PROBE_FEEDS, 4)
+    assert np.array_equal(outputs["y"], np.maximum(np.concatenate([f["x"] for f in cut]), 0))

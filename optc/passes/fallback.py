@@ -18,6 +18,7 @@ Int8 (static and dynamic) and fp16 share this: each passes a ``convert(kept) -> 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from onnx import TensorProto, helper
 
 from optc.data import Dataset, input_specs
 from optc.errors import NotApplicable
+from optc.measure import accuracy
 from optc.measure.accuracy import output_cosine
 from optc.measure.providers import check_options
 from optc.measure.tensor_error import compare_tensors
@@ -338,6 +340,24 @@ def run_outputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], work
     return _outputs_of(_probe_session(model, workdir), feeds)
 
 
+def probe_reference(
+    model: onnx.ModelProto, probe: list[dict[str, np.ndarray]], workdir: Path, seconds: float | None = None
+) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """The feeds of ``probe`` a search checks its candidates on, and ``model``'s outputs over them (as
+    ``run_outputs``): all of them, or where they take longer than ``seconds`` to run, those run by then (at least
+    ``PROBE_FEEDS``). Every step of a search runs the probe again: 32 clips of DNSMOS took 27 s a step."""
+    seconds = accuracy.SEARCH_STEP_S if seconds is None else seconds
+    session = _probe_session(model, workdir)
+    taken, runs = [], []
+    started = time.perf_counter()
+    for feed in probe:
+        if len(taken) >= PROBE_FEEDS and time.perf_counter() - started > seconds:
+            break
+        taken.append(feed)
+        runs.append(run_as_arrays(session, None, feed))
+    return taken, _stacked([o.name for o in session.get_outputs()], runs)
+
+
 def _probe_session(model: onnx.ModelProto, workdir: Path) -> ort.InferenceSession:
     return ort.InferenceSession(
         session_source(model, workdir, "fallback_probe"),
@@ -347,8 +367,10 @@ def _probe_session(model: onnx.ModelProto, workdir: Path) -> ort.InferenceSessio
 
 
 def _outputs_of(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    names = [o.name for o in session.get_outputs()]
-    per_feed = [run_as_arrays(session, None, feed) for feed in feeds]
+    return _stacked([o.name for o in session.get_outputs()], [run_as_arrays(session, None, feed) for feed in feeds])
+
+
+def _stacked(names: list[str], per_feed: list[list[np.ndarray]]) -> dict[str, np.ndarray]:
     return {
         name: np.concatenate([run[i].reshape(len(run[i]) if run[i].ndim else 1, -1) for run in per_feed])
         for i, name in enumerate(names)

@@ -22,7 +22,7 @@ from optc.passes.prune.layers import WeightedLayer, selected_layers, weighted_la
 from optc.passes.prune.magnitude import layer_costs, prune_magnitude
 from optc.passes.prune.outputs import keep_outputs
 from optc.passes.prune.reconstruct import HESSIAN_BYTES, Hessians, hessian_bytes, layer_hessians
-from optc.passes.prune.search import CandidateMeter, bisect_sparsity, gzip_size
+from optc.passes.prune.search import CandidateMeter, bisect_sparsity, confirmed_on_whole, gzip_size
 from optc.passes.prune.split_layers import split_conv_parts
 from optc.passes.quantize_keep_float import blow_up_readers
 from optc.passes.quantize_prepare import (
@@ -273,7 +273,14 @@ def _search(model: onnx.ModelProto, pruner: Pruner, config: PruneConfig, context
     low, high = config.range_searched()
     feed = context.sample_inputs[0] if context.sample_inputs else context.dataset.first_batch(1)
     meter = CandidateMeter(model, context.dataset, context.metric, feed, context.workdir)
-    result = bisect_sparsity(lambda s: pruner(s)[0], meter, low, high, config.search_steps, config.accuracy_budget)
+    step = meter.for_search()
+
+    def build(sparsity: float) -> onnx.ModelProto:
+        return pruner(sparsity)[0]
+
+    result = bisect_sparsity(build, step, low, high, config.search_steps, config.accuracy_budget)
+    if step is not meter:  # searched on a head of the data: the sparsity it found must fit on the whole
+        result = confirmed_on_whole(result, build, meter, config.accuracy_budget)
     curve = [point.row() for point in result.curve]
     if result.sparsity is None:
         raise NotApplicable(

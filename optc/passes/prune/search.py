@@ -8,6 +8,7 @@ report shows.
 
 from __future__ import annotations
 
+import copy
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,12 +38,14 @@ class CurvePoint:
     gzip_bytes: int
     latency_ms: float
     metric: str  # what accuracy means here: top1, top1_agreement or cosine
+    samples: int  # evaluated on
 
     def row(self) -> dict:
         return {
             "sparsity": round(self.sparsity, 4),
             "accuracy": round(self.accuracy, 3),
             "drop": round(self.drop, 3),
+            "samples": self.samples,
             "size_bytes": self.size_bytes,
             "gzip_bytes": self.gzip_bytes,
             "latency_ms": round(self.latency_ms, 4),
@@ -97,6 +100,15 @@ class CandidateMeter:
         self.evaluate = Evaluator(reference, dataset, input_specs(original), metric, FLOAT_EVAL_BATCH)
         self.feed = feed
 
+    def for_search(self) -> CandidateMeter:
+        """A meter over the head of the data where the whole takes long to evaluate (``Evaluator.for_search``)."""
+        quick = self.evaluate.for_search()
+        if quick is self.evaluate:
+            return self
+        meter = copy.copy(self)
+        meter.evaluate = quick
+        return meter
+
     def __call__(self, sparsity: float, candidate: onnx.ModelProto) -> CurvePoint:
         session = open_session(session_source(candidate, self.workdir, "search_candidate"), "cpu")
         result = self.evaluate(session)
@@ -109,6 +121,7 @@ class CandidateMeter:
             gzip_bytes=gzip_size(candidate),
             latency_ms=stats["candidate"].p50_ms,
             metric=result.metric,
+            samples=result.samples,
         )
 
 
@@ -146,3 +159,23 @@ def bisect_sparsity(
         else:
             bad = middle
     return SearchResult(good, sorted(curve, key=lambda p: p.sparsity))
+
+
+def confirmed_on_whole(
+    result: SearchResult,
+    build: Callable[[float], onnx.ModelProto],
+    whole: Callable[[float, onnx.ModelProto], CurvePoint],
+    budget: float,
+) -> SearchResult:
+    """``result`` of a search on a head of the data, its sparsity measured again on the whole (``whole``): kept where
+    it fits the budget there too, else the next lower sparsity that fitted on the head and fits on the whole, else
+    None. The curve shows the whole data's measurement where there is one."""
+    measured = {point.sparsity: point for point in result.curve}
+    fitted = sorted((p.sparsity for p in result.curve if p.drop <= budget), reverse=True)
+    chosen = None
+    for sparsity in fitted:
+        measured[sparsity] = whole(sparsity, build(sparsity))
+        if measured[sparsity].drop <= budget:
+            chosen = sparsity
+            break
+    return SearchResult(chosen, sorted(measured.values(), key=lambda p: p.sparsity))
