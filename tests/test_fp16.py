@@ -7,9 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
 
+from optc.cli.app import app
 from optc.data import Dataset
-from optc.errors import PassError
+from optc.errors import OptcError, PassError
 from optc.passes.exclude import ExcludeSpec
 from optc.passes.fp16 import Fp16Config, run_fp16, tidy_casts
 from optc.passes.registry import PassContext
@@ -280,3 +282,37 @@ def test_weights_read_from_float_data_are_written_as_raw_fp16(tmp_path: Path):
     halves = [t for t in outcome.model.graph.initializer if t.data_type == TensorProto.FLOAT16]
     assert halves and all(t.raw_data and not t.int32_data for t in halves)
     assert outcome.model.ByteSize() < model.ByteSize() * 0.55
+
+
+def test_a_model_already_in_float16_is_refused_as_bad_input(tmp_path: Path):
+    """Two fp16 passes in a row (the recipe fuzzer) ended in ONNX Runtime's "two nodes with same node name" (exit 3)
+    or searched for minutes; a model whose weights are mostly float16 is now refused before any conversion."""
+    x = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
+    once = run_fp16(mlp_model(), fp16(), context(tmp_path, {"x": x}))
+    assert float16_weights(once.model) > 0
+    with pytest.raises(OptcError, match="already float16") as raised:
+        run_fp16(once.model, fp16(), context(tmp_path, {"x": x}))
+    assert raised.value.hint == "start from the float32 model"
+
+
+def test_two_fp16_passes_exit_2_with_the_reason_and_write_nothing(tmp_path: Path):
+    recipe = tmp_path / "twice.yaml"
+    fields = "{type: fp16, tolerance: 30.0, fold_batchnorm: false}"
+    recipe.write_text(f"version: 1\npasses:\n  - {fields}\n  - {fields}\n")
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(
+        app,
+        [
+            "compress",
+            str(SAMPLES / "digits_cnn.onnx"),
+            "-r",
+            str(recipe),
+            "-o",
+            str(out),
+            "--data",
+            str(SAMPLES / "digits_test.npz"),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 2 and "passes[1] fp16: the model is already float16" in result.output
+    assert not out.exists()

@@ -43,6 +43,7 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 from pydantic import Field
 
 from optc.data import input_specs
+from optc.errors import OptcError
 from optc.isolation import RISKY_OP_TYPES, NativeCrash, run_isolated
 from optc.measure.providers import check_options
 from optc.model_facts import FLOAT_TYPES, all_nodes, final_uses, graph_scopes, node_reads, subgraphs, topological_order
@@ -106,6 +107,7 @@ class Fp16Config(PassConfig):
 @register(Fp16Config)
 def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -> PassOutcome:
     refuse_quantized(model, context.label)
+    refuse_half_precision(model, context.label)
     excluded_nodes(model.graph, config.exclude, context.label)  # check the names against the user's graph
     # weights a body builds from Constant nodes become its initializers, which can be stored in fp16
     model = fold_body_constants(drop_initializer_inputs(model)[0])
@@ -201,6 +203,22 @@ def run_fp16(model: onnx.ModelProto, config: Fp16Config, context: PassContext) -
             ],
         },
     )
+
+
+def refuse_half_precision(model: onnx.ModelProto, label: str) -> None:
+    """A model whose weights are mostly float16 already has nothing to gain, and converting it again went wrong: two
+    fp16 passes in a row (found by the recipe fuzzer) ended in ONNX Runtime's "two nodes with same node name
+    (graph_output_cast0)", or searched for minutes for op types to keep in fp32 (fold_batchnorm off)."""
+    counts = {TensorProto.FLOAT: 0, TensorProto.FLOAT16: 0}
+    for tensor in model.graph.initializer:
+        if tensor.data_type in counts:
+            counts[tensor.data_type] += int(np.prod(tensor.dims))
+    if counts[TensorProto.FLOAT16] > counts[TensorProto.FLOAT]:
+        raise OptcError(
+            f"{label}: the model is already float16 ({counts[TensorProto.FLOAT16]:,} of its weight values, "
+            f"{counts[TensorProto.FLOAT]:,} float32); converting it again has nothing to gain",
+            hint="start from the float32 model",
+        )
 
 
 def store_kept_weights_fp16(
