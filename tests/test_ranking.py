@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optc.data import Dataset
 from optc.model_facts import op_histogram
 from optc.passes.fallback import (
+    OUTPUT_RANKING_SAMPLES,
     PROBE_FEEDS,
     PROBE_SAMPLES,
     PROMOTION_ROUNDS,
@@ -19,6 +20,7 @@ from optc.passes.fallback import (
     RANKING_SELECTOR,
     NodeDamage,
     keep_in_float_until,
+    output_ranking_feeds,
     probe_of,
     probe_reference,
     rank_by_damage,
@@ -211,8 +213,15 @@ def test_a_probe_that_takes_long_to_run_is_cut_to_the_fewest_feeds_a_search_may_
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
     )
     feeds = [{"x": np.full((2, 4), i - 10, np.float32)} for i in range(20)]
-    every, outputs = probe_reference(model, feeds, tmp_path, seconds=3600)
-    assert len(every) == 20 and outputs["y"].shape == (40, 4)
-    cut, outputs = probe_reference(model, feeds, tmp_path, seconds=0.0)
-    assert cut == feeds[:PROBE_FEEDS] and outputs["y"].shape == (2 * PROBE_FEEDS, 4)
-    assert np.array_equal(outputs["y"], np.maximum(np.concatenate([f["x"] for f in cut]), 0))
+    every = probe_reference(model, feeds, tmp_path, seconds=3600)
+    assert len(every.feeds) == 20 and every.outputs["y"].shape == (40, 4) and every.feed_s > 0
+    cut = probe_reference(model, feeds, tmp_path, seconds=0.0)
+    assert cut.feeds == feeds[:PROBE_FEEDS] and cut.outputs["y"].shape == (2 * PROBE_FEEDS, 4)
+    assert np.array_equal(cut.outputs["y"], np.maximum(np.concatenate([f["x"] for f in cut.feeds]), 0))
+
+
+def test_ranking_at_the_outputs_takes_fewer_feeds_where_the_candidates_run_long_and_none_past_that():
+    assert output_ranking_feeds(38, 0.01) == OUTPUT_RANKING_SAMPLES  # a small encoder: 3 s for all 8
+    assert output_ranking_feeds(48, 0.3) == OUTPUT_RANKING_SAMPLES  # 115 s
+    assert output_ranking_feeds(77, 0.3) == 1  # 185 s for 8 feeds each, 23 s for one
+    assert output_ranking_feeds(500, 0.3) == 0  # 150 s for one feed each: ranked in one pass instead

@@ -52,6 +52,7 @@ PROBE_FEEDS = 8
 # bytes (at least one feed): 8 such images, but all 64 samples of a model with small inputs.
 RANKING_INPUT_BYTES = 32 * 2**20
 OUTPUT_RANKING_SAMPLES = 8  # per converted model: the order settles on a few samples, the cost is one run per node
+OUTPUT_RANKING_S = 120.0  # ... and one, or none (one-pass ranking), where that would take longer
 RANKING_SELECTOR = "optc_ranking_selector"  # input of the switchable model: the candidate converted alone
 PROMOTION_ROUNDS = 2  # searches again with the node that made the last difference first (keep_in_float_until)
 
@@ -122,10 +123,11 @@ def rank_by_output_damage(
     always_kept: set[str],
     feeds: Iterable[dict[str, np.ndarray]],
     workdir: Path,
+    limit: int = OUTPUT_RANKING_SAMPLES,
 ) -> list[OutputDamage]:
     """``candidates`` most damaging first, each charged with the noise its conversion alone (every other candidate
-    kept in float) brings to the outputs of ``float_model`` over at most ``OUTPUT_RANKING_SAMPLES`` samples."""
-    samples = _first_bytes(feeds, RANKING_INPUT_BYTES)[:OUTPUT_RANKING_SAMPLES]
+    kept in float) brings to the outputs of ``float_model`` over at most ``limit`` feeds."""
+    samples = _first_bytes(feeds, RANKING_INPUT_BYTES)[:limit]
     reference = run_outputs(float_model, samples, workdir)
     op_types = {n.name: n.op_type for n in float_model.graph.node}
     switchable = switchable_model(float_model, convert(always_kept), candidates)
@@ -340,22 +342,41 @@ def run_outputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], work
     return _outputs_of(_probe_session(model, workdir), feeds)
 
 
+@dataclass(frozen=True)
+class ProbeReference:
+    feeds: list[dict[str, np.ndarray]]
+    outputs: dict[str, np.ndarray]  # the float model's, as ``run_outputs`` gives them
+    feed_s: float  # the float model's mean time per feed
+
+
 def probe_reference(
     model: onnx.ModelProto, probe: list[dict[str, np.ndarray]], workdir: Path, seconds: float | None = None
-) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """The feeds of ``probe`` a search checks its candidates on, and ``model``'s outputs over them (as
-    ``run_outputs``): all of them, or where they take longer than ``seconds`` to run, those run by then (at least
-    ``PROBE_FEEDS``). Every step of a search runs the probe again: 32 clips of DNSMOS took 27 s a step."""
+) -> ProbeReference:
+    """The feeds of ``probe`` a search checks its candidates on, and ``model``'s outputs over them: all of them, or
+    the first ``PROBE_FEEDS`` where the first ones' time says the whole would take longer than ``seconds``. Every
+    step of a search runs the probe again: DNSMOS's 32 clips took 16 s a step."""
     seconds = accuracy.SEARCH_STEP_S if seconds is None else seconds
     session = _probe_session(model, workdir)
-    taken, runs = [], []
+    runs = []
     started = time.perf_counter()
-    for feed in probe:
-        if len(taken) >= PROBE_FEEDS and time.perf_counter() - started > seconds:
+    for index, feed in enumerate(probe):
+        if index == PROBE_FEEDS and (time.perf_counter() - started) * len(probe) / index > seconds:
             break
-        taken.append(feed)
         runs.append(run_as_arrays(session, None, feed))
-    return taken, _stacked([o.name for o in session.get_outputs()], runs)
+    elapsed = time.perf_counter() - started
+    taken = probe[: len(runs)]
+    return ProbeReference(taken, _stacked([o.name for o in session.get_outputs()], runs), elapsed / max(len(runs), 1))
+
+
+def output_ranking_feeds(candidates: int, feed_s: float, seconds: float = OUTPUT_RANKING_S) -> int:
+    """How many feeds ``rank_by_output_damage`` takes for ``candidates`` the float model runs in ``feed_s`` each:
+    ``OUTPUT_RANKING_SAMPLES`` where that stays within ``seconds``, else one where that does, else none (rank in one
+    pass instead). SLANet's dynamic int8 (0.3 s a table image, 77 Convs) ran past the corpus runner's 400 s on this
+    ranking alone."""
+    for feeds in (OUTPUT_RANKING_SAMPLES, 1):
+        if candidates * feeds * feed_s <= seconds:
+            return feeds
+    return 0
 
 
 def _probe_session(model: onnx.ModelProto, workdir: Path) -> ort.InferenceSession:

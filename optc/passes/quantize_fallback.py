@@ -29,6 +29,7 @@ from optc.passes.fallback import (
     OutputDamage,
     keep_in_float_until,
     output_agreement,
+    output_ranking_feeds,
     probe_reference,
     rank_by_damage,
     rank_by_output_damage,
@@ -81,7 +82,8 @@ def meet_fidelity_targets(
     if config.min_cosine is None and config.accuracy_budget is None:
         return first, {}
     workdir = context.workdir
-    probe, reference = probe_reference(float_model, probe, workdir)
+    measured = probe_reference(float_model, probe, workdir)
+    probe, reference = measured.feeds, measured.outputs
     budget = _budget_evaluator(original, context, eval_batch) if config.accuracy_budget is not None else None
     # the search's steps measure the drop on a head of the evaluation data where the whole takes long; the model it
     # settles on is measured on the whole, and the search goes on from there where that misses the budget
@@ -104,7 +106,9 @@ def meet_fidelity_targets(
         continued from it, on the whole data, down the rest of its ranking."""
         if step_budget is budget:
             return fallback
-        ok, facts = acceptable(fallback.model, budget)
+        facts = {k: v for k, v in fallback.facts.items() if k != "accuracy_samples"}  # its probe's cosine holds
+        facts["accuracy_drop"] = round(_drop(budget, fallback.model, context), 4)
+        ok = facts["accuracy_drop"] <= config.accuracy_budget
         fallback.tried.append({"kept_in_float": len(fallback.kept), "ok": ok, **facts})
         if ok:
             return fallback
@@ -128,9 +132,10 @@ def meet_fidelity_targets(
         )
 
     def rank() -> list[NodeDamage] | list[OutputDamage]:
-        if rank_at_outputs:
-            names = [n.name for n in float_model.graph.node if n.name not in kept and candidate(n)]
-            return rank_by_output_damage(float_model, convert, names, set(kept), probe, workdir)
+        names = [n.name for n in float_model.graph.node if n.name not in kept and candidate(n)]
+        feeds = output_ranking_feeds(len(names), measured.feed_s) if rank_at_outputs else 0
+        if feeds:
+            return rank_by_output_damage(float_model, convert, names, set(kept), probe, workdir, feeds)
         return rank_by_damage(float_model, first, probe, workdir, lambda n: n.name not in kept and candidate(n))
 
     missed: list[dict] = []
