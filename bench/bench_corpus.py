@@ -793,12 +793,18 @@ def summary_table(results: dict) -> list[str]:
 
 def wall_time_lines(results: dict, slow: str = "int8-accurate", fast: str = "int8") -> list[str]:
     """``slow``'s wall time over ``fast``'s on the models where both were usable with realistic data."""
-    walls = {(r["model"], r["recipe"]): r["wall_s"] for r in results["runs"] if r["data"] == "realistic"}
-    usable = {(r["model"], r["recipe"]) for r in results["runs"] if r["status"] == "usable"}
+    walls = {
+        (r["model"], r["recipe"]): r["wall_s"]
+        for r in results["runs"]
+        if r["data"] == "realistic" and r.get("wall_s")  # a re-read section's older rows have none
+    }
+    usable = {
+        (r["model"], r["recipe"]) for r in results["runs"] if r["status"] == "usable" and r["data"] == "realistic"
+    }
     ratios = sorted(
         (walls[(m, slow)] / walls[(m, fast)], m)
         for m, recipe in usable
-        if recipe == slow and (m, fast) in usable and walls.get((m, fast))
+        if recipe == slow and (m, fast) in usable and (m, slow) in walls and (m, fast) in walls
     )
     if not ratios:
         return []
