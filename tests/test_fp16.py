@@ -7,7 +7,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from typer.testing import CliRunner
 
 from optc.cli.app import app
 from optc.data import Dataset
@@ -295,24 +294,10 @@ def test_a_model_already_in_float16_is_refused_as_bad_input(tmp_path: Path):
     assert raised.value.hint == "start from the float32 model"
 
 
-def test_two_fp16_passes_exit_2_with_the_reason_and_write_nothing(tmp_path: Path):
-    recipe = tmp_path / "twice.yaml"
+def test_two_fp16_passes_exit_2_with_the_reason_and_write_nothing(tmp_path: Path, runner, fast_recipe):
     fields = "{type: fp16, tolerance: 30.0, fold_batchnorm: false}"
-    recipe.write_text(f"version: 1\npasses:\n  - {fields}\n  - {fields}\n")
-    out = tmp_path / "out.onnx"
-    result = CliRunner().invoke(
-        app,
-        [
-            "compress",
-            str(SAMPLES / "digits_cnn.onnx"),
-            "-r",
-            str(recipe),
-            "-o",
-            str(out),
-            "--data",
-            str(SAMPLES / "digits_test.npz"),
-            "--quiet",
-        ],
-    )
+    recipe, out, data = fast_recipe(f"  - {fields}\n  - {fields}\n"), tmp_path / "out.onnx", SAMPLES / "digits_test.npz"
+    command = ["compress", str(SAMPLES / "digits_cnn.onnx"), "-r", str(recipe), "-o", str(out), "--data", str(data)]
+    result = runner.invoke(app, [*command, "--quiet"])
     assert result.exit_code == 2 and "passes[1] fp16: the model is already float16" in result.output
     assert not out.exists()
