@@ -36,7 +36,7 @@ class OutputFidelity(BaseModel):
     cosine_all_samples: float | None = None
     max_abs_error: float
     mean_abs_error: float
-    top1_agreement: float | None = None  # percent, for classifier-shaped outputs ([batch, classes])
+    top1_agreement: float | None = None  # percent, for outputs that read as class scores (reads_as_class_scores)
     top5_agreement: float | None = None  # percent of samples whose original top-1 class is in the optimized top 5
     sqnr_db: float | None = None  # signal-to-quantization-noise ratio; None when the outputs are identical
 
@@ -201,6 +201,11 @@ def _refuse_new_non_finite(names: list[str], reference: list[np.ndarray], candid
 # Outputs named like these are vectors (an embedding, a molecular fingerprint), not class scores: their argmax means
 # nothing, and top-1 agreement on one made int8-accurate chase argmax noise into keeping 386 nodes in float.
 VECTOR_NAME_PARTS = ("embed", "fingerprint", "feature", "hidden", "pooler", "vector", "encoding", "latent")
+# Raw scores named like these are class scores; unnamed raw scores may be anything: DNSMOS's [batch, 3] output is
+# three MOS regression scores, and the "top class" among them flips with any noise (int8-accurate searched 3.4x as
+# long as int8 for a model that moved no score by more than int8 did).
+CLASS_NAME_PARTS = ("logit", "prob", "class")
+PROBABILITY_TOLERANCE = 1e-3  # how far a row's sum (or log-sum-exp) may stray from 1 (0) for a Softmax output
 
 
 def _names_a_vector(name: str) -> bool:
@@ -209,6 +214,23 @@ def _names_a_vector(name: str) -> bool:
 
 def _is_classifier(output: np.ndarray) -> bool:
     return output.ndim == 2 and output.shape[1] > 1 and output.dtype.kind == "f"
+
+
+def reads_as_class_scores(name: str, output: np.ndarray) -> bool:
+    """Whether an output's argmax is a class: [batch, classes] floats that are probabilities per row (Softmax),
+    log-probabilities (LogSoftmax), or raw scores named like logits. Top-1 agreement is only asked of these."""
+    if not _is_classifier(output) or _names_a_vector(name):
+        return False
+    if any(part in name.lower() for part in CLASS_NAME_PARTS):
+        return True
+    rows = output.astype(np.float64)
+    if not np.isfinite(rows).all():
+        return False
+    if (rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE):
+        return True
+    peak = rows.max(axis=1, keepdims=True)
+    log_sum_exp = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
+    return bool((rows <= 0).all() and np.allclose(log_sum_exp, 0.0, atol=PROBABILITY_TOLERANCE))
 
 
 def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -246,7 +268,7 @@ def output_fidelity(name: str, reference: np.ndarray, candidate: np.ndarray) -> 
         total = float(np.linalg.norm(ref) * np.linalg.norm(cand))
         together = float(np.sum(ref * cand)) / total if total > 0 else float(diff.max() == 0)
     agreement = top5 = None
-    if _is_classifier(reference) and not _names_a_vector(name):
+    if reads_as_class_scores(name, reference):
         expected = np.argmax(reference, axis=1)
         agreement = 100.0 * float(np.mean(expected == np.argmax(candidate, axis=1)))
         if reference.shape[1] > 5:
