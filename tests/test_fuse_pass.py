@@ -317,8 +317,8 @@ def test_the_proof_allows_an_output_what_onnx_runtimes_own_optimizations_move_it
     original, fused = scaled(1.0), scaled(1.0 + 1e-3)  # moved 1e-3 against a tolerance of 1e-4
     real_outputs_on = proof._outputs_on
 
-    def noisy_when_unoptimized(model, label, feeds, workdir, names, optimize=True):
-        runs, names = real_outputs_on(model, label, feeds, workdir, names, optimize)
+    def noisy_when_unoptimized(model, label, feeds, workdir, names, optimize=True, **bound):
+        runs, names = real_outputs_on(model, label, feeds, workdir, names, optimize, **bound)
         shift = 0.0 if optimize else noise
         return [[value + shift for value in run] for run in runs], names
 
@@ -331,3 +331,22 @@ def test_the_proof_allows_an_output_what_onnx_runtimes_own_optimizations_move_it
     noise = 0.0
     (check,), _ = proof.compare_outputs(original, scaled(1.0 + 1e-5), dataset, tmp_path, tolerance=1e-4)
     assert not check.moved and check.noise is None  # within the tolerance: the unoptimized run is not needed
+
+
+def test_the_proof_of_a_slow_model_stops_after_its_first_batch_and_still_catches_a_moved_weight(tmp_path, monkeypatch):
+    """DNSMOS's 32 clips of 9 s took 32 s of a 48-node model's fuse: the proof compares no more batches than the
+    original gets through in PROOF_SECONDS (here none: one batch), which still shows a wrong weight."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])
+
+    def scaled(factor: float) -> onnx.ModelProto:
+        const = numpy_helper.from_array(np.full(4, factor, np.float32), "k")
+        return make_model([helper.make_node("Mul", ["x", "k"], ["y"])], [x], [y], [const])
+
+    dataset = Dataset(inputs={"x": np.ones((32, 4), np.float32)}, labels=None, source="test")
+    assert proof.compare_outputs(scaled(1.0), scaled(1.0), dataset, tmp_path, tolerance=1e-4)[1] == 32
+    monkeypatch.setattr(proof, "PROOF_SECONDS", 0.0)
+    (check,), samples = proof.compare_outputs(scaled(1.0), scaled(1.0), dataset, tmp_path, tolerance=1e-4)
+    assert samples == proof.PROOF_BATCH and not check.moved
+    (check,), _ = proof.compare_outputs(scaled(1.0), scaled(1.01), dataset, tmp_path, tolerance=1e-4)
+    assert check.moved

@@ -15,6 +15,7 @@ rounding noise, and the fused model may differ by up to ``NOISE_MULTIPLE`` times
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -29,7 +30,10 @@ from optc.measure.values import run_as_arrays
 from optc.verify import session_source
 
 PROOF_BATCH = 8
-PROOF_BATCHES = 4  # up to 32 samples: enough to catch a wrong weight, cheap enough to run on every fuse
+PROOF_BATCHES = 4  # up to 32 samples: enough to catch a wrong weight, cheap enough to run on every fuse ...
+# ... but no more batches than the original runs in this many seconds (at least one): a wrong weight shows on any
+# input, and DNSMOS's 32 clips of 9 s took 32 s of a 48-node model's fuse.
+PROOF_SECONDS = 4.0
 SCALE_FLOOR = 1e-6
 NOISE_MULTIPLE = 4.0
 
@@ -64,7 +68,8 @@ def compare_outputs(
     batch = dataset.feed_batch_size(input_specs(original), PROOF_BATCH)
     feeds = list(islice(dataset.batches(batch), PROOF_BATCHES))
     # One model's session at a time: on a multi-gigabyte model two open sessions are gigabytes more at the peak.
-    reference_runs, names = _outputs_on(original, "original", feeds, workdir, None)
+    reference_runs, names = _outputs_on(original, "original", feeds, workdir, None, seconds=PROOF_SECONDS)
+    feeds = feeds[: len(reference_runs)]
     candidate_runs, _ = _outputs_on(fused, "fused", feeds, workdir, names)
     worst, scale = _max_differences(names, reference_runs, candidate_runs)
     exact = {name for name, value in zip(names, reference_runs[0], strict=True) if value.dtype.kind not in "fc"}
@@ -110,8 +115,15 @@ def _max_differences(names: list[str], reference_runs, candidate_runs) -> tuple[
 
 
 def _outputs_on(
-    model: onnx.ModelProto, label: str, feeds: list[dict], workdir: Path, names: list[str] | None, optimize: bool = True
+    model: onnx.ModelProto,
+    label: str,
+    feeds: list[dict],
+    workdir: Path,
+    names: list[str] | None,
+    optimize: bool = True,
+    seconds: float = float("inf"),
 ):
+    """The model's outputs on ``feeds``, or on as many of them as it gets through in ``seconds`` (at least one)."""
     options = check_options()
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -119,4 +131,9 @@ def _outputs_on(
         session_source(model, workdir, f"proof_{label}"), sess_options=options, providers=["CPUExecutionProvider"]
     )
     names = names or [o.name for o in session.get_outputs()]
-    return [run_as_arrays(session, names, feed) for feed in feeds], names
+    runs, started = [], time.perf_counter()
+    for feed in feeds:
+        runs.append(run_as_arrays(session, names, feed))
+        if time.perf_counter() - started > seconds:
+            break
+    return runs, names
