@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from optc.cli.app import app
+from optc.data import Dataset
+from optc.passes.prune import search
 from optc.passes.prune.search import CurvePoint, bisect_sparsity, confirmed_on_whole
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -167,3 +170,20 @@ def test_a_sparsity_found_on_a_head_of_the_data_is_kept_only_where_the_whole_dat
         return CurvePoint(sparsity, 95.0, 5.0, 1, 1, 1.0, "top1", 40)
 
     assert confirmed_on_whole(on_head, lambda s: model, nothing_fits, budget=3.0).sparsity is None
+
+
+def test_a_sparsity_measured_again_on_the_whole_data_reuses_its_latency_probe(monkeypatch, tmp_path):
+    """The whole data's check of a sparsity found on a head is the same model: its latency was probed already (on
+    DNSMOS each probe cost 6 s, four of them in confirmed_on_whole)."""
+    model = graphs.chain()
+    data = Dataset(inputs={"x": np.ones((16, 3, 8, 8), np.float32)}, labels=None, source="test")
+    probes = []
+    real_probe = search.measure_interleaved
+    monkeypatch.setattr(search, "measure_interleaved", lambda *a, **k: probes.append(1) or real_probe(*a, **k))
+    meter = search.CandidateMeter(model, data, "auto", {"x": np.ones((1, 3, 8, 8), np.float32)}, tmp_path)
+    head = copy.copy(meter)
+    first = head(0.5, model)
+    again = meter(0.5, model)
+    assert len(probes) == 1 and again.latency_ms == first.latency_ms
+    meter(0.25, model)
+    assert len(probes) == 2
