@@ -302,17 +302,18 @@ def test_transformer_fusion_below_opset_17_leaves_layer_norm_decomposed(runner, 
     assert ops(fused)["LayerNormalization"] == 0 and ops(fused)["ReduceMean"] == 2
 
 
+def scaled(factor: float) -> onnx.ModelProto:
+    """y = x * factor, x of [batch, 4]: fused against scaled(1.0), a factor off 1 is a moved weight."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])
+    const = numpy_helper.from_array(np.full(4, factor, np.float32), "k")
+    return make_model([helper.make_node("Mul", ["x", "k"], ["y"])], [x], [y], [const])
+
+
 def test_the_proof_allows_an_output_what_onnx_runtimes_own_optimizations_move_it(tmp_path, monkeypatch):
     """PP-OCRv4's detector (paddle2onnx) was refused by fuse (exit 3): its sigmoid output, near 0 on synthetic input,
     moved 1.2e-7 at a scale of 1.8e-4 — and the unfused model moved 1.5e-7 between ONNX Runtime's optimization
     levels. A difference within a few times the model's own rounding noise passes; one beyond it still fails."""
-    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])
-
-    def scaled(factor: float) -> onnx.ModelProto:
-        const = numpy_helper.from_array(np.full(4, factor, np.float32), "k")
-        return make_model([helper.make_node("Mul", ["x", "k"], ["y"])], [x], [y], [const])
-
     dataset = Dataset(inputs={"x": np.ones((8, 4), np.float32)}, labels=None, source="test")
     original, fused = scaled(1.0), scaled(1.0 + 1e-3)  # moved 1e-3 against a tolerance of 1e-4
     real_outputs_on = proof._outputs_on
@@ -336,13 +337,6 @@ def test_the_proof_allows_an_output_what_onnx_runtimes_own_optimizations_move_it
 def test_the_proof_of_a_slow_model_stops_after_its_first_batch_and_still_catches_a_moved_weight(tmp_path, monkeypatch):
     """DNSMOS's 32 clips of 9 s took 32 s of a 48-node model's fuse: the proof compares no more batches than the
     original gets through in PROOF_SECONDS (here none: one batch), which still shows a wrong weight."""
-    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])
-
-    def scaled(factor: float) -> onnx.ModelProto:
-        const = numpy_helper.from_array(np.full(4, factor, np.float32), "k")
-        return make_model([helper.make_node("Mul", ["x", "k"], ["y"])], [x], [y], [const])
-
     dataset = Dataset(inputs={"x": np.ones((32, 4), np.float32)}, labels=None, source="test")
     assert proof.compare_outputs(scaled(1.0), scaled(1.0), dataset, tmp_path, tolerance=1e-4)[1] == 32
     monkeypatch.setattr(proof, "PROOF_SECONDS", 0.0)
