@@ -203,7 +203,7 @@ def _refuse_new_non_finite(names: list[str], reference: list[np.ndarray], candid
 VECTOR_NAME_PARTS = ("embed", "fingerprint", "feature", "hidden", "pooler", "vector", "encoding", "latent")
 # Raw scores named like these are class scores; unnamed raw scores may be anything: DNSMOS's [batch, 3] output is
 # three MOS regression scores, and the "top class" among them flips with any noise (int8-accurate searched 3.4x as
-# long as int8 for a model that moved no score by more than int8 did).
+# long as int8; by cosine, int8's own model is within its 1-point budget).
 CLASS_NAME_PARTS = ("logit", "prob", "class")
 PROBABILITY_TOLERANCE = 1e-3  # how far a row's sum (or log-sum-exp) may stray from 1 (0) for a Softmax output
 
