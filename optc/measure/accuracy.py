@@ -226,11 +226,13 @@ def reads_as_class_scores(name: str, output: np.ndarray) -> bool:
     rows = output.astype(np.float64)
     if not np.isfinite(rows).all():
         return False
-    if (rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE):
-        return True
+    if (rows >= 0).all():
+        return bool(np.allclose(rows.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE))
+    if not (rows <= 0).all():
+        return False
     peak = rows.max(axis=1, keepdims=True)
     log_sum_exp = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
-    return bool((rows <= 0).all() and np.allclose(log_sum_exp, 0.0, atol=PROBABILITY_TOLERANCE))
+    return bool(np.allclose(log_sum_exp, 0.0, atol=PROBABILITY_TOLERANCE))
 
 
 def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
