@@ -127,6 +127,22 @@ def test_top1_agreement_is_for_class_scores_only(name, form, agreement):
     assert (fidelity.top1_agreement is not None) == agreement and fidelity.cosine > 0.99
 
 
+@pytest.mark.parametrize("form", ["probabilities", "log-probabilities", "logits"])
+def test_a_flip_between_classes_the_original_ties_is_no_disagreement(form):
+    """Magika decides one of 32 files by 0.9 points of probability: any compression may flip it, and counted as a
+    disagreement it costs 3.1 points of agreement, so int8-accurate kept every node in float and refused. A flip
+    between two classes the original scores within TIE_MARGIN counts as a tie; a confident one still counts."""
+    probabilities = np.full((32, 4), 0.02)
+    probabilities[:, 0] = 0.94
+    probabilities[0, :2] = [0.485, 0.475]  # a tie: 1 point apart
+    probabilities[1, :2] = [0.56, 0.40]  # decided: 16 points apart
+    candidate = probabilities.copy()
+    candidate[:2, :2] = candidate[:2, ::-1][:, 2:]  # both samples flip to class 1
+    as_form = {"probabilities": lambda p: p, "log-probabilities": np.log, "logits": lambda p: np.log(p) + 3.0}[form]
+    fidelity = output_fidelity("probs", as_form(probabilities), as_form(candidate))
+    assert fidelity.top1_agreement == pytest.approx(100 * 31 / 32) and fidelity.top1_ties == 1
+
+
 def test_regression_scores_are_judged_by_cosine_not_by_their_argmax():
     """DNSMOS's [clips, 3] MOS scores (Identity:0) were scored by top-1 agreement: which of three close scores is
     largest flips with noise far below what moves a score, so a 1-point budget on 32 clips allowed no flip and
