@@ -52,7 +52,7 @@ class GraphIndex:
                 self.consumers.setdefault(name, []).append(node)
         self.graph_inputs = {i.name for i in self.graph.input}
         self.graph_outputs = {o.name for o in self.graph.output}
-        self._types: dict[str, onnx.TypeProto] | None = None
+        self._types: dict[bool, dict[str, onnx.TypeProto]] = {}  # by whether ONNX Runtime's symbolic inference ran
         self._names = set(self.producers) | set(self.initializers) | self.graph_inputs
         self._counter = itertools.count()
 
@@ -75,9 +75,12 @@ class GraphIndex:
             return None
         return users[0]
 
-    def shape(self, name: str) -> list[int | str | None] | None:
-        """Inferred shape: ints for fixed dims, str for symbolic ones, None for unknown; None if rank is unknown."""
-        type_proto = self._inferred_types().get(name)
+    def shape(self, name: str, symbolic: bool = True) -> list[int | str | None] | None:
+        """Inferred shape: ints for fixed dims, str for symbolic ones, None for unknown; None if rank is unknown.
+        ``symbolic=False`` where only fixed dims matter: onnx's own inference alone, whose symbolic dim names are not
+        consistent through the graph, but which is cheap (ONNX Runtime's symbolic inference took 40 s a call on
+        PP-OCRv4's text detector, most of it sympy expressions of its Resizes' output sizes)."""
+        type_proto = self._inferred_types(symbolic).get(name)
         if type_proto is None or not type_proto.HasField("tensor_type"):
             return None
         tensor_type = type_proto.tensor_type
@@ -85,26 +88,27 @@ class GraphIndex:
             return None
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
 
-    def elem_type(self, name: str) -> int | None:
+    def elem_type(self, name: str, symbolic: bool = True) -> int | None:
+        """The element type; ``symbolic`` as for ``shape``."""
         if name in self.initializers:
             return self.initializers[name].data_type
-        type_proto = self._inferred_types().get(name)
+        type_proto = self._inferred_types(symbolic).get(name)
         if type_proto is None or not type_proto.HasField("tensor_type"):
             return None
         return type_proto.tensor_type.elem_type or None
 
-    def _inferred_types(self) -> dict[str, onnx.TypeProto]:
-        if self._types is None:
-            self._types = {}
+    def _inferred_types(self, symbolic: bool) -> dict[str, onnx.TypeProto]:
+        if symbolic not in self._types:
+            types = self._types[symbolic] = {}
             known = list(self.graph.input) + list(self.graph.output) + list(self.graph.value_info)
             if not too_large_to_serialize(self.model):  # shape inference serializes the model in one piece
-                inferred = _infer_shapes(self.model)
+                inferred = _infer_shapes(self.model, symbolic)
                 if inferred is not None:
                     known = list(inferred.graph.value_info) + list(inferred.graph.output) + known
             for value in known:
-                if value.type.HasField("tensor_type") and value.name not in self._types:
-                    self._types[value.name] = value.type
-        return self._types
+                if value.type.HasField("tensor_type") and value.name not in types:
+                    types[value.name] = value.type
+        return self._types[symbolic]
 
     # ------------------------------------------------------------------ edits
 
@@ -161,15 +165,17 @@ class GraphIndex:
         return True
 
 
-def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """The model with shapes inferred: ONNX Runtime's symbolic inference first, whose dim names stay consistent
-    through the graph (every tensor's batch dim is ``batch_size``, not a fresh ``unk__7`` per op), so dims can be
-    matched by name; else onnx's own. None when neither works: shapes are an aid, and rewrites that need them skip."""
-    try:
-        with quiet_root_logger(), in_scratch_folder():  # where its scratch files land when shapes stay unknown
-            return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # noqa: BLE001 - it fails on ops it does not know; onnx's inference may still manage
-        pass
+def _infer_shapes(model: onnx.ModelProto, symbolic: bool) -> onnx.ModelProto | None:
+    """The model with shapes inferred: with ``symbolic``, ONNX Runtime's symbolic inference first, whose dim names
+    stay consistent through the graph (every tensor's batch dim is ``batch_size``, not a fresh ``unk__7`` per op), so
+    dims can be matched by name; else onnx's own. None when neither works: shapes are an aid, and rewrites that need
+    them skip."""
+    if symbolic:
+        try:
+            with quiet_root_logger(), in_scratch_folder():  # where its scratch files land when shapes stay unknown
+                return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        except Exception:  # noqa: BLE001 - it fails on ops it does not know; onnx's inference may still manage
+            pass
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001

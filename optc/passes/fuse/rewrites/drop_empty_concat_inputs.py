@@ -23,7 +23,7 @@ def drop_empty_concat_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
     for node in list(model.graph.node):
         if node.op_type != "Concat" or not is_standard(node):
             continue
-        kept = [name for name in node.input if not _is_empty(index.shape(name))]
+        kept = [name for name in node.input if not _is_empty(index.shape(name, symbolic=False))]
         if not kept or len(kept) == len(node.input):
             continue
         if len(kept) == 1 and index.bypass(node, kept[0]):

@@ -34,8 +34,10 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     index = GraphIndex(model)
     opsets = {o.domain: o.version for o in model.opset_import}
     folded_values: dict[str, np.ndarray] = {}
-    applied = 0
-    for node in list(model.graph.node):
+    folded_nodes: list[onnx.NodeProto] = []
+    # The graph is edited after the sweep: shapes are inferred on first use, and inferred on a graph half folded they
+    # came out poorer (Silero VAD left with 61 nodes, not 52).
+    for node in model.graph.node:
         if not is_standard(node) or has_subgraph(node) or node.op_type in NOT_FOLDED:
             continue
         if any(name in index.graph_outputs for name in node.output) or _widens_int8_constant(node, index):
@@ -45,13 +47,12 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         )
         if outputs is None:
             continue
+        folded_nodes.append(node)
+        folded_values.update((name, value) for name, value in zip(node.output, outputs, strict=True) if name)
+    for node in folded_nodes:
         model.graph.node.remove(node)
-        for name, value in zip(node.output, outputs, strict=True):
-            if name:
-                folded_values[name] = value
-                model.graph.initializer.append(numpy_helper.from_array(value, name))
-        applied += 1
-    return model, applied
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in folded_values.items())
+    return model, len(folded_nodes)
 
 
 def _widens_int8_constant(node: onnx.NodeProto, index: GraphIndex) -> bool:
@@ -82,7 +83,7 @@ def _evaluate(node, index: GraphIndex, folded: dict[str, np.ndarray], opsets) ->
     if sum(v.nbytes for v in outputs) > inputs_bytes + GROWTH_FREE_BYTES:
         return None
     for name, value in zip((o for o in node.output if o), outputs, strict=True):
-        expected = index.elem_type(name)
+        expected = index.elem_type(name, symbolic=False)
         if expected is not None and helper.tensor_dtype_to_np_dtype(expected) != value.dtype:
             return None  # the evaluator and the graph disagree on the type: leave it to ONNX Runtime
     return outputs
