@@ -365,6 +365,32 @@ def symbolic_sizes(
     return sizes, assumed
 
 
+IMAGE_CHANNELS = (1, 3)  # gray or colour, first (NCHW) or last (NHWC)
+
+
+def open_image_sizes(specs: list[InputSpec], input_shapes: dict[str, tuple[int, ...]]) -> dict[str, list]:
+    """The image batches (4-D float inputs with 1 or 3 channels first or last) whose height or width is open and not
+    set by ``input_shapes`` (directly, or through a dim name another input's given shape binds), with those dims. A
+    decoder's key/value cache is 4-D too, its length named like a past or a sequence: not an image."""
+    bound, _ = symbolic_sizes([s for s in specs if s.name in input_shapes], input_shapes)
+    found = {}
+    for spec in specs:
+        if len(spec.shape) != 4 or spec.dtype.kind != "f" or spec.name in input_shapes:
+            continue
+        for channels, spatial in ((1, (2, 3)), (3, (1, 2))):
+            if spec.shape[channels] not in IMAGE_CHANNELS:
+                continue
+            dims = [spec.shape[a] for a in spatial if _guessed(spec.shape[a], bound)]
+            if dims and not any(isinstance(d, str) and ("past" in d.lower() or _is_sequence(d)) for d in dims):
+                found[spec.name] = dims
+                break
+    return found
+
+
+def _guessed(dim, bound: dict[str, int]) -> bool:
+    return not (isinstance(dim, int) and dim > 0) and dim not in bound
+
+
 def _is_sequence(name: str) -> bool:
     lowered = name.lower()
     return "total" not in lowered and "past" not in lowered and ("seq" in lowered or "len" in lowered)

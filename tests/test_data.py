@@ -9,6 +9,7 @@ from optc.data import (
     InputSpec,
     input_specs,
     load_dataset,
+    open_image_sizes,
     parse_input_shapes,
     symbolic_sizes,
     synthetic_dataset,
@@ -147,3 +148,16 @@ def test_scalar_inputs_get_one_value_per_sample():
     data = synthetic_dataset(model, input_specs(model), seed=0)
     feed = next(data.batches(1))
     assert feed["rate"].shape == () and feed["x"].shape == (1, 4)
+
+
+def spec(name: str, *shape) -> InputSpec:
+    return InputSpec(name=name, dtype=np.dtype(np.float32), shape=shape)
+
+
+def test_open_image_sizes_are_those_of_image_batches_alone():
+    nchw, nhwc = spec("x", "n", 3, "?", "w"), spec("photo", "n", "h", "w", 3)
+    cache = spec("past_key", "batch", 1, "past_sequence_length", 64)  # a decoder's cache: not an image
+    features = spec("feats", "n", 8, "t", 16)  # 8 channels: not an image either
+    assert open_image_sizes([nchw, nhwc, cache, features], {}) == {"x": ["?", "w"], "photo": ["h", "w"]}
+    # a size given for one input binds the dim names it shares with others
+    assert open_image_sizes([nchw, nhwc], {"x": (1, 3, 48, 320)}) == {"photo": ["h"]}

@@ -135,6 +135,27 @@ def test_a_model_that_fails_on_synthetic_inputs_is_told_what_they_were_and_how_t
     assert "cannot run this model" not in sized.stderr  # it runs; the pass then finds nothing to quantize
 
 
+def test_an_image_model_of_open_size_needs_data_or_its_size(runner, tmp_path: Path, fast_recipe):
+    """PP-OCRv4's text recognizer ([N, 3, ?, W]) passed dynamic int8's search on 32x32 noise at cosine 0.998, every
+    line read as blank, and came out at 0.978 on real 48x320 lines with exit 0: optc no longer guesses image sizes."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, None, None])],
+        [weight],
+    )
+    path = tmp_path / "detector.onnx"
+    onnx.save_model(model, str(path))
+    args = ["compress", str(path), "-r", str(fast_recipe(DYNAMIC_PASS)), "-o", str(tmp_path / "out" / "m.onnx")]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2, refused.output
+    assert "'x'" in refused.stderr and "size is open (h, w)" in refused.stderr
+    assert "--input-shape x=1x3xNxN" in refused.stderr and not (tmp_path / "out").exists()
+    sized = runner.invoke(app, [*args, "--input-shape", "x=1x3x16x16"])
+    assert sized.exit_code == 0, sized.output
+
+
 @pytest.mark.parametrize(
     ("passes_yaml", "expected"),
     [
