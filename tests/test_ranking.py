@@ -206,6 +206,21 @@ def test_the_search_finds_a_misranked_node_in_a_few_conversions_per_round():
     assert len(fallback.tried) <= 1 + rounds * 2 * 10  # doubling then bisecting: twice log2(1000) per round
 
 
+def test_a_promotion_round_that_saves_little_is_the_last():
+    """100 candidates, of which the target needs the 60th and the last by the ranking. Round one puts the last first
+    and keeps 61; a second round (the 60th first) would keep 2, but round one saved under half, and another round
+    costs about as many conversions as the first search."""
+    names = [f"n{i}" for i in range(100)]
+    ranking = [NodeDamage(name, "MatMul", 100.0 - i, 0.0) for i, name in enumerate(names)]
+
+    def acceptable(kept):
+        return {"n59", "n99"} <= kept, {}
+
+    fallback = keep_in_float_until(set, set(), lambda: ranking, acceptable, set(), "test")
+    assert len(fallback.kept) == 61 and fallback.kept[0] == "n99"
+    assert max(row.get("promoted", 0) for row in fallback.tried) == 1
+
+
 def test_a_probe_that_takes_long_to_run_is_cut_to_the_fewest_feeds_a_search_may_use(tmp_path: Path):
     model = make_model(
         [helper.make_node("Relu", ["x"], ["y"], name="relu")],

@@ -55,6 +55,10 @@ OUTPUT_RANKING_SAMPLES = 8  # per converted model: the order settles on a few sa
 OUTPUT_RANKING_S = 120.0  # ... and one, or none (one-pass ranking), where that would take longer
 RANKING_SELECTOR = "optc_ranking_selector"  # input of the switchable model: the candidate converted alone
 PROMOTION_ROUNDS = 2  # searches again with the node that made the last difference first (keep_in_float_until)
+# ... while a round leaves at most this share of the nodes it started from: each costs about as many conversions as
+# the first search, and after a round that saved little the next rarely saves much (PP-OCRv4's detector, static int8
+# in prune-auto: 167 -> 134 nodes in float, then 124 for 14 more conversions, 75 of the run's 400 s).
+PROMOTION_WORTH = 0.5
 
 
 @dataclass(frozen=True)
@@ -273,8 +277,9 @@ def keep_in_float_until(
 
     The ranking is a guess, and the shortest prefix it allows can end in the one node that mattered: the prefix
     without it failed. That node then goes first and the shortest prefix is searched again, within the nodes kept so
-    far, for as long as it gets shorter (``PROMOTION_ROUNDS`` at most). A Thai segmenter's static int8 needed all
-    243 candidates in float by the ranking's order; with the 243rd first, 20 were enough, and after a second round 3.
+    far, for as long as it gets shorter by half (``PROMOTION_ROUNDS`` at most). A Thai segmenter's static int8 needed
+    all 243 candidates in float by the ranking's order; with the 243rd first, 20 were enough, and after a second round
+    3.
     """
     ok, facts = first_verdict or acceptable(first)
     tried = [{"kept_in_float": 0, "ok": ok, **facts}]
@@ -306,7 +311,10 @@ def keep_in_float_until(
         shorter, model = _shortest_prefix(reordered, good, lambda count, r=reordered, p=promoted: attempt(r[:count], p))
         if shorter >= good:
             break
+        worth_another = shorter <= PROMOTION_WORTH * good
         order, good, best = reordered, shorter, model
+        if not worth_another:
+            break
     model, facts = best
     return Fallback(model, order[:good], tried, ranking, facts)
 
