@@ -544,12 +544,10 @@ def run_optc(data: ModelData, recipe: str, recipe_file: Path, mode: str) -> dict
     output = folder / "model.onnx"
     extra = ["--data", str(data.evaluation), "--calibration-data", str(data.calibration)] if mode == "realistic" else []
     args = ["compress", str(data.path), "--recipe", str(recipe_file), "-o", str(output), "--json", "--quiet", *extra]
-    outcome, litter = _optc_in_empty_folder(args)
-    sized = []
-    if mode == "none" and outcome.returncode == 2 and IMAGE_SIZE_ASKED in outcome.stderr:
-        # what a user does next: give the size of the images the model serves, still without data
-        sized = input_shapes_of(data.evaluation)
-        outcome, litter = _optc_in_empty_folder([*args, *(a for shape in sized for a in ("--input-shape", shape))])
+    # An empty working directory of its own: anything optc leaves in it is litter (issue class 8).
+    with tempfile.TemporaryDirectory(prefix="corpus-cwd-") as cwd:
+        outcome = run_limited(optc_command(*args, from_elsewhere=True), cwd=Path(cwd))
+        litter = sorted(os.listdir(cwd))
     try:
         payload = json.loads(outcome.stdout) if outcome.stdout.strip() else {}
     except json.JSONDecodeError:
@@ -578,35 +576,10 @@ def run_optc(data: ModelData, recipe: str, recipe_file: Path, mode: str) -> dict
         "nodes_after": report.get("optimized", {}).get("nodes") if written else None,
         "optc_stderr_first_line": first_line(outcome.stderr),
     }
-    if sized:
-        result["input_shapes"] = sized
     if recipe == "fuse" and written:
         result["nodes_after"] = count_nodes(onnx.load(str(output), load_external_data=False))
     discard(folder)
     return result
-
-
-IMAGE_SIZE_ASKED = "is an image batch whose size is open"  # optc's refusal to guess an image size without data
-
-
-def _optc_in_empty_folder(args: list[str]) -> tuple[Outcome, list[str]]:
-    """optc's outcome, run in an empty working directory of its own, and anything it left there: litter (issue class
-    8)."""
-    with tempfile.TemporaryDirectory(prefix="corpus-cwd-") as cwd:
-        outcome = run_limited(optc_command(*args, from_elsewhere=True), cwd=Path(cwd))
-        return outcome, sorted(os.listdir(cwd))
-
-
-def input_shapes_of(evaluation: Path) -> list[str]:
-    """``--input-shape`` values for the 4-D inputs of an evaluation set: one sample's shape, batch 1."""
-    with np.load(evaluation) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    per_sample = any(a.ndim == 5 for a in arrays.values())
-    return [
-        f"{name}={'x'.join(map(str, a.shape[1:] if per_sample else (1, *a.shape[1:])))}"
-        for name, a in arrays.items()
-        if a.ndim == (5 if per_sample else 4)
-    ]
 
 
 def discard(folder: Path) -> None:
@@ -912,9 +885,7 @@ def render(results: dict) -> str:
     lines = [
         f"{_recipes_phrase(results)} over {len(results['models'])} third-party models "
         "(bench/.cache/corpus, inputs from `bench/corpus_inputs.py`), with realistic data (`--data` held-out set, seed "
-        "2; `--calibration-data`, seed 1) and without any (where optc then refuses to guess the size of an image "
-        "input, exit 2, the runner gives it the evaluation set's with `--input-shape`, still without data, as the "
-        "message asks). Latency settings cut to 1 warm-up and 3 runs, so speed-ups "
+        "2; `--calibration-data`, seed 1) and without any. Latency settings cut to 1 warm-up and 3 runs, so speed-ups "
         "are rough. Classified by the runner, not by optc's report: **usable** = exit 0, loads in ONNX Runtime, "
         "finite, every float output's "
         f"cosine to fp32 on the held-out set ≥ {USABLE_COSINE} (outputs under {SMALL_OUTPUT} values per sample "
