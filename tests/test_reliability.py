@@ -111,6 +111,19 @@ def test_model_onnxruntime_refuses_is_bad_input_not_a_crash(runner, tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def one_node_compress_args(tmp_path: Path, fast_recipe, node, x_shape, y_shape, weight) -> list[str]:
+    """``optc compress`` arguments for a saved model of ``node`` (x -> y, one constant) without data."""
+    model = make_model(
+        [node],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [weight],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save_model(model, str(path))
+    return ["compress", str(path), "-r", str(fast_recipe(DYNAMIC_PASS)), "-o", str(tmp_path / "out" / "m.onnx")]
+
+
 def test_a_model_that_fails_on_synthetic_inputs_is_told_what_they_were_and_how_to_give_its_own(
     runner, tmp_path: Path, fast_recipe
 ):
@@ -118,15 +131,8 @@ def test_a_model_that_fails_on_synthetic_inputs_is_told_what_they_were_and_how_t
     short for its padding and "ONNX Runtime cannot run this model" blamed the model; the hint now names the inputs
     optc made and the options that give the model its own."""
     pads = numpy_helper.from_array(np.array([0, 40, 0, 40], np.int64), "pads")
-    model = make_model(
-        [helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect", name="pad")],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ""])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, ""])],
-        [pads],
-    )
-    path = tmp_path / "stft_like.onnx"
-    onnx.save_model(model, str(path))
-    args = ["compress", str(path), "-r", str(fast_recipe(DYNAMIC_PASS)), "-o", str(tmp_path / "out" / "m.onnx")]
+    pad = helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect", name="pad")
+    args = one_node_compress_args(tmp_path, fast_recipe, pad, [1, ""], [1, ""], pads)
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "cannot run this model on optc's synthetic inputs" in result.stderr
@@ -139,15 +145,8 @@ def test_an_image_model_of_open_size_needs_data_or_its_size(runner, tmp_path: Pa
     """PP-OCRv4's text recognizer ([N, 3, ?, W]) passed dynamic int8's search on 32x32 noise at cosine 0.998, every
     line read as blank, and came out at 0.978 on real 48x320 lines with exit 0: optc no longer guesses image sizes."""
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
-    model = make_model(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, None, None])],
-        [weight],
-    )
-    path = tmp_path / "detector.onnx"
-    onnx.save_model(model, str(path))
-    args = ["compress", str(path), "-r", str(fast_recipe(DYNAMIC_PASS)), "-o", str(tmp_path / "out" / "m.onnx")]
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    args = one_node_compress_args(tmp_path, fast_recipe, conv, ["n", 3, "h", "w"], ["n", 4, None, None], weight)
     refused = runner.invoke(app, args)
     assert refused.exit_code == 2, refused.output
     assert "'x'" in refused.stderr and "size is open (h, w)" in refused.stderr
