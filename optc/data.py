@@ -106,6 +106,13 @@ class Dataset:
             labels=None if self.labels is None else self.labels[:samples],
         )
 
+    def sample_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of one feed of a single sample per input, as ``--input-shape`` gives it."""
+        return {
+            name: tuple(array.shape[1:]) if self.per_sample else (1, *array.shape[1:])
+            for name, array in self.inputs.items()
+        }
+
     def first_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of exactly ``batch_size`` samples (repeating samples if there are fewer), for timing."""
         if self.per_sample:

@@ -16,6 +16,7 @@ from optc.passes.calibration import CalibrationConfig
 from optc.passes.exclude import ExcludeSpec
 from optc.passes.quantize import QuantizeConfig, run_quantize
 from optc.passes.quantize_prepare import gemm_bias_columns
+from optc.passes.quantize_static import calibration_batches
 from optc.passes.registry import PassContext
 from optc.target import detect_cpu
 from tests.conftest import make_model, mlp_model
@@ -105,6 +106,20 @@ def test_synthetic_calibration_warns(tmp_path: Path):
     outcome = run_quantize(mlp_model(), static(), ctx)
     assert outcome.details["calibration"]["data"] == "synthetic"
     assert any("synthetic" in w and "passes[0] quantize (static)" in w for w in outcome.warnings)
+
+
+def test_synthetic_calibration_takes_its_sizes_from_the_evaluation_data(tmp_path: Path):
+    """An image model of open size with --data but no calibration data: ranges fitted to 32x32 noise stand in for no
+    image it serves; the noise now has the evaluation images' size."""
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, None, None])],
+        [numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")],
+    )
+    images = RNG.standard_normal((4, 3, 24, 40)).astype(np.float32)
+    batches = calibration_batches(model, static(), context(tmp_path, inputs={"x": images}))
+    assert batches.source == "synthetic" and next(batches.open())["x"].shape[1:] == (3, 24, 40)
 
 
 def test_recipe_calibration_path_is_resolved_and_samples_capped(tmp_path: Path):

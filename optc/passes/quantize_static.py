@@ -339,11 +339,15 @@ def calibration_batches(model: onnx.ModelProto, config: QuantizeConfig, context:
     path = context.calibration_data or (context.resolve(settings.data) if settings.data else None)
     if path is not None:
         return CalibrationBatches(lambda: stream_batches(path, specs, batch, settings.samples), str(path), [])
-    # The evaluation set is synthetic too when no data was given; it honours --input-shape, so it is reused.
+    # The evaluation set is synthetic too when no data was given; it honours --input-shape, so it is reused. Real
+    # evaluation data is not calibrated on (it measures the result), but its sizes are the model's: a guessed 32x32
+    # stands in for no image a detector serves.
     dataset = (
         context.dataset
         if context.dataset.synthetic
-        else synthetic_dataset(model, specs, context.seed, samples=settings.samples or SYNTHETIC_SAMPLES)
+        else synthetic_dataset(
+            model, specs, context.seed, context.dataset.sample_shapes(), samples=settings.samples or SYNTHETIC_SAMPLES
+        )
     )
     warning = (
         f"{context.label}: no calibration data (calibration.data or --calibration-data): activation ranges come "
