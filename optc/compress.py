@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 import optc
-from optc.data import Dataset, input_specs, load_dataset, open_image_sizes, synthetic_dataset
+from optc.data import Dataset, input_specs, load_dataset, refuse_guessed_image_sizes, synthetic_dataset
 from optc.data_files import check_data_path
 from optc.errors import OptcError
 from optc.gates import effective_gates, evaluate_gates
@@ -253,7 +253,7 @@ def _evaluation_data(request, specs, model, warnings: list[str], progress: Progr
         path, role = request.recipe.resolve(evaluate_settings.data), "evaluate.data"
     if path is not None:
         return load_dataset(path, specs, evaluate_settings.samples, role=role)
-    _refuse_guessed_image_sizes(specs, request.input_shapes)
+    refuse_guessed_image_sizes(specs, request.input_shapes)
     dataset = synthetic_dataset(model, specs, request.seed, request.input_shapes)
     messages = ["no evaluation data given: accuracy is fidelity to the original on seeded synthetic inputs"]
     if dataset.assumed:
@@ -263,25 +263,6 @@ def _evaluation_data(request, specs, model, warnings: list[str], progress: Progr
         progress.warn(message)
         warnings.append(message)
     return dataset
-
-
-def _refuse_guessed_image_sizes(specs, input_shapes) -> None:
-    """Synthetic inputs of a size optc guessed stand in for no image this model serves: PP-OCRv4's text recognizer
-    passed dynamic int8's fidelity search on 32x32 noise (cosine 0.998, every line read as blank) and came out at
-    0.978 on real 48x320 text lines, with exit 0; its detector's maps of such noise were all near zero."""
-    open_sizes = open_image_sizes(specs, input_shapes)
-    if not open_sizes:
-        return
-    name, dims = next(iter(open_sizes.items()))
-    shape = next(s.shape for s in specs if s.name == name)
-    example = "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in (1, *shape[1:]))
-    raise OptcError(
-        f"no evaluation data, and input {name!r} {list(shape)} is an image batch whose size is open "
-        f"({', '.join(map(str, dims))}): optc would measure the optimized model on noise images of a size it guessed, "
-        "which says nothing about the images the model serves",
-        hint=f"give real inputs with --data, or their size with --input-shape {name}={example} (each N a size your "
-        "application feeds)",
-    )
 
 
 def _synthetic_feed_hint(feed: dict[str, np.ndarray]) -> str:

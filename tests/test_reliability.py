@@ -143,7 +143,8 @@ def test_a_model_that_fails_on_synthetic_inputs_is_told_what_they_were_and_how_t
 
 def test_an_image_model_of_open_size_needs_data_or_its_size(runner, tmp_path: Path, fast_recipe):
     """PP-OCRv4's text recognizer ([N, 3, ?, W]) passed dynamic int8's search on 32x32 noise at cosine 0.998, every
-    line read as blank, and came out at 0.978 on real 48x320 lines with exit 0: optc no longer guesses image sizes."""
+    line read as blank, and came out at 0.978 on real 48x320 lines with exit 0: optc no longer guesses image sizes,
+    in compress, compare or bench."""
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
     conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
     args = one_node_compress_args(tmp_path, fast_recipe, conv, ["n", 3, "h", "w"], ["n", 4, None, None], weight)
@@ -153,6 +154,9 @@ def test_an_image_model_of_open_size_needs_data_or_its_size(runner, tmp_path: Pa
     assert "--input-shape x=1x3xNxN" in refused.stderr and not (tmp_path / "out").exists()
     sized = runner.invoke(app, [*args, "--input-shape", "x=1x3x16x16"])
     assert sized.exit_code == 0, sized.output
+    for measured in (["compare", args[1], args[1]], ["bench", args[1]]):  # what they would time or compare too
+        result = runner.invoke(app, measured)
+        assert result.exit_code == 2 and "size is open (h, w)" in result.stderr, result.output
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from optc.data import Dataset, InputSpec, input_specs, load_dataset, synthetic_dataset
+from optc.data import Dataset, InputSpec, input_specs, load_dataset, refuse_guessed_image_sizes, synthetic_dataset
 from optc.measure.environment import Environment, current_environment
 from optc.measure.inference_call import inference_call
 from optc.measure.interface import check_same_inputs
@@ -98,6 +98,7 @@ def bench(request: BenchRequest, progress: Progress) -> BenchReport:
     if request.data is not None:
         dataset = load_dataset(request.data, specs, None)
     else:
+        refuse_guessed_image_sizes(specs, request.input_shapes)
         dataset = synthetic_dataset(loaded[0].model, specs, request.seed, request.input_shapes)
     cases = []
     with tempfile.TemporaryDirectory(prefix="optc-bench-") as tmp:

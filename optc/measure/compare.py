@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from optc.data import input_specs, load_dataset, synthetic_dataset
+from optc.data import input_specs, load_dataset, refuse_guessed_image_sizes, synthetic_dataset
 from optc.errors import OptcError
 from optc.measure.accuracy import AccuracyResult, evaluate
 from optc.measure.environment import Environment, current_environment
@@ -59,6 +59,7 @@ def compare(request: CompareRequest, progress: Progress) -> CompareReport:
     if request.data is not None:
         dataset = load_dataset(request.data, specs, request.samples)
     else:
+        refuse_guessed_image_sizes(specs, request.input_shapes)
         dataset = synthetic_dataset(original.model, specs, request.seed, request.input_shapes)
         warnings.append("no data given: fidelity is measured on seeded synthetic inputs")
         progress.warn(warnings[-1])
