@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from optc.measure.accuracy import OutputFidelity
     from optc.measure.latency import LatencyStats
     from optc.pipeline import PassRecord
     from optc.report.schema import ProviderMeasurement, Report
@@ -15,6 +16,15 @@ def human_bytes(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.2f} {unit}"
     return f"{size} B"
+
+
+def top1_agreement(output: OutputFidelity) -> str:
+    """``99.00 %``, with the samples the original all but tied that count as agreeing (``1 tie``); ``—`` for outputs
+    that are no class scores."""
+    if output.top1_agreement is None:
+        return "—"
+    ties = f" ({output.top1_ties} tie{'s' if output.top1_ties > 1 else ''})" if output.top1_ties else ""
+    return f"{output.top1_agreement:.2f} %{ties}"
 
 
 def pass_title(record: PassRecord) -> str:

@@ -14,6 +14,7 @@ from optc.report.format import (
     speed_change,
     table_columns,
     timing_order,
+    top1_agreement,
     where_measured,
 )
 from optc.report.schema import Report
@@ -115,9 +116,8 @@ def render_markdown(report: Report) -> str:
             "|---|---:|---:|---:|---:|",
         ]
         for o in a.outputs:
-            agreement = f"{o.top1_agreement:.2f} %" if o.top1_agreement is not None else "—"
             lines.append(
-                f"| {o.name} | {o.cosine:.6f} | {o.max_abs_error:.4g} | {o.mean_abs_error:.4g} | {agreement} |"
+                f"| {o.name} | {o.cosine:.6f} | {o.max_abs_error:.4g} | {o.mean_abs_error:.4g} | {top1_agreement(o)} |"
             )
         lines.append("")
     if report.warnings:
