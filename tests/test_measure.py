@@ -17,7 +17,7 @@ from optc.measure.accuracy import (
 )
 from optc.measure.latency import LatencyStats, measure_interleaved
 from optc.recipe import Gates
-from optc.report.format import top1_agreement as format_top1_agreement
+from optc.report.format import top1_agreement_text
 from optc.report.schema import ProviderMeasurement
 from tests.conftest import mlp_model
 
@@ -142,7 +142,7 @@ def test_a_flip_between_classes_the_original_ties_is_no_disagreement(form):
     as_form = {"probabilities": lambda p: p, "log-probabilities": np.log, "logits": lambda p: np.log(p) + 3.0}[form]
     fidelity = output_fidelity("probs", as_form(probabilities), as_form(candidate))
     assert fidelity.top1_agreement == pytest.approx(100 * 31 / 32) and fidelity.top1_ties == 1
-    assert format_top1_agreement(fidelity) == "96.88 % (1 tie)"  # as the report shows it
+    assert top1_agreement_text(fidelity) == "96.88 % (1 tie)"  # as the report shows it
 
 
 def test_regression_scores_are_judged_by_cosine_not_by_their_argmax():

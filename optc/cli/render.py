@@ -21,7 +21,7 @@ from optc.report.format import (
     pass_title,
     speed_change,
     table_columns,
-    top1_agreement,
+    top1_agreement_text,
     where_measured,
 )
 from optc.report.schema import Report
@@ -256,7 +256,7 @@ def compare_view(report: CompareReport, top: int) -> Group:
             _db(o.sqnr_db),
             f"{o.max_abs_error:.4g}",
             f"{o.mean_abs_error:.4g}",
-            top1_agreement(o),
+            top1_agreement_text(o),
             f"{o.top5_agreement:.2f} %" if o.top5_agreement is not None else "—",
         )
     parts: list = [outputs]

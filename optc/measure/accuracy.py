@@ -235,7 +235,7 @@ def reads_as_class_scores(name: str, output: np.ndarray) -> bool:
     if not np.isfinite(rows).all():
         return False
     if (rows >= 0).all():
-        return bool(np.allclose(rows.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE))
+        return _are_probabilities(rows)
     if not (rows <= 0).all():
         return False
     peak = rows.max(axis=1, keepdims=True)
@@ -243,11 +243,15 @@ def reads_as_class_scores(name: str, output: np.ndarray) -> bool:
     return bool(np.allclose(log_sum_exp, 0.0, atol=PROBABILITY_TOLERANCE))
 
 
-def as_probabilities(scores: np.ndarray) -> np.ndarray:
+def _are_probabilities(rows: np.ndarray) -> bool:
+    return bool((rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE))
+
+
+def _as_probabilities(scores: np.ndarray) -> np.ndarray:
     """Class scores as probabilities per row: as they are where they already are, exp of log-probabilities, else
     their softmax (raw logits)."""
     rows = scores.astype(np.float64)
-    if (rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE):
+    if _are_probabilities(rows):
         return rows
     exp = np.exp(rows - rows.max(axis=1, keepdims=True))
     return exp / exp.sum(axis=1, keepdims=True)  # the softmax of log-probabilities is their exp
@@ -256,7 +260,7 @@ def as_probabilities(scores: np.ndarray) -> np.ndarray:
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, int]:
     """Percent of samples whose top class in ``candidate`` is the original's or ties with it in the original's
     probabilities (within ``TIE_MARGIN``), and how many of them were such ties."""
-    probabilities = as_probabilities(reference)
+    probabilities = _as_probabilities(reference)
     expected, chosen = np.argmax(reference, axis=1), np.argmax(candidate, axis=1)
     rows = np.arange(len(reference))
     tied = (chosen != expected) & (probabilities[rows, chosen] >= probabilities[rows, expected] - TIE_MARGIN)

@@ -18,7 +18,7 @@ def human_bytes(size: int) -> str:
     return f"{size} B"
 
 
-def top1_agreement(output: OutputFidelity) -> str:
+def top1_agreement_text(output: OutputFidelity) -> str:
     """``99.00 %``, with the samples the original all but tied that count as agreeing (``1 tie``); ``—`` for outputs
     that are no class scores."""
     if output.top1_agreement is None:

@@ -21,7 +21,7 @@ from optc.report.format import (
     speed_change,
     table_columns,
     timing_order,
-    top1_agreement,
+    top1_agreement_text,
     where_measured,
 )
 from optc.report.schema import ProviderMeasurement, Report
@@ -257,7 +257,7 @@ def _fidelity(report: Report) -> str:
         return ""
     a = measured[0].accuracy
     rows = [
-        [o.name, o.cosine, o.sqnr_db, o.max_abs_error, o.mean_abs_error, top1_agreement(o), o.top5_agreement]
+        [o.name, o.cosine, o.sqnr_db, o.max_abs_error, o.mean_abs_error, top1_agreement_text(o), o.top5_agreement]
         for o in a.outputs
     ]
     return f"<h2>Fidelity</h2><p>Optimized vs original on {a.samples} samples of {escape(a.data)}.</p>" + _table(

@@ -14,7 +14,7 @@ from optc.report.format import (
     speed_change,
     table_columns,
     timing_order,
-    top1_agreement,
+    top1_agreement_text,
     where_measured,
 )
 from optc.report.schema import Report
@@ -117,7 +117,8 @@ def render_markdown(report: Report) -> str:
         ]
         for o in a.outputs:
             lines.append(
-                f"| {o.name} | {o.cosine:.6f} | {o.max_abs_error:.4g} | {o.mean_abs_error:.4g} | {top1_agreement(o)} |"
+                f"| {o.name} | {o.cosine:.6f} | {o.max_abs_error:.4g} | {o.mean_abs_error:.4g} "
+                f"| {top1_agreement_text(o)} |"
             )
         lines.append("")
     if report.warnings:
